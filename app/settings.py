@@ -1,0 +1,127 @@
+"""Service settings, read from `ACCOUNTANT_*` environment variables.
+
+Validated once at start-up: a bad value stops the service with a message that
+names the variable, instead of surfacing later as a confusing Faust error.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "ACCOUNTANT_"
+
+
+class SettingsError(SystemExit):
+    """Start-up refused because of a bad setting; the message names it."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    #: Kafka bootstrap servers, comma separated. Empty: `accountant dev` starts a local broker.
+    broker: str = ""
+    #: Faust application id: consumer group, changelog and internal topic names.
+    app_id: str = Field("usage-accountant", min_length=1, max_length=100)
+    #: Prefix for the public topic names (session-events, session-closures, ...).
+    topic_prefix: str = ""
+    #: Partitions of the input, command and changelog topics (all must match).
+    partitions: int = Field(8, ge=1, le=10_000)
+    #: Replication factor of the topics the service creates.
+    replication: int = Field(1, ge=1, le=16)
+    #: Table store: memory (default) or rocksdb.
+    store: Literal["memory", "rocksdb"] = "memory"
+    #: Directory for worker state (RocksDB files, Faust data).
+    data_dir: str = "./data"
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(6066, ge=1, le=65535)
+    #: at_least_once (default). exactly_once is not offered: see docs/guarantees.md.
+    processing_guarantee: Literal["at_least_once"] = "at_least_once"
+    #: Seconds after expires_at before an idle session is closed.
+    grace_secs: float = Field(5.0, ge=0, le=86_400)
+    #: Seconds a closed record stays in the table for inspection.
+    retention_secs: float = Field(3600.0, ge=0, le=30 * 86_400)
+    #: Events this far ahead of the worker's clock are rejected clock_skew.
+    max_clock_skew_secs: float = Field(300.0, ge=0, le=86_400)
+    #: Largest accepted `metadata`, encoded, in bytes.
+    metadata_max_bytes: int = Field(16 * 1024, ge=0, le=1024 * 1024)
+    #: How often the expiry timer looks at its deadline heaps.
+    timer_interval_secs: float = Field(0.5, gt=0, le=60)
+    #: Bearer token for the HTTP API; empty: no authentication.
+    api_token: str = ""
+    #: Faust commit interval; each is the replay window after a crash.
+    commit_interval_secs: float = Field(1.0, gt=0, le=60)
+    #: Kafka consumer session timeout; a killed worker is evicted after it.
+    session_timeout_secs: float = Field(10.0, ge=1, le=300)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_list(cls, value: str) -> str:
+        for server in filter(None, (part.strip() for part in value.split(","))):
+            host, sep, port = server.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{server!r} is not host:port")
+        return value
+
+    @field_validator("topic_prefix", "app_id")
+    @classmethod
+    def _topic_safe(cls, value: str) -> str:
+        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        if not set(value) <= allowed:
+            raise ValueError("may only contain letters, digits, '.', '_' and '-'")
+        return value
+
+    @field_validator("web_host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not value or " " in value:
+                raise ValueError("must be an IP address or host name") from None
+        return value
+
+    # Topic names (SPEC §2).
+    @property
+    def events_topic(self) -> str:
+        return f"{self.topic_prefix}session-events"
+
+    @property
+    def closures_topic(self) -> str:
+        return f"{self.topic_prefix}session-closures"
+
+    @property
+    def rejected_topic(self) -> str:
+        return f"{self.topic_prefix}session-events-rejected"
+
+    @property
+    def commands_topic(self) -> str:
+        return f"{self.app_id}-session-commands"
+
+    @property
+    def table_name(self) -> str:
+        return "sessions"
+
+    @property
+    def changelog_topic(self) -> str:
+        return f"{self.app_id}-{self.table_name}-changelog"
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        return [part.strip() for part in self.broker.split(",") if part.strip()]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the settings, or stop with a message naming the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        lines = []
+        for problem in error.errors():
+            name = ENV_PREFIX + "_".join(str(part) for part in problem["loc"]).upper() if problem["loc"] else ""
+            lines.append(f"  {name or 'settings'}: {problem['msg']}")
+        raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None
