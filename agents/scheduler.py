@@ -1,0 +1,54 @@
+"""Deadlines of the sessions a worker owns, per partition, in min-heaps.
+
+The TTL timer asks for what is due instead of scanning the table, so a tick
+costs O(k log n) for k due sessions. Entries are replaced lazily: setting a new
+deadline pushes a new heap entry and the old one is skipped when it surfaces.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+
+
+class DeadlineSchedule:
+    def __init__(self) -> None:
+        self._heaps: dict[int, list[tuple[int, str]]] = {}
+        self._deadline: dict[str, tuple[int, int]] = {}  # session_id -> (partition, due_at)
+
+    def __len__(self) -> int:
+        return len(self._deadline)
+
+    def set(self, partition: int, session_id: str, due_at: int) -> None:
+        if self._deadline.get(session_id) == (partition, due_at):
+            return
+        self._deadline[session_id] = (partition, due_at)
+        heapq.heappush(self._heaps.setdefault(partition, []), (due_at, session_id))
+
+    def discard(self, session_id: str) -> None:
+        self._deadline.pop(session_id, None)
+
+    def deadline(self, session_id: str) -> int | None:
+        entry = self._deadline.get(session_id)
+        return None if entry is None else entry[1]
+
+    def partitions(self) -> set[int]:
+        return set(self._heaps)
+
+    def drop_partitions(self, partitions: Iterable[int]) -> None:
+        """Forget partitions this worker no longer owns."""
+        for partition in partitions:
+            for _, session_id in self._heaps.pop(partition, ()):
+                if self._deadline.get(session_id, (None,))[0] == partition:
+                    del self._deadline[session_id]
+
+    def pop_due(self, now: int, partition: int) -> list[str]:
+        """Remove and return the sessions of `partition` due at or before `now`."""
+        heap = self._heaps.get(partition)
+        due: list[str] = []
+        while heap and heap[0][0] <= now:
+            due_at, session_id = heapq.heappop(heap)
+            if self._deadline.get(session_id) == (partition, due_at):
+                del self._deadline[session_id]
+                due.append(session_id)
+        return due

@@ -1,0 +1,233 @@
+"""The accounting agent and its timer: thin adapters around `rules.apply`.
+
+One agent (concurrency 1: Faust can commit past an unprocessed event above 1,
+faust-streaming#606, and per-key order matters) consumes the gateway events
+and the service's own commands. Every table write happens here, in an event's
+context, so Faust writes the changelog partition of the event's partition.
+The timer only reads the table and sends commands.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+import faust
+import orjson
+from faust.types import TP
+
+from agents.scheduler import DeadlineSchedule
+from app.metrics import AccountingMetrics
+from app.rules import (
+    SECOND, Closure, Command, Confirm, Delivery, Expire, InvalidEvent, Outcome, Output, Policy, Purge, Reason,
+    Rejection, Result, Session, Source, State, apply, decode_command, decode_event, encode_command,
+)
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: How long the timer waits for a command to take effect before sending it again.
+COMMAND_RETRY = 5 * SECOND
+
+
+def now_micros() -> int:
+    return time.time_ns() // 1000
+
+
+def policy_from(settings: Settings) -> Policy:
+    return Policy(
+        grace=int(settings.grace_secs * SECOND),
+        max_clock_skew=int(settings.max_clock_skew_secs * SECOND),
+        retention=int(settings.retention_secs * SECOND),
+        metadata_max_bytes=settings.metadata_max_bytes,
+    )
+
+
+class SessionAccountant:
+    """Wires the rules to one Faust app: agent, timer, recovery hooks."""
+
+    def __init__(self, app: faust.App, table: faust.Table, settings: Settings, metrics: AccountingMetrics) -> None:
+        self.app = app
+        self.table = table
+        self.settings = settings
+        self.metrics = metrics
+        self.policy = policy_from(settings)
+        self.schedule = DeadlineSchedule()
+        raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+        self.events_topic = app.topic(settings.events_topic, partitions=settings.partitions, **raw)
+        self.commands_topic = app.topic(settings.commands_topic, partitions=settings.partitions, internal=True, **raw)
+        self.closures_topic = app.topic(settings.closures_topic, **raw)
+        self.rejected_topic = app.topic(settings.rejected_topic, **raw)
+        self.source = app.topic(settings.events_topic, settings.commands_topic, **raw)
+        #: Offset of the last gateway event processed, per input partition.
+        self.position: dict[int, int] = {}
+        #: Output ids the broker acknowledged, per (partition, session), not yet confirmed.
+        self._acknowledged: dict[tuple[int, str], list[str]] = defaultdict(list)
+        self._scheduled_partitions: set[int] = set()
+        #: Sessions not yet closed, per owned partition.
+        self.open_sessions: dict[int, int] = defaultdict(int)
+        metrics.live_sessions.set_function(lambda: sum(self.open_sessions.values()))
+        self.recovered = False
+
+    def register(self) -> None:
+        self.app.agent(self.source, name="account", concurrency=1)(self._consume)
+        self.app.timer(self.settings.timer_interval_secs, name="deadlines")(self._on_tick)
+        self.table.on_recover(self._on_recovered)
+        self.app.on_partitions_revoked.connect(self._on_revoked)
+
+    # -- the agent -----------------------------------------------------------
+
+    async def _consume(self, stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            try:
+                await self._handle(event.message)
+            except Exception:
+                # Faust would ack and skip the event; account it as rejected instead.
+                log.exception("internal error on %s[%s]@%s", event.message.topic, event.message.partition,
+                              event.message.offset)
+                await self._reject_internal(event.message)
+
+    async def _handle(self, message: Any) -> None:
+        source = Source(message.topic, message.partition, message.offset)
+        if message.topic == self.settings.commands_topic:
+            body: Command | Any = decode_command(message.value)
+            session_id: str | None = body.session_id
+        else:
+            self.position[message.partition] = message.offset
+            body = decode_event(message.key, message.value, self.policy)
+            session_id = body.session_key if isinstance(body, InvalidEvent) else body.session_id
+        # An event that did not decode is judged on its bytes alone.
+        state = None if session_id is None or isinstance(body, InvalidEvent) else self.table.get(session_id)
+        now = now_micros()
+        new_state, outputs = apply(state, Delivery(source, body), now, self.policy)
+        if new_state is not state:
+            self._store(session_id, state, new_state)
+        for output in outputs:
+            if isinstance(output, Outcome):
+                self.metrics.count(output)
+            elif new_state is not None and any(output is pending for pending in new_state.outbox):
+                self._publish_confirmed(new_state.partition, output, now)
+            else:
+                # Derived from the bytes or the session's absence, so a
+                # re-delivery derives it again: Faust publishes attachments
+                # before it commits the offset.
+                await self._topic_for(output).send(key=_key(output), value=_encode(output, now))
+
+    def _store(self, session_id: str | None, old: Session | None, new: Session | None) -> None:
+        assert session_id is not None
+        if new is None:
+            del self.table[session_id]
+            self.schedule.discard(session_id)
+            return
+        self.table[session_id] = new
+        self.schedule.set(new.partition, session_id, new.due_at(self.policy))
+        if (old is None or old.close_reason is None) and new.close_reason is not None:
+            self.metrics.count_closure(new.close_reason.value)
+        self.open_sessions[new.partition] += (new.close_reason is None) - (old is not None and old.close_reason is None)
+
+    async def _reject_internal(self, message: Any) -> None:
+        rejection = Rejection(
+            message.key.decode("utf-8", "replace") if message.key is not None else None,
+            Reason.INTERNAL_ERROR, "the worker failed on this event; see its log", None, message.value,
+            Source(message.topic, message.partition, message.offset))
+        self.metrics.count(Outcome(Result.REJECTED, None, Reason.INTERNAL_ERROR))
+        await self.rejected_topic.send(key=_key(rejection), value=_encode(rejection, now_micros()))
+
+    # -- outputs that wait for the broker's word ----------------------------
+
+    def _publish_confirmed(self, partition: int, output: Output, now: int) -> None:
+        """Publish now; once the broker acknowledges, a `confirm` command clears the outbox."""
+        session_id = output.session_id
+        assert session_id is not None
+
+        def acknowledged(future: Any) -> None:
+            if future.exception() is None:
+                self._acknowledged[(partition, session_id)].append(output.output_id)
+
+        self.metrics.outputs_unconfirmed.inc()
+        self._topic_for(output).send_soon(key=_key(output), value=_encode(output, now), callback=acknowledged)
+
+    def _send_confirmations(self) -> None:
+        acknowledged, self._acknowledged = self._acknowledged, defaultdict(list)
+        for (partition, session_id), output_ids in acknowledged.items():
+            self.metrics.outputs_unconfirmed.dec(len(output_ids))
+            self._send_command(partition, Confirm(session_id, tuple(output_ids)))
+
+    def _send_command(self, partition: int, command: Command) -> None:
+        # To the session's own partition: gateways may partition with another hash.
+        self.commands_topic.send_soon(key=command.session_id.encode("utf-8"), value=encode_command(command),
+                                      partition=partition)
+
+    def _topic_for(self, output: Output) -> faust.TopicT:
+        return self.closures_topic if isinstance(output, Closure) else self.rejected_topic
+
+    # -- the timer ------------------------------------------------------------
+
+    async def _on_tick(self) -> None:
+        self._send_confirmations()
+        if self.app.rebalancing or not self.recovered:
+            return
+        now = now_micros()
+        for partition in self._active_partitions():
+            if not self._caught_up(partition):
+                # Events still waiting in this partition may belong to a
+                # session that is due; closing it first would reject them.
+                continue
+            for session_id in self.schedule.pop_due(now, partition):
+                session = self.table.get(session_id)
+                if session is None or session.partition != partition:
+                    continue
+                command = Expire(session_id) if session.state is not State.CLOSED else Purge(session_id)
+                self._send_command(partition, command)
+                self.schedule.set(partition, session_id, now + COMMAND_RETRY)
+
+    def _active_partitions(self) -> set[int]:
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == self.settings.events_topic}
+
+    def _caught_up(self, partition: int) -> bool:
+        highwater = self.app.consumer.highwater(TP(self.settings.events_topic, partition))
+        if highwater is None or highwater <= 0:
+            return True
+        return self.position.get(partition, -1) + 1 >= highwater
+
+    # -- rebalancing ----------------------------------------------------------
+
+    async def _on_recovered(self) -> None:
+        """Rebuild deadlines and re-publish unconfirmed outputs of newly assigned partitions."""
+        active = self._active_partitions()
+        gone = self._scheduled_partitions - active
+        self.schedule.drop_partitions(gone)
+        for partition in gone | (active - self._scheduled_partitions):
+            self.open_sessions.pop(partition, None)
+        fresh = active - self._scheduled_partitions
+        self._scheduled_partitions = active
+        if fresh:
+            now = now_micros()
+            # One pass per assignment, never per tick.
+            for session_id, session in self.table.items():
+                if session is None or session.partition not in fresh:
+                    continue
+                self.schedule.set(session.partition, session_id, session.due_at(self.policy))
+                self.open_sessions[session.partition] += session.close_reason is None
+                for output in session.outbox:
+                    self._publish_confirmed(session.partition, output, now)
+            log.info("scheduled partitions %s: %d sessions due-tracked", sorted(fresh), len(self.schedule))
+        self.recovered = True
+
+    async def _on_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
+        partitions = {tp.partition for tp in revoked if tp.topic == self.settings.events_topic}
+        self.schedule.drop_partitions(partitions)
+        self._scheduled_partitions -= partitions
+        for partition in partitions:
+            self.position.pop(partition, None)
+            self.open_sessions.pop(partition, None)
+
+
+def _key(output: Output) -> bytes | None:
+    return None if output.session_id is None else output.session_id.encode("utf-8")
+
+
+def _encode(output: Output, now: int) -> bytes:
+    return orjson.dumps(output.to_json(now))

@@ -1,0 +1,118 @@
+"""The `accountant` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from app.settings import Settings, SettingsError, load_settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """usage-accountant: exact, billable usage from LLM-gateway session events.
+
+    Settings come from ACCOUNTANT_* environment variables (see README).
+    """
+
+
+def _run_worker(settings: Settings) -> None:
+    """Create the topics, build the app and run its worker until stopped."""
+    import faust
+
+    from app.faust_app import build_app
+    from app.topics import ensure_topics
+
+    asyncio.run(ensure_topics(settings))
+    service = build_app(settings)
+    app = service.app
+
+    @app.task
+    async def announce() -> None:
+        while not service.accountant.recovered:
+            await asyncio.sleep(0.2)
+        url = f"http://{settings.web_host}:{settings.web_port}/"
+        # Faust redirects sys.stdout/stderr into its log; a person wants this line plain.
+        print(f"usage-accountant ready: dashboard {url}  (broker {settings.broker})", file=sys.__stderr__,
+              flush=True)
+
+    # A fresh loop: asyncio.run above closed its own.
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+    worker.execute_from_commandline()
+
+
+@main.command()
+def worker() -> None:
+    """Run one worker against the configured broker (ACCOUNTANT_BROKER)."""
+    settings = load_settings()
+    if not settings.bootstrap_servers:
+        raise SettingsError("ACCOUNTANT_BROKER is not set (host:port[,host:port]); or use `accountant dev`")
+    _run_worker(settings)
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data"), show_default=True,
+              help="Where the local broker and the worker keep their files.")
+def dev(data_dir: Path) -> None:
+    """Run the service on a laptop: a local Kafka broker (unless ACCOUNTANT_BROKER is set),
+    one worker and its web dashboard. Ctrl-C or SIGTERM stops all of it."""
+    from app.broker import LocalKafka
+
+    settings = load_settings(data_dir=str(data_dir / "worker")) if "ACCOUNTANT_DATA_DIR" not in os.environ \
+        else load_settings()
+    broker = None
+    if not settings.bootstrap_servers:
+        click.echo("starting a local Kafka broker (first run downloads it with Maven) ...", err=True)
+        broker = LocalKafka(workdir=data_dir / "kafka")
+        broker.start()
+        click.echo(f"local Kafka at {broker.bootstrap}; log {broker.log_path}", err=True)
+        settings = settings.model_copy(update={"broker": broker.bootstrap})
+        # So `accountant simulate` in another shell can be told where to go.
+        (data_dir / "broker.txt").write_text(broker.bootstrap + "\n")
+    # Faust handles SIGINT; make SIGTERM stop it the same way.
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    try:
+        _run_worker(settings)
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Keep the broker's data here (default: a temporary folder).")
+@click.option("--port", type=int, default=None, help="Loopback port (default: a free one).")
+def broker(data_dir: Path | None, port: int | None) -> None:
+    """Run only the local Kafka broker, in the foreground."""
+    from app.broker import LocalKafka
+
+    with LocalKafka(workdir=data_dir, port=port) as kafka:
+        click.echo(kafka.bootstrap)
+        stop = asyncio.Event()
+        loop = asyncio.new_event_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        loop.run_until_complete(stop.wait())
+
+
+def _register_simulator() -> None:
+    try:
+        from app.simulator import simulate_command
+    except ImportError:  # pragma: no cover - only while the simulator is absent
+        return
+    main.add_command(simulate_command)
+
+
+_register_simulator()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    logging.basicConfig(level=logging.INFO)
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""The Faust application: configuration, table, agent and web views, from settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faust
+
+from agents.sessions import SessionAccountant
+from app.faust_fixes import drain_producer_buffer_on_flush
+from app.metrics import AccountingMetrics
+from app.settings import Settings
+from tables.sessions import define_sessions_table, store_url
+
+
+@dataclass
+class Service:
+    """What the web views and tests need to reach: the app and its parts."""
+
+    app: faust.App
+    settings: Settings
+    table: faust.Table
+    accountant: SessionAccountant
+    metrics: AccountingMetrics
+
+
+def build_app(settings: Settings) -> Service:
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server}" for server in settings.bootstrap_servers],
+        store=store_url(settings),
+        datadir=settings.data_dir,
+        autodiscover=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication,
+        topic_allow_declare=True,
+        processing_guarantee=settings.processing_guarantee,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=settings.commit_interval_secs,
+        broker_session_timeout=settings.session_timeout_secs,
+        broker_heartbeat_interval=max(settings.session_timeout_secs / 5, 0.5),
+        broker_rebalance_timeout=max(settings.session_timeout_secs * 2, 20.0),
+        producer_acks=-1,
+        producer_linger=0.005,
+        table_standby_replicas=1,
+        stream_wait_empty=True,
+        web_enabled=True,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        canonical_url=f"http://{settings.web_host}:{settings.web_port}",
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    drain_producer_buffer_on_flush(app)
+    metrics = AccountingMetrics()
+    table = define_sessions_table(app, settings)
+    accountant = SessionAccountant(app, table, settings, metrics)
+    accountant.register()
+    service = Service(app, settings, table, accountant, metrics)
+    from app.web import register_views  # the views import the service type
+
+    register_views(service)
+    return service
