@@ -47,19 +47,31 @@ def store_url(settings: Settings) -> str:
     return "rocksdb://" if settings.store == "rocksdb" else "memory://"
 
 
+class SessionTable(faust.Table):
+    """A Table whose keys and values use the codecs above.
+
+    Faust derives a table's serializers from its key and value *model* types
+    in `__init__`, and creates the changelog topic (which recovery decodes
+    with) right then; so the codecs must be chosen here, not set afterwards.
+    """
+
+    def _serializer_from_type(self, typ: Any) -> str:
+        return KEY_CODEC if typ is str else VALUE_CODEC
+
+
 def define_sessions_table(app: faust.App, settings: Settings) -> faust.Table:
     """The table; its partitions follow the input topic's (one changelog per source partition)."""
     options = {"driver": "rocksdict"} if settings.store == "rocksdb" else None
-    table = app.Table(
-        settings.table_name,
+    table = SessionTable(
+        app,
+        name=settings.table_name,
         default=None,
+        key_type=str,
+        value_type=None,
+        beacon=app.tables.beacon,
         partitions=settings.partitions,
         store=store_url(settings),
         options=options,
         help="Live sessions and closed ones within retention, by session_id.",
     )
-    # Faust derives serializers only from model types; the store and the
-    # changelog topic are created lazily from these attributes.
-    table.key_serializer = KEY_CODEC
-    table.value_serializer = VALUE_CODEC
-    return table
+    return app.tables.add(table)

@@ -24,6 +24,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from app.broker import pick_free_loopback_port
 from app.rules import format_timestamp
+from app.settings import Settings
+from app.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -76,6 +78,11 @@ class Deployment:
 
     def worker(self, name: str = "worker") -> "WorkerProcess":
         return WorkerProcess(self, name)
+
+    def create_topics(self) -> None:
+        """What a worker does at start; for tests that produce before any worker runs."""
+        overrides = {key.removeprefix("ACCOUNTANT_").lower(): value for key, value in self.env().items()}
+        asyncio.run(ensure_topics(Settings(**overrides)))
 
 
 class WorkerProcess:

@@ -1,0 +1,92 @@
+"""Stopping or killing the worker mid-stream loses no usage and bills nothing twice."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from tests.integration.workers import Deployment, WorkerProcess, consume_json, produce_events, session_events
+
+pytestmark = pytest.mark.integration
+
+
+def make_sessions(prefix: str, count: int, seed: int) -> tuple[list[dict], dict[str, int]]:
+    """Interleaved events of `count` closed sessions, and each one's expected total."""
+    rng = random.Random(seed)
+    per_session = {}
+    expected = {}
+    for n in range(count):
+        sid = f"{prefix}-{n}"
+        deltas = [rng.randrange(1, 5000) for _ in range(rng.randrange(1, 12))]
+        per_session[sid] = session_events(sid, deltas, initial=rng.randrange(0, 10_000), ttl_secs=3600)
+        expected[sid] = per_session[sid][1]["initial_token_count"] + sum(deltas)
+    # Interleave like a gateway: sessions progress concurrently, each in order.
+    queues = list(per_session.values())
+    events = []
+    while queues:
+        queue = rng.choice(queues)
+        events.append(queue.pop(0))
+        if not queue:
+            queues.remove(queue)
+    return events, expected
+
+
+def assert_closures_exact(deployment: Deployment, expected: dict[str, int], timeout: float = 120) -> dict:
+    closures = consume_json(deployment.bootstrap, deployment.closures_topic,
+                            lambda got: set(expected) <= {c["closure_id"] for c in got}, timeout)
+    by_session: dict[str, list[dict]] = {}
+    for closure in closures:
+        by_session.setdefault(closure["closure_id"], []).append(closure)
+    missing = set(expected) - set(by_session)
+    assert not missing, f"{len(missing)} sessions without closure, e.g. {sorted(missing)[:5]}"
+    wrong = {sid: (by_session[sid][0]["total_token_count"], tokens) for sid, tokens in expected.items()
+             if by_session[sid][0]["total_token_count"] != tokens}
+    assert not wrong, f"token totals differ (got, sent): {dict(list(wrong.items())[:5])}"
+    for sid, copies in by_session.items():
+        bodies = [{k: v for k, v in copy.items() if k != "emitted_at"} for copy in copies]
+        assert all(body == bodies[0] for body in bodies), f"repeated closures of {sid} differ"
+    return {"sessions": len(expected), "closures": len(closures),
+            "repeats": len(closures) - len(by_session), "tokens": sum(expected.values())}
+
+
+def wait_until_processing(worker: WorkerProcess, at_least: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, stats = worker.get("/stats")
+        if status == 200 and stats["applied"] >= at_least:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"worker applied fewer than {at_least} events in {timeout} s")
+
+
+def test_restart_recovers_the_table_from_the_changelog(deployment: Deployment) -> None:
+    events, expected = make_sessions("restart", 200, seed=1)
+    half = len(events) // 2
+    first = deployment.worker("first").start().wait_ready()
+    produce_events(deployment.bootstrap, deployment.events_topic, events[:half])
+    wait_until_processing(first, half // 2)
+    first.stop()
+
+    second = deployment.worker("second").start().wait_ready()
+    produce_events(deployment.bootstrap, deployment.events_topic, events[half:])
+    assert_closures_exact(deployment, expected)
+    status, stats = second.get("/stats")
+    assert status == 200 and stats["applied"] > 0
+
+
+@pytest.mark.faults
+def test_kill_9_under_load_loses_nothing_and_bills_nothing_twice(deployment: Deployment) -> None:
+    events, expected = make_sessions("crash", 1500, seed=2)
+    deployment.create_topics()
+    produce_events(deployment.bootstrap, deployment.events_topic, events)
+    victim = deployment.worker("victim").start().wait_ready()
+    wait_until_processing(victim, len(events) // 3)
+    victim.kill()
+
+    survivor = deployment.worker("survivor").start().wait_ready()
+    figures = assert_closures_exact(deployment, expected, timeout=180)
+    print(f"kill -9 figures: events={len(events)} {figures}")
+    status, stats = survivor.get("/stats")
+    assert status == 200
