@@ -586,7 +586,7 @@ class LocalKafka:
     def _format_storage(
         self, java: str, classpath: str, config_path: Path, deadline: float, log_file: IO[bytes]
     ) -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = _random_cluster_id()
         result = subprocess.run(
             [java, *self._jvm_options(), "-cp", classpath, "kafka.tools.StorageTool",
              "format", "-t", cluster_id, "-c", str(config_path)],
@@ -601,6 +601,16 @@ class LocalKafka:
                 f"formatting Kafka storage in {self._data_dir} failed (exit {result.returncode}); "
                 f"broker log: {self._log_path}{_log_tail(self._log_path)}"
             )
+
+
+def _random_cluster_id() -> str:
+    """A Kafka cluster id: a random UUID in URL-safe base64.  Like Kafka's own
+    Uuid.randomUuid() it never starts with '-', which the command line would
+    take for an option."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 # --------------------------------------------------------------------------
