@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from app.settings import Settings, SettingsError, load_settings
+from app.simulator import simulate_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -102,15 +103,7 @@ def broker(data_dir: Path | None, port: int | None) -> None:
         loop.run_until_complete(stop.wait())
 
 
-def _register_simulator() -> None:
-    try:
-        from app.simulator import simulate_command
-    except ImportError:  # pragma: no cover - only while the simulator is absent
-        return
-    main.add_command(simulate_command)
-
-
-_register_simulator()
+main.add_command(simulate_command)
 
 
 if __name__ == "__main__":  # pragma: no cover
