@@ -1,6 +1,6 @@
 """Work-arounds for faust-streaming 0.15.3 behaviour that would lose usage.
 
-Each one names the problem; tests/integration/test_faust_fixes.py shows it.
+Each one names the problem; tests/test_faust_fixes.py reproduces it.
 """
 
 from __future__ import annotations
