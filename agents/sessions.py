@@ -187,10 +187,14 @@ class SessionAccountant:
         return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == self.settings.events_topic}
 
     def _caught_up(self, partition: int) -> bool:
-        highwater = self.app.consumer.highwater(TP(self.settings.events_topic, partition))
-        if highwater is None or highwater <= 0:
-            return True
-        return self.position.get(partition, -1) + 1 >= highwater
+        tp = TP(self.settings.events_topic, partition)
+        highwater = self.app.consumer.highwater(tp)
+        if highwater is None:
+            return False  # not fetched yet since the assignment: a backlog may wait
+        # After a restart nothing may be processed yet, but all up to the
+        # committed offset was (Faust keeps it in a private map).
+        committed = self.app.consumer._committed_offset.get(tp) or 0
+        return max(self.position.get(partition, -1) + 1, committed) >= highwater
 
     # -- rebalancing ----------------------------------------------------------
 
