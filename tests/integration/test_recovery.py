@@ -90,3 +90,18 @@ def test_kill_9_under_load_loses_nothing_and_bills_nothing_twice(deployment: Dep
     print(f"kill -9 figures: events={len(events)} {figures}")
     status, stats = survivor.get("/stats")
     assert status == 200
+
+
+def test_idle_session_closes_by_ttl_after_a_restart_with_no_new_events(deployment: Deployment) -> None:
+    events = session_events("restart-idle", [11, 22], ttl_secs=6, close=False, initial=5)
+    first = deployment.worker("first").start().wait_ready()
+    produce_events(deployment.bootstrap, deployment.events_topic, events)
+    wait_until_processing(first, len(events))
+    first.stop()
+
+    deployment.worker("second").start().wait_ready()
+    closure = assert_closures_exact(deployment, {"restart-idle": 38}, timeout=60)
+    assert closure["sessions"] == 1
+    reasons = {c["reason"] for c in consume_json(deployment.bootstrap, deployment.closures_topic,
+                                                 lambda got: bool(got), 10)}
+    assert reasons == {"ttl_expired"}
