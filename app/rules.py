@@ -25,6 +25,10 @@ Micros = int
 MAX_COUNT = 2**63 - 1
 MAX_TTL_SECS = 2**32
 MAX_ID_CHARS = 128
+# orjson encodes at most 254 levels of nesting, and a creation's metadata ends
+# up to 4 levels down (session -> outbox -> rejection -> event -> metadata), so
+# deeper metadata is refused, and deeper invalid events are kept as raw bytes.
+MAX_JSON_DEPTH = 128
 SECOND: Micros = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -86,8 +90,9 @@ DEFAULT_POLICY = Policy()
 # Timestamps
 
 
+# ASCII digits only, and `\Z` rather than `$` (which matches before a final newline).
 _RFC3339 = re.compile(
-    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})$"
+    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})\Z", re.ASCII
 )
 
 
@@ -98,7 +103,9 @@ def parse_timestamp(text: str) -> Micros:
         raise ValueError("not an RFC 3339 timestamp with offset")
     day, clock, fraction, offset = match.groups()
     offset = "+00:00" if offset in ("Z", "z") else offset
-    moment = datetime.fromisoformat(f"{day}T{clock}{offset}")
+    # In UTC, so an instant outside years 1..9999 UTC raises OverflowError here
+    # rather than later when it is formatted.
+    moment = datetime.fromisoformat(f"{day}T{clock}{offset}").astimezone(timezone.utc)
     micros = int((fraction or "0")[:6].ljust(6, "0"))
     delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * SECOND + micros
@@ -314,15 +321,35 @@ def decode_event(key: bytes | None, value: bytes | None, policy: Policy = DEFAUL
         try:
             session_key = key.decode("utf-8")
         except UnicodeDecodeError:
-            return InvalidEvent(Reason.KEY_MISMATCH, "Kafka key is not UTF-8", None, value, None)
+            return InvalidEvent(Reason.KEY_MISMATCH, "Kafka key is not UTF-8", None, value or b"", None)
     try:
         parsed = orjson.loads(value if value is not None else b"")
     except orjson.JSONDecodeError as error:
-        return InvalidEvent(Reason.INVALID_EVENT, f"value is not UTF-8 JSON: {error}", None, value, session_key)
+        return InvalidEvent(Reason.INVALID_EVENT, f"value is not UTF-8 JSON: {error}", None, value or b"",
+                            session_key)
     try:
         return _build_event(parsed, session_key, policy)
     except _Invalid as invalid:
+        if _deeper_than(parsed, MAX_JSON_DEPTH):  # could not be encoded inside the rejection
+            return InvalidEvent(invalid.reason, invalid.detail, None, value, session_key)
         return InvalidEvent(invalid.reason, invalid.detail, parsed, None, session_key)
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether JSON `value` nests more than `limit` objects/arrays deep."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _build_event(obj: Any, session_key: str | None, policy: Policy) -> Event:
@@ -343,6 +370,8 @@ def _build_event(obj: Any, session_key: str | None, policy: Policy) -> Event:
     kind = obj.get("type")
     if kind == "session.created":
         metadata = obj.get("metadata", {})
+        if _deeper_than(metadata, MAX_JSON_DEPTH):
+            raise _Invalid(f"field 'metadata' nests deeper than {MAX_JSON_DEPTH} levels")
         if len(orjson.dumps(metadata)) > policy.metadata_max_bytes:
             raise _Invalid(f"field 'metadata' is larger than {policy.metadata_max_bytes} bytes encoded")
         event: Event = SessionCreated(
@@ -522,6 +551,8 @@ class Session:
     session has accounted for, so Kafka re-delivering them changes nothing.
     `outbox` holds outputs not yet confirmed by the broker; they are re-sent
     after recovery until a `Confirm` command removes them.
+    `extended_at` is the `occurred_at` of the extension in force, so a re-sent
+    older extension does not roll the TTL back.
     """
 
     record: SessionRecord
@@ -533,6 +564,7 @@ class Session:
     created_offset: int
     last_offset: int
     outbox: tuple[Output, ...] = ()
+    extended_at: Micros | None = None
 
     @property
     def state(self) -> State:
@@ -559,6 +591,7 @@ class Session:
             "created_offset": self.created_offset,
             "last_offset": self.last_offset,
             "outbox": [_output_to_state(output) for output in self.outbox],
+            "extended_at": self.extended_at,
         }
 
     @classmethod
@@ -574,6 +607,7 @@ class Session:
             partition=data["partition"],
             created_offset=data["created_offset"],
             last_offset=data["last_offset"],
+            extended_at=data.get("extended_at"),
         )
         outbox = tuple(_output_from_state(item, session) for item in data["outbox"])
         return replace(session, outbox=outbox)
@@ -720,6 +754,12 @@ def _is_duplicate(session: Session, event: Event) -> bool:
             event.model is None or event.model == record.model)
     if isinstance(event, SessionClosed):
         return record.closed_at is not None
+    if isinstance(event, SessionExtended):
+        # The extension in force, or one it superseded (a re-send, or an older
+        # extension arriving late): the latest by (occurred_at, ttl_secs) wins
+        # whatever the arrival order.
+        return session.extended_at is not None and (
+            (event.occurred_at, event.ttl_secs) <= (session.extended_at, record.ttl_secs))
     return False
 
 
@@ -744,7 +784,8 @@ def _apply_to_session(session: Session, event: Event, source: Source, now: Micro
     if record.closed_at is not None:
         if _is_duplicate(session, event):
             return session, (Outcome(Result.DUPLICATE, event.type),)
-        return _reject(session, session, event, source, Reason.SESSION_CLOSED, "the session is closed")
+        return _reject(session, session, event, source, Reason.SESSION_CLOSED,
+                       f"field 'session_id' names a closed session ({record.session_id!r})")
     if event.occurred_at > record.expires_at:
         return _reject(session, session, event, source, Reason.SESSION_EXPIRED,
                        "field 'occurred_at' is after the session's expires_at")
@@ -754,7 +795,10 @@ def _apply_to_session(session: Session, event: Event, source: Source, now: Micro
     if isinstance(event, RoundCompleted):
         return _apply_round(session, event, source)
     if isinstance(event, SessionExtended):
-        return _applied(session, replace(record, ttl_secs=event.ttl_secs), event, source)
+        if _is_duplicate(session, event):
+            return session, (Outcome(Result.DUPLICATE, event.type),)
+        extended_session = replace(session, extended_at=event.occurred_at)
+        return _applied(extended_session, replace(record, ttl_secs=event.ttl_secs), event, source)
     closed = _close(replace(session, last_offset=source.offset), CloseReason.CLOSED, event.occurred_at, now)
     return closed, (closed.closure(), Outcome(Result.APPLIED, event.type))
 
