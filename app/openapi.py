@@ -14,6 +14,7 @@ of these shapes, and the document takes their schemas from the same classes.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from datetime import datetime
 from typing import Any
@@ -27,6 +28,8 @@ from app.rules import MAX_ID_CHARS, CloseReason, Reason, SessionRecord, State
 #: Pages of the listings hold at most this many items.
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
+#: Unpadded base64url: what `next_cursor` looks like.
+CURSOR_PATTERN = re.compile(r"(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-]{2,3})?")
 
 _COMPONENTS = "#/components/schemas/{model}"
 # Attribute docstrings become the fields' descriptions.
@@ -176,7 +179,8 @@ def component_schemas() -> dict[str, Any]:
 
 _ID_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS}
 _CURSOR = {
-    "name": "cursor", "in": "query", "required": False, "schema": {"type": "string", "minLength": 1},
+    "name": "cursor", "in": "query", "required": False,
+    "schema": {"type": "string", "minLength": 2, "pattern": f"^{CURSOR_PATTERN.pattern}$"},
     "description": "Opaque: the `next_cursor` of the previous page.",
 }
 _LIMIT = {
@@ -300,11 +304,16 @@ def build_openapi(*, token_required: bool) -> dict[str, Any]:
         }
         document["security"] = [{"bearer": []}]
         unauthorized = _json("Error", "The API token is missing or wrong.")
-        for path, item in paths.items():
-            operation = item["get"]
-            if operation.get("security") != []:
-                operation["responses"]["401"] = (
-                    {"description": "Token missing or wrong: a form asks for it.",
-                     "content": {"text/html": {"schema": {"type": "string"}}}}
-                    if path == "/" else unauthorized)
+        for item in paths.values():
+            if item["get"].get("security") != []:
+                item["get"]["responses"]["401"] = unauthorized
+        dashboard = paths["/"]["get"]
+        dashboard["parameters"] = [{
+            "name": "token", "in": "query", "required": False, "schema": {"type": "string"},
+            "description": "Signs a browser in: the token goes into an HttpOnly cookie and the page reloads "
+                           "without it in the address.",
+        }]
+        dashboard["responses"]["303"] = {"description": "Signed in: go to `/`."}
+        dashboard["responses"]["401"] = {"description": "Token missing or wrong: a form asks for it.",
+                                         "content": {"text/html": {"schema": {"type": "string"}}}}
     return document

@@ -31,7 +31,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from yarl import URL
 
-from app.openapi import DEFAULT_LIMIT, MAX_LIMIT, TenantUsage, build_openapi
+from app.openapi import CURSOR_PATTERN, DEFAULT_LIMIT, MAX_LIMIT, TenantUsage, build_openapi
 from app.rules import MAX_ID_CHARS, CloseReason, Session, State
 
 if TYPE_CHECKING:
@@ -114,10 +114,10 @@ def identifier(name: str, value: str) -> str:
 def page_limit(value: str | None) -> int:
     if value is None:
         return DEFAULT_LIMIT
-    try:
-        limit = int(value, 10)
-    except ValueError:
-        limit = 0
+    # ASCII digits only: int() would also take " 7", "1_0" and other scripts' digits,
+    # and refuses thousands of digits with an error of its own.
+    digits = value.isascii() and value.isdigit() and len(value) <= len(str(MAX_LIMIT))
+    limit = int(value) if digits else 0
     if not 1 <= limit <= MAX_LIMIT:
         raise bad_parameter("limit", f"must be an integer in 1..{MAX_LIMIT}")
     return limit
@@ -133,32 +133,31 @@ def state_filter(value: str | None) -> frozenset[State] | None:
 
 
 def encode_cursor(key: str) -> str:
-    """The cursor after `key`: opaque to clients, the key itself to us."""
+    """The cursor after `key`: opaque to clients, the key's UTF-8 bytes to us."""
     return base64.urlsafe_b64encode(key.encode("utf-8")).rstrip(b"=").decode("ascii")
 
 
-def decode_cursor(value: str | None) -> str | None:
+def decode_cursor(value: str | None) -> bytes | None:
+    """A position in key order. Any bytes are one, so every well-formed cursor is valid."""
     if value is None:
         return None
-    try:
-        raw = base64.b64decode(value + "=" * (-len(value) % 4), altchars=b"-_", validate=True)
-        return raw.decode("utf-8")
-    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
-        raise bad_parameter("cursor", "is not a cursor this API gave out") from None
+    if not value or not CURSOR_PATTERN.fullmatch(value):
+        raise bad_parameter("cursor", "is not a cursor this API gave out")
+    return base64.b64decode(value + "=" * (-len(value) % 4), altchars=b"-_")
 
 
 # --------------------------------------------------------------------------
 # Paging: stable by key order, merged over the workers
 
 
-def page_after(items: Iterable[tuple[str, T]], after: str | None, limit: int) -> tuple[list[T], bool]:
+def page_after(items: Iterable[tuple[str, T]], after: bytes | None, limit: int) -> tuple[list[T], bool]:
     """The first `limit` items whose key sorts after `after`, and whether more follow.
 
-    Keys are compared as Python strings (code point order, which is also the
-    UTF-8 byte order), so a cursor stays valid while records come and go: a
+    Keys sort as Python strings, by code point, which is also the order of
+    their UTF-8 bytes; so a cursor stays valid while records come and go: a
     page never repeats an item, and never skips one that existed throughout.
     """
-    candidates = ((key, item) for key, item in items if after is None or key > after)
+    candidates = ((key, item) for key, item in items if after is None or key.encode("utf-8") > after)
     first = heapq.nsmallest(limit + 1, candidates, key=itemgetter(0))
     return [item for _, item in first[:limit]], len(first) > limit
 
@@ -542,7 +541,7 @@ def token_middleware(token: str) -> Callable:
             if matches(request.query.get("token")):
                 signed_in = web.HTTPSeeOther("/")
                 signed_in.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict", path="/")
-                return signed_in
+                raise signed_in
             return web.Response(body=login_page, status=401, content_type="text/html", charset="utf-8")
         raise ApiError(401, "unauthorized", "this API needs the token: send 'Authorization: Bearer <token>'",
                        headers={"WWW-Authenticate": "Bearer"})
