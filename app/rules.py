@@ -578,7 +578,13 @@ class Session:
         """When the timer must look at this session next: TTL close, or purge."""
         if self.closed_seen_at is None:
             return self.record.expires_at + policy.grace
-        return self.closed_seen_at + policy.retention
+        return self.purge_at(policy)
+
+    def purge_at(self, policy: Policy) -> Micros:
+        """Retention after the close, and never before a re-sent creation of this
+        session would be refused as too late (`_create`): deleting earlier would
+        let such a re-send open the session a second time."""
+        return max(self.closed_seen_at or 0, self.record.expires_at + policy.grace) + policy.retention
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -714,7 +720,7 @@ def _apply_command(state: Session | None, command: Command, now: Micros, policy:
         return closed, (closed.closure(), outcome)
     # Purge: delete once retention is over and every output is confirmed; an
     # unconfirmed output is sent again instead, and the purge retried later.
-    if state.closed_seen_at is None or now < state.closed_seen_at + policy.retention:
+    if state.closed_seen_at is None or now < state.purge_at(policy):
         return state, (outcome,)
     if state.outbox:
         return state, (*state.outbox, outcome)

@@ -601,9 +601,9 @@ def test_initial_plus_delta_never_passes_2_63_minus_1() -> None:
 
 
 def test_purge_deletes_a_confirmed_closed_record_after_retention() -> None:
-    gw = active()
-    [closure] = closures_in(gw.send(closed(at=T0 + 5 * SECOND), now=T0 + 6 * SECOND))
-    seen = T0 + 6 * SECOND
+    gw = active(ttl=1)
+    [closure] = closures_in(gw.send(closed(at=T0 + SECOND), now=T0 + 6 * SECOND))
+    seen = T0 + 6 * SECOND  # later than expires_at + grace: retention counts from here
     assert gw.state().due_at(POLICY) == seen + RETENTION
     gw.command(Confirm("s-1", (closure.output_id,)), seen)
     confirmed = gw.state()
@@ -614,6 +614,22 @@ def test_purge_deletes_a_confirmed_closed_record_after_retention() -> None:
     assert gw.state() is None
 
 
+def test_an_early_closed_record_is_kept_until_a_resent_creation_would_be_refused() -> None:
+    gw = active(ttl=7200)
+    [closure] = closures_in(gw.send(closed(at=T0 + 5 * SECOND), now=T0 + 6 * SECOND))
+    gw.command(Confirm("s-1", (closure.output_id,)), T0 + 6 * SECOND)
+    expires_at = T0 + 7200 * SECOND
+    kept_until = expires_at + GRACE + RETENTION
+    assert gw.state().due_at(POLICY) == kept_until
+    gw.command(Purge("s-1"), T0 + 6 * SECOND + RETENTION)
+    assert gw.state() is not None, "purged while a re-sent creation could still open it again"
+    gw.command(Purge("s-1"), kept_until)
+    assert gw.state() is None
+    # The gateway re-sends the creation after the purge: refused, not a second session.
+    rejected(gw.send(created(ttl=7200), now=kept_until + 1), Reason.SESSION_EXPIRED, "occurred_at")
+    assert gw.state() is None
+
+
 def test_purge_with_an_unconfirmed_outbox_emits_it_again_and_keeps_the_record() -> None:
     gw = active()
     rejection_outputs = gw.send(round_(n=1, delta=1, at=T0 + 2 * SECOND, model="gpt-y"))
@@ -621,15 +637,16 @@ def test_purge_with_an_unconfirmed_outbox_emits_it_again_and_keeps_the_record() 
     [closure] = closures_in(gw.send(closed(at=T0 + 5 * SECOND), now=T0 + 6 * SECOND))
     session = gw.state()
     assert session.outbox == (rejection, closure)
-    outputs = gw.command(Purge("s-1"), T0 + 6 * SECOND + RETENTION)
+    purge_at = session.purge_at(POLICY)
+    outputs = gw.command(Purge("s-1"), purge_at)
     assert outputs == (rejection, closure, Outcome(Result.COMMAND, "purge"))
     assert gw.state() is session
     # Confirming one output keeps the other.
-    gw.command(Confirm("s-1", (rejection.output_id, "unrelated")), T0 + 2 * RETENTION)
+    gw.command(Confirm("s-1", (rejection.output_id, "unrelated")), purge_at + RETENTION)
     assert gw.state().outbox == (closure,)
-    assert gw.command(Purge("s-1"), T0 + 2 * RETENTION)[:-1] == (closure,)
-    gw.command(Confirm("s-1", ("closure",)), T0 + 2 * RETENTION)
-    gw.command(Purge("s-1"), T0 + 2 * RETENTION)
+    assert gw.command(Purge("s-1"), purge_at + RETENTION)[:-1] == (closure,)
+    gw.command(Confirm("s-1", ("closure",)), purge_at + RETENTION)
+    gw.command(Purge("s-1"), purge_at + RETENTION)
     assert gw.state() is None
 
 

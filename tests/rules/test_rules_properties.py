@@ -201,7 +201,7 @@ def test_outbox_until_confirmed_then_purged_after_retention(data: st.DataObject,
     # Before retention is over, Purge keeps every record and emits nothing.
     for session_id in sorted(driver.states):
         session = driver.states[session_id]
-        just_before = session.closed_seen_at + POLICY.retention - 1
+        just_before = session.purge_at(POLICY) - 1
         outputs = driver.command(Purge(session_id), max(now, just_before))
         assert outputs == (Outcome(Result.COMMAND, "purge"),)
         assert driver.states[session_id] is session
@@ -210,7 +210,7 @@ def test_outbox_until_confirmed_then_purged_after_retention(data: st.DataObject,
     # their outbox is emitted again.
     for session_id in sorted(driver.states):
         session = driver.states[session_id]
-        outputs = driver.command(Purge(session_id), session.closed_seen_at + POLICY.retention)
+        outputs = driver.command(Purge(session_id), session.purge_at(POLICY))
         assert outputs[-1] == Outcome(Result.COMMAND, "purge")
         if session.outbox:
             assert outputs[:-1] == session.outbox
@@ -220,7 +220,7 @@ def test_outbox_until_confirmed_then_purged_after_retention(data: st.DataObject,
             assert session_id not in driver.states
 
     # Confirm everything: the next purge deletes the rest.
-    late = now + 2 * POLICY.retention
+    late = max([now] + [s.purge_at(POLICY) for s in driver.states.values()]) + POLICY.retention
     for session_id in sorted(driver.states):
         driver.confirm_outbox(session_id, late)
         assert driver.states[session_id].outbox == ()
