@@ -288,6 +288,9 @@ def build_openapi(*, token_required: bool) -> dict[str, Any]:
             "responses": {"200": {"description": "HTML.", "content": {"text/html": {"schema": {"type": "string"}}}}},
         }},
     }
+    for item in paths.values():
+        # Every operation refuses unknown or repeated query parameters.
+        item["get"]["responses"].setdefault("400", _BAD_REQUEST)
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {

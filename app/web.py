@@ -76,7 +76,7 @@ class ApiError(Exception):
                  headers: Mapping[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status = status
-        self.body = {"error": error, "detail": detail} | ({"parameter": parameter} if parameter else {})
+        self.body = {"error": error, "detail": detail} | ({"parameter": parameter} if parameter is not None else {})
         self.headers = headers
 
     def response(self) -> web.Response:

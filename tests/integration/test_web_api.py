@@ -1,0 +1,183 @@
+"""The HTTP API of real workers on the real broker: answers match /openapi.json,
+schemathesis finds no server error, the token is enforced, and with two
+workers any of them answers for every session, whichever partitioner the
+gateways used."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka.partitioner import murmur2
+from confluent_kafka import Producer
+
+from tests.integration.workers import Deployment, WorkerProcess, event, produce_events, session_events
+from tests.web.openapi_check import validate_response
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "integration-token"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+PARTITIONS = 4  # FAST_SETTINGS
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60) -> Any:
+    """Poll `probe` until it returns something truthy; fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
+
+
+def all_sessions(worker: WorkerProcess, query: str = "") -> list[dict] | None:
+    """Every session the worker lists, page by page; None while it answers 503."""
+    sessions: list[dict] = []
+    cursor = None
+    while True:
+        status, page = worker.get(f"/sessions?limit=7{query}" + (f"&cursor={cursor}" if cursor else ""), BEARER)
+        if status == 503:
+            return None
+        assert status == 200, page
+        sessions += page["sessions"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return sessions
+
+
+def test_web_answers_match_the_openapi_document_and_fuzzing_finds_no_server_error(
+        deployment: Deployment, tmp_path: Path) -> None:
+    deployment.settings["ACCOUNTANT_API_TOKEN"] = TOKEN
+    worker = deployment.worker().start().wait_ready()
+    events = (session_events("w-closed", [10, 20], tenant_id="acme")
+              + session_events("w-open", [5], tenant_id="acme", close=False)
+              + [event("session.created", "w-pending", 0, "globex", provider_id="p", model="m", ttl_secs=600)])
+    produce_events(deployment.bootstrap, deployment.events_topic, events)
+    wait_for("three sessions listed", lambda: len(all_sessions(worker) or []) == 3)
+
+    status, document = worker.get("/openapi.json", BEARER)
+    assert status == 200
+    checked = {
+        "/sessions/{session_id}": ["/sessions/w-closed", "/sessions/w-open", "/sessions/w-pending",
+                                   "/sessions/unknown", "/sessions/" + "x" * 129],
+        "/sessions": ["/sessions", "/sessions?tenant_id=acme&state=closed", "/sessions?limit=1",
+                      "/sessions?limit=0", "/sessions?cursor=*"],
+        "/tenants": ["/tenants", "/tenants?limit=1"],
+        "/tenants/{tenant_id}/usage": ["/tenants/acme/usage", "/tenants/nobody/usage"],
+        "/stats": ["/stats"],
+        "/healthz": ["/healthz"],
+        "/readyz": ["/readyz"],
+    }
+    statuses = set()
+    for documented, paths in checked.items():
+        for path in paths:
+            status, body = worker.get(path, BEARER)
+            validate_response(document, documented, status, body)
+            statuses.add(status)
+    assert statuses == {200, 400, 404}
+    status, closed = worker.get("/sessions/w-closed", BEARER)
+    assert closed["state"] == "closed" and closed["total_token_count"] == 130 and closed["round_count"] == 2
+    status, usage = worker.get("/tenants/acme/usage", BEARER)
+    assert usage["live_sessions"] == 1 and usage["closures"] == {"closed": 1, "ttl_expired": 0}
+
+    # Without the token: 401 as documented (schemathesis's ignored_auth check tries too).
+    status, body = worker.get("/sessions")
+    assert status == 401
+    validate_response(document, "/sessions", 401, body)
+
+    fuzz = subprocess.run(
+        [sys.executable, "-m", "schemathesis.cli", "run", f"{worker.url}/openapi.json",
+         "--header", f"Authorization: Bearer {TOKEN}", "--checks", "all", "--max-examples", "50",
+         "--generation-database", "none", "--workers", "1", "--no-color", "--request-timeout", "10"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert fuzz.returncode == 0, fuzz.stdout[-8000:] + fuzz.stderr[-2000:]
+    tested = re.search(r"Tested: (\d+)", fuzz.stdout)
+    # Every operation but /openapi.json itself, which schemathesis leaves out.
+    assert tested and int(tested.group(1)) >= len(document["paths"]) - 1, fuzz.stdout[-3000:]
+
+
+def produce_with_librdkafka(bootstrap: str, topic: str, events: list[dict]) -> dict[str, int]:
+    """Publish with confluent-kafka's default partitioner (librdkafka's CRC32
+    "consistent_random"), as many gateways do; returns each key's partition."""
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5})
+    partitions: dict[str, int] = {}
+    failures: list[str] = []
+
+    def delivered(error: Any, message: Any) -> None:
+        if error is not None:
+            failures.append(str(error))
+        else:
+            partitions[message.key().decode()] = message.partition()
+
+    for body in events:
+        producer.produce(topic, key=body["session_id"].encode(), value=orjson.dumps(body), on_delivery=delivered)
+    assert producer.flush(30) == 0 and not failures, failures
+    return partitions
+
+
+def test_web_two_workers_answer_for_every_session_whichever_partitioner(deployment: Deployment) -> None:
+    deployment.settings["ACCOUNTANT_API_TOKEN"] = TOKEN
+    first = deployment.worker("first").start().wait_ready()
+    second = deployment.worker("second").start().wait_ready()
+
+    session_ids = [f"crc-{number:02}" for number in range(24)]
+    events: list[dict] = []
+    for number, session_id in enumerate(session_ids):
+        events += session_events(session_id, [number, 1], tenant_id=f"tenant-{number % 3}", close=number % 2 == 0)
+    partition_of = produce_with_librdkafka(deployment.bootstrap, deployment.events_topic, events)
+
+    assert all(partition == zlib.crc32(key.encode()) % PARTITIONS for key, partition in partition_of.items())
+    murmur_misses = [key for key, partition in partition_of.items()
+                     if partition != (murmur2(key.encode()) & 0x7FFFFFFF) % PARTITIONS]
+    assert murmur_misses, "every key hashes alike under both partitioners: the test would prove nothing"
+
+    def complete_listing(worker: WorkerProcess) -> list[dict] | None:
+        listed = all_sessions(worker)
+        states = {s["session_id"]: s["state"] for s in listed or []}
+        expected = {sid: "closed" if n % 2 == 0 else "active" for n, sid in enumerate(session_ids)}
+        return listed if states == expected else None
+
+    for worker in (first, second):
+        listed = wait_for(f"{worker.name} to list all sessions", lambda w=worker: complete_listing(w))
+        ids = [session["session_id"] for session in listed]
+        assert ids == sorted(session_ids), "each session exactly once, in id order"
+
+    # Both workers own partitions, and between them all of them, each once.
+    owned = [partitions_answered_by(worker) for worker in (first, second)]
+    assert all(owned) and not owned[0] & owned[1] and owned[0] | owned[1] == set(range(PARTITIONS))
+
+    for session_id in session_ids:
+        answers = [worker.get(f"/sessions/{session_id}", BEARER) for worker in (first, second)]
+        assert [status for status, _ in answers] == [200, 200], (session_id, answers)
+        assert answers[0][1] == answers[1][1], session_id
+        number = session_ids.index(session_id)
+        assert answers[0][1]["total_token_count"] == 100 + number + 1
+
+    for worker in (first, second):
+        status, usage = worker.get("/tenants/tenant-0/usage", BEARER)
+        assert status == 200 and usage["sessions"]["closed"] + usage["live_sessions"] == 8
+        status, stats = worker.get("/stats", BEARER)
+        assert sorted(stats["workers"]) == sorted([first.url, second.url]) and stats["unreachable"] == []
+        assert stats["closures"] == {"closed": 12}
+        assert worker.get("/sessions/crc-01")[0] == 401 and worker.get("/healthz")[0] == 200
+
+
+def partitions_answered_by(worker: WorkerProcess) -> set[int]:
+    """The partitions a worker answers for, as it tells its peers."""
+    request = urllib.request.Request(f"{worker.url}/sessions?limit=1",
+                                     headers={**BEARER, "X-Accountant-Fanout": "1"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        header = response.headers["X-Accountant-Partitions"]
+    return {int(part) for part in header.split(",") if part}
