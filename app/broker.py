@@ -424,10 +424,11 @@ class LocalKafka:
 
     def __init__(self, workdir: Path | None = None, port: int | None = None, log_path: Path | None = None):
         self._owns_workdir = workdir is None
-        self._workdir = Path(tempfile.mkdtemp(prefix="local-kafka-")) if workdir is None else Path(workdir)
+        # Absolute: the JVM is handed paths inside it and runs from another directory.
+        self._workdir = Path(tempfile.mkdtemp(prefix="local-kafka-")) if workdir is None else Path(workdir).resolve()
         self._port = port
         self._controller_port: int | None = None
-        self._log_path = Path(log_path) if log_path is not None else self._workdir / "broker.log"
+        self._log_path = Path(log_path).resolve() if log_path is not None else self._workdir / "broker.log"
         self._process: subprocess.Popen[bytes] | None = None
         self._atexit_registered = False
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,11 @@ def test_start_failure_message_shows_the_latest_starts_errors(tmp_path):
     tail = broker._log_tail(log)
     assert "Unable to start acceptor" in tail
     assert "an old problem" not in tail
+
+
+def test_a_relative_workdir_is_made_absolute(tmp_path, monkeypatch) -> None:
+    # `accountant dev` passes data/kafka; the JVM must not resolve it from elsewhere.
+    monkeypatch.chdir(tmp_path)
+    kafka = broker.LocalKafka(workdir=Path("data/kafka"), log_path=Path("broker.log"))
+    assert kafka.workdir == tmp_path / "data" / "kafka"
+    assert kafka.log_path == tmp_path / "broker.log"
