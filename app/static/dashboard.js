@@ -5,14 +5,15 @@
 const POLL_MS = 1500;
 const HISTORY_MS = 5 * 60 * 1000;
 const MIN_SPAN_MS = 60 * 1000;
+const RATE_WINDOW_MS = 6 * 1000;
 const SESSION_LIMIT = 1000;
 const CLOSE_REASONS = ["closed", "ttl_expired"];
 const COLORS = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#db2777", "#0891b2", "#4b5563"];
 const SVG = "http://www.w3.org/2000/svg";
 
 const view = {
-  sortKey: "session_id",
-  sortDir: 1,
+  sortKey: "created_at", // newest first
+  sortDir: -1,
   sessions: [],
   // Samples of the cumulative counters; rates are the differences between neighbours.
   history: [],
@@ -97,9 +98,12 @@ function renderStats(stats) {
 function rateSeries(field, names) {
   return names.map((name) => {
     const points = [];
+    let start = 0;
     for (let i = 1; i < view.history.length; i++) {
-      const before = view.history[i - 1];
       const after = view.history[i];
+      // Rates over a few seconds: the counters move in batches, one poll apart is jagged.
+      while (start < i - 1 && view.history[start].t < after.t - RATE_WINDOW_MS) start++;
+      const before = view.history[start];
       const seconds = (after.t - before.t) / 1000;
       // A worker restart resets its counters; a drop is not a negative rate.
       const delta = Math.max(0, (after[field][name] || 0) - (before[field][name] || 0));
@@ -202,9 +206,15 @@ function renderTenants(page) {
 
 // -- sessions ---------------------------------------------------------------
 
+// Timestamps sort as times: as text "…:40Z" would come after "…:40.5Z".
+function sortValue(session, key) {
+  const value = session[key];
+  return key.endsWith("_at") && value !== null ? Date.parse(value) : value;
+}
+
 function compareBy(key, direction) {
   return (a, b) => {
-    const left = a[key], right = b[key];
+    const left = sortValue(a, key), right = sortValue(b, key);
     if (left === right) return 0;
     if (left === null) return 1; // absent times last, whichever the direction
     if (right === null) return -1;

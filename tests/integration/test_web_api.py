@@ -124,6 +124,7 @@ def produce_with_librdkafka(bootstrap: str, topic: str, events: list[dict]) -> d
     for body in events:
         producer.produce(topic, key=body["session_id"].encode(), value=orjson.dumps(body), on_delivery=delivered)
     assert producer.flush(30) == 0 and not failures, failures
+    producer.close()
     return partitions
 
 
