@@ -83,7 +83,7 @@ def dev(data_dir: Path) -> None:
         _run_worker(settings)
     finally:
         if broker is not None:
-            broker.stop()
+            broker.stop(timeout=10)  # a dev broker need not shut down gracefully
 
 
 @main.command()
