@@ -52,20 +52,25 @@ class Deployment:
     settings: dict[str, str] = field(default_factory=dict)
 
     @property
+    def config(self) -> Settings:
+        """The settings the workers of this deployment run with (topic names and all)."""
+        return Settings(**{key.removeprefix("ACCOUNTANT_").lower(): value for key, value in self.env().items()})
+
+    @property
     def events_topic(self) -> str:
-        return f"{self.topic_prefix}session-events"
+        return self.config.events_topic
 
     @property
     def closures_topic(self) -> str:
-        return f"{self.topic_prefix}session-closures"
+        return self.config.closures_topic
 
     @property
     def rejected_topic(self) -> str:
-        return f"{self.topic_prefix}session-events-rejected"
+        return self.config.rejected_topic
 
     @property
     def changelog_topic(self) -> str:
-        return f"{self.app_id}-sessions-changelog"
+        return self.config.changelog_topic
 
     def env(self) -> dict[str, str]:
         return {
@@ -81,8 +86,7 @@ class Deployment:
 
     def create_topics(self) -> None:
         """What a worker does at start; for tests that produce before any worker runs."""
-        overrides = {key.removeprefix("ACCOUNTANT_").lower(): value for key, value in self.env().items()}
-        asyncio.run(ensure_topics(Settings(**overrides)))
+        asyncio.run(ensure_topics(self.config))
 
 
 class WorkerProcess:
