@@ -1,0 +1,445 @@
+"""The five benchmarks of issue 6. Each takes a `Scale` and returns a dict of figures."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from app.broker import pick_free_loopback_port
+from app.rules import SECOND, Session, SessionRecord, encode_session, parse_timestamp
+from bench.common import (
+    PARTITIONS, REPO, Deployment, Worker, accounted, group_lag, partition_of, summary_ms,
+)
+from bench.loadgen import TENANTS, bulk_produce, lifecycle, now_rfc3339, throughput_load
+
+GRACE_SECS = 5.0
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big each benchmark is; `quick()` is the --quick run."""
+
+    sessions: int = 50_000
+    events_per_session: int = 20
+    floor_events: int = 300_000
+    latency_rate: int = 5_000
+    latency_secs: float = 60.0
+    ttl_sessions: int = 10_000
+    ttl_spread_secs: int = 50
+    recovery_sessions: int = 1_000_000
+
+    @property
+    def events(self) -> int:
+        return self.sessions * self.events_per_session
+
+    @classmethod
+    def quick(cls) -> "Scale":
+        return cls(sessions=10_000, events_per_session=20, floor_events=100_000, latency_secs=15.0,
+                   ttl_sessions=2_000, ttl_spread_secs=10, recovery_sessions=200_000)
+
+
+@dataclass
+class Context:
+    bootstrap: str
+    workdir: Path
+    scale: Scale
+    log: Callable[[str], None]
+
+    def deployment(self, **settings: str) -> Deployment:
+        return Deployment(self.bootstrap, self.workdir, settings=settings)
+
+
+def _cpu_secs(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+async def _subprocess_json(*args: str, timeout: float) -> dict:
+    process = await asyncio.create_subprocess_exec(sys.executable, *args, cwd=REPO, stdout=subprocess.PIPE,
+                                                   stderr=subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except asyncio.TimeoutError:
+        process.kill()
+        await process.wait()
+        raise RuntimeError(f"{args[:2]} did not finish in {timeout} s") from None
+    lines = [line for line in out.decode(errors="replace").splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"{args[:2]} printed no result (exit {process.returncode}):\n"
+                           f"{err.decode(errors='replace')[-3000:]}")
+    return orjson.loads(lines[-1])
+
+
+# --------------------------------------------------------------------------
+# 1. Throughput
+
+
+async def throughput(ctx: Context) -> dict[str, Any]:
+    scale = ctx.scale
+    deployment = ctx.deployment()
+    await deployment.create_topics()
+    ctx.log(f"throughput: loading {scale.events:,} events over {scale.sessions:,} sessions")
+    loaded, load_secs = await bulk_produce(deployment.bootstrap, deployment.events_topic,
+                                           throughput_load(scale.sessions, scale.events_per_session))
+    result: dict[str, Any] = {"events": loaded, "sessions": scale.sessions,
+                              "load_events_per_sec": round(loaded / load_secs)}
+
+    ctx.log("throughput: baseline (plain aiokafka loop)")
+    result["baseline"] = await _subprocess_json(
+        "-m", "bench.baseline", deployment.bootstrap, deployment.events_topic, f"{deployment.prefix}baseline-out",
+        str(loaded), timeout=600)
+
+    floor_events = min(scale.floor_events, loaded)
+    ctx.log(f"throughput: Faust floor (counting agent, first {floor_events:,} events)")
+    result["faust_floor"] = await _subprocess_json(
+        "-m", "bench.floor", deployment.bootstrap, deployment.events_topic, str(floor_events),
+        str(pick_free_loopback_port()), str(ctx.workdir / "floor"), timeout=600)
+
+    ctx.log("throughput: worker")
+    worker = deployment.worker().start()
+    process = psutil.Process(worker.pid)
+    ready_secs = await worker.wait_ready()
+    first = last = None
+    samples = []
+    deadline = time.monotonic() + 1800
+    while time.monotonic() < deadline:
+        worker.alive()
+        stats = await worker.stats()
+        now, count, cpu = time.monotonic(), accounted(stats), _cpu_secs(process)
+        samples.append((now, count))
+        if count and first is None:
+            first = (now, count, cpu)
+        if count >= loaded:
+            last = (now, count, cpu)
+            break
+        await asyncio.sleep(0.25)
+    if first is None or last is None:
+        raise RuntimeError(f"worker accounted {samples[-1][1] if samples else 0} of {loaded} events in time")
+    lag_deadline = time.monotonic() + 120
+    lag = None
+    while time.monotonic() < lag_deadline:
+        lag = await group_lag(deployment.bootstrap, deployment.app_id, deployment.events_topic)
+        if lag == 0:
+            break
+        await asyncio.sleep(0.5)
+    seconds = last[0] - first[0]
+    events = last[1] - first[1]
+    worker_result = {
+        "events_per_sec": round(events / seconds),
+        "seconds": round(seconds, 2),
+        "cpu_secs": round(last[2] - first[2], 2),
+        "cpu_us_per_event": round((last[2] - first[2]) / events * 1e6, 1),
+        "ready_secs": round(ready_secs, 2),
+        "lag_zero_after_secs": round(time.monotonic() - first[0], 2) if lag == 0 else None,
+        "final_lag": lag,
+        "stats": {key: stats[key] for key in ("applied", "duplicate", "rejected_total", "closures")},
+        "rss_mib": round(process.memory_info().rss / 2**20, 1),
+    }
+    worker.stop()
+    result["worker"] = worker_result
+    for name in ("baseline", "faust_floor"):
+        result[name]["cpu_us_per_event"] = round(result[name]["cpu_secs"] / result[name]["events"] * 1e6, 1)
+    result["ratio_to_baseline"] = round(worker_result["events_per_sec"] / result["baseline"]["events_per_sec"], 3)
+    result["ratio_to_faust_floor"] = round(
+        worker_result["events_per_sec"] / result["faust_floor"]["events_per_sec"], 3)
+    return result
+
+
+# --------------------------------------------------------------------------
+# Observing the outputs
+
+
+class Observer:
+    """Reads the closures topic and the changelog as they are written; stamps each arrival."""
+
+    def __init__(self, bootstrap: str, deployment: Deployment) -> None:
+        self.bootstrap = bootstrap
+        self.deployment = deployment
+        #: session_id -> (receive time, closure)
+        self.closures: dict[str, tuple[float, dict]] = {}
+        #: (partition, last_offset) -> receive time of the first changelog record for it
+        self.changelog: dict[tuple[int, int], float] = {}
+        self._task: asyncio.Task | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                    auto_offset_reset="earliest", fetch_max_wait_ms=50)
+        await consumer.start()
+        tps = [TopicPartition(topic, p) for topic in (self.deployment.closures_topic, self.deployment.changelog_topic)
+               for p in range(PARTITIONS)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        closures_topic = self.deployment.closures_topic
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=100)
+            received = time.time()
+            for tp, messages in batch.items():
+                if tp.topic == closures_topic:
+                    for message in messages:
+                        session_id = message.key.decode()
+                        if session_id not in self.closures:
+                            self.closures[session_id] = (received, orjson.loads(message.value))
+                else:
+                    for message in messages:
+                        if message.value is None:
+                            continue
+                        value = orjson.loads(message.value)
+                        self.changelog.setdefault((value["partition"], value["last_offset"]), received)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+# --------------------------------------------------------------------------
+# 2. Latency at a fixed rate
+
+
+async def latency_and_ttl(ctx: Context) -> dict[str, Any]:
+    """Benchmarks 2 and 3 share one worker: latency first, then TTL closures."""
+    deployment = ctx.deployment()
+    await deployment.create_topics(changelog=True)
+    worker = deployment.worker().start()
+    await worker.wait_ready()
+    observer = Observer(ctx.bootstrap, deployment)
+    await observer.start()
+    try:
+        latency_result = await _latency(ctx, deployment, worker, observer)
+        ttl_result = await _ttl(ctx, deployment, worker, observer)
+    finally:
+        await observer.stop()
+        worker.stop()
+    return {"latency": latency_result, "ttl": ttl_result}
+
+
+async def _latency(ctx: Context, deployment: Deployment, worker: Worker, observer: Observer) -> dict[str, Any]:
+    scale = ctx.scale
+    rate, duration = scale.latency_rate, scale.latency_secs
+    steps = 10  # created, activated, 7 rounds, closed
+    tick = 0.01
+    per_tick = max(1, round(rate * tick))
+    warmup = 2.0
+    ctx.log(f"latency: {rate:,} events/s for {duration:.0f} s")
+    producer = AIOKafkaProducer(bootstrap_servers=ctx.bootstrap, acks="all", linger_ms=0)
+    await producer.start()
+    sent_at: dict[tuple[int, int], float] = {}
+    closed_sent_at: dict[str, float] = {}
+    counted_after = time.time() + warmup
+
+    def remember(key: tuple[str, bool], when: float) -> Callable[[Any], None]:
+        def done(future: asyncio.Future) -> None:
+            if future.exception() is None and when >= counted_after:
+                metadata = future.result()
+                sent_at[(metadata.partition, metadata.offset)] = when
+                if key[1]:
+                    closed_sent_at[key[0]] = when
+        return done
+
+    def events() -> Any:
+        # 500 sessions at a time, interleaved step by step, as live tool loops would be.
+        group = 0
+        while True:
+            ids = [f"lat{group:05d}-{n:03d}" for n in range(500)]
+            for step in range(steps):
+                for index, session_id in enumerate(ids):
+                    yield session_id, step, TENANTS[index % len(TENANTS)]
+            group += 1
+
+    source = events()
+    started = time.monotonic()
+    sent = 0
+    total = int(rate * duration)
+    pending = []
+    while sent < total:
+        target = started + (sent / rate)
+        delay = target - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        occurred_at = now_rfc3339()
+        for _ in range(min(per_tick, total - sent)):
+            session_id, step, tenant_id = next(source)
+            value = orjson.dumps(lifecycle(session_id, step, steps, occurred_at, tenant_id=tenant_id))
+            when = time.time()
+            future = await producer.send(deployment.events_topic, value, key=session_id.encode())
+            future.add_done_callback(remember((session_id, step == steps - 1), when))
+            pending.append(future)
+            sent += 1
+        if len(pending) > 5000:
+            pending = [f for f in pending if not f.done()]
+    achieved = sent / (time.monotonic() - started)
+    await asyncio.gather(*pending)
+    await producer.stop()
+    # Let the tail arrive.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if all(key in observer.changelog for key in sent_at) and all(s in observer.closures for s in closed_sent_at):
+            break
+        await asyncio.sleep(0.2)
+    record_latency = [observer.changelog[key] - when for key, when in sent_at.items() if key in observer.changelog]
+    closure_latency = [observer.closures[s][0] - when for s, when in closed_sent_at.items() if s in observer.closures]
+    stats = await worker.stats()
+    return {
+        "rate": rate,
+        "achieved_rate": round(achieved),
+        "seconds": duration,
+        "warmup_secs": warmup,
+        "record": {**summary_ms(record_latency), "missing": len(sent_at) - len(record_latency)},
+        "closure": {**summary_ms(closure_latency), "missing": len(closed_sent_at) - len(closure_latency)},
+        "worker_rejected": stats["rejected_total"],
+    }
+
+
+# --------------------------------------------------------------------------
+# 3. TTL closure lag
+
+
+async def _ttl(ctx: Context, deployment: Deployment, worker: Worker, observer: Observer) -> dict[str, Any]:
+    scale = ctx.scale
+    count, spread = scale.ttl_sessions, scale.ttl_spread_secs
+    ctx.log(f"ttl: {count:,} sessions expiring over {spread} s (closure due {GRACE_SECS:.0f} s later)")
+    rng = random.Random(6)
+    records = []
+    ids = []
+    for n in range(count):
+        session_id = f"ttl{n:06d}"
+        ids.append(session_id)
+        ttl_secs = 5 + rng.randrange(spread)
+        occurred_at = now_rfc3339(-rng.random())  # sub-second spread within each second
+        tenant_id = TENANTS[n % len(TENANTS)]
+        records.append((session_id.encode(), orjson.dumps(lifecycle(session_id, 0, 3, occurred_at,
+                                                                    ttl_secs=ttl_secs, tenant_id=tenant_id))))
+        records.append((session_id.encode(), orjson.dumps(lifecycle(session_id, 1, 3, occurred_at,
+                                                                    tenant_id=tenant_id))))
+    await bulk_produce(ctx.bootstrap, deployment.events_topic, records)
+    deadline = time.monotonic() + 5 + spread + GRACE_SECS + 30
+    while time.monotonic() < deadline:
+        if all(session_id in observer.closures for session_id in ids):
+            break
+        await asyncio.sleep(0.5)
+    lags = []
+    reasons: dict[str, int] = {}
+    for session_id in ids:
+        if session_id not in observer.closures:
+            continue
+        received, closure = observer.closures[session_id]
+        reasons[closure["reason"]] = reasons.get(closure["reason"], 0) + 1
+        record = closure["record"]
+        expires_at = parse_timestamp(record["created_at"]) / SECOND + record["ttl_secs"]
+        lags.append(received - expires_at - GRACE_SECS)
+    return {"sessions": count, "spread_secs": spread, "grace_secs": GRACE_SECS,
+            "lag": {**summary_ms(lags), "missing": count - len(lags)}, "reasons": reasons}
+
+
+# --------------------------------------------------------------------------
+# 4 and 5. Recovery and memory
+
+
+def _session_template() -> bytes:
+    """One live, active session as the agent stores it, with placeholders."""
+    now = time.time_ns() // 1000
+    record = SessionRecord(
+        session_id="@SID@", tenant_id="tenant-0", provider_id="provider-a", model="model-x", created_at=now,
+        activated_at=now + 1000, closed_at=None, ttl_secs=7200, round_count=12, initial_token_count=1200,
+        delta_token_count=3900, metadata={"team": "search", "env": "prod"})
+    session = Session(record=record, created_ttl_secs=7200, missing_rounds=0, close_reason=None,
+                      closed_seen_at=None, partition=987654321, created_offset=11, last_offset=25)
+    return encode_session(session)
+
+
+def _changelog_records(count: int) -> Any:
+    template = _session_template()
+    for n in range(count):
+        session_id = f"rec{n:08d}"
+        key = session_id.encode()
+        value = template.replace(b"@SID@", key).replace(b"987654321", str(partition_of(key)).encode())
+        yield key, value
+
+
+async def _start_measured(worker: Worker, settle_secs: float = 3.0) -> tuple[float, int]:
+    """Start the worker, return (seconds to ready, RSS once settled)."""
+    worker.start()
+    ready = await worker.wait_ready(timeout=600, interval=0.05)
+    await asyncio.sleep(settle_secs)
+    return ready, worker.rss()
+
+
+async def recovery_and_memory(ctx: Context, stores: list[str]) -> dict[str, Any]:
+    count = ctx.scale.recovery_sessions
+    deployment = ctx.deployment()
+    await deployment.create_topics(changelog=True)
+    ctx.log(f"recovery: writing {count:,} live sessions into the changelog")
+    loaded, load_secs = await bulk_produce(ctx.bootstrap, deployment.changelog_topic, _changelog_records(count))
+    result: dict[str, Any] = {"sessions": loaded, "changelog_load_secs": round(load_secs, 1), "stores": {}}
+    for store in stores:
+        figures: dict[str, Any] = {}
+        result["stores"][store] = figures
+        try:
+            # An empty worker of the same kind: the RSS every worker has.
+            empty = ctx.deployment()
+            await empty.create_topics(changelog=True)
+            ctx.log(f"recovery[{store}]: empty worker")
+            worker = empty.worker(f"empty-{store}", ACCOUNTANT_STORE=store)
+            _, empty_rss = await _start_measured(worker)
+            worker.stop()
+            ctx.log(f"recovery[{store}]: worker recovering {loaded:,} sessions")
+            worker = deployment.worker(f"recover-{store}", ACCOUNTANT_STORE=store)
+            ready, rss = await _start_measured(worker)
+            stats = await worker.stats()
+            figures.update({
+                "ready_secs": round(ready, 2),
+                "live_sessions": stats["live_sessions"],
+                "rss_empty_mib": round(empty_rss / 2**20, 1),
+                "rss_mib": round(rss / 2**20, 1),
+                "rss_per_100k_sessions_mib": round((rss - empty_rss) / 2**20 / (loaded / 100_000), 1),
+            })
+            worker.stop()
+            if store == "rocksdb":
+                figures["disk_mib"] = round(_du(worker.data_dir) / 2**20, 1)
+                ctx.log("recovery[rocksdb]: restart with the local database in place")
+                restarted = deployment.worker(f"recover-{store}", ACCOUNTANT_STORE=store)
+                ready, rss = await _start_measured(restarted)
+                figures["restart_ready_secs"] = round(ready, 2)
+                figures["restart_rss_mib"] = round(rss / 2**20, 1)
+                restarted.stop()
+                shutil.rmtree(restarted.data_dir, ignore_errors=True)
+            if figures["live_sessions"] != loaded:
+                figures["note"] = f"only {figures['live_sessions']} of {loaded} sessions live after recovery"
+        except Exception as error:  # a store that cannot run is reported, not fatal
+            figures["error"] = f"{type(error).__name__}: {str(error)[-1500:]}"
+            ctx.log(f"recovery[{store}]: FAILED: {figures['error'][:300]}")
+    return result
+
+
+def _du(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total

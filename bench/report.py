@@ -1,0 +1,140 @@
+"""Tables of a benchmark run: plain text for the terminal, markdown for the results file."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Row = tuple[str, str, str, str]  # figure, value, target, verdict
+
+
+def _get(data: dict[str, Any] | None, *path: str) -> Any:
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _num(value: Any, unit: str = "", digits: int = 0) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, (int, float)):
+        text = f"{value:,.{digits}f}"
+        return f"{text} {unit}".strip()
+    return str(value)
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("held" if ok else "MISSED")
+
+
+def rows(results: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
+    tp = results.get("throughput")
+    if tp:
+        rate = _get(tp, "worker", "events_per_sec")
+        ratio = tp.get("ratio_to_baseline")
+        out += [
+            ("throughput: worker", _num(rate, "ev/s"), ">= 25,000 ev/s", _verdict(rate >= 25_000 if rate else None)),
+            ("throughput: baseline (aiokafka loop)", _num(_get(tp, "baseline", "events_per_sec"), "ev/s"), "", ""),
+            ("throughput: Faust floor (counting agent)", _num(_get(tp, "faust_floor", "events_per_sec"), "ev/s"),
+             "", ""),
+            ("throughput: worker / baseline", _num(ratio, "", 3), ">= 0.5", _verdict(ratio >= 0.5 if ratio else None)),
+            ("throughput: worker CPU per event", _num(_get(tp, "worker", "cpu_us_per_event"), "us", 1), "", ""),
+            ("throughput: baseline CPU per event", _num(_get(tp, "baseline", "cpu_us_per_event"), "us", 1), "", ""),
+        ]
+    lat = results.get("latency")
+    if lat:
+        for name in ("record", "closure"):
+            p99 = _get(lat, name, "p99_ms")
+            out.append((f"latency {lat['rate']:,} ev/s: {name} p50 / p99 / max",
+                        f"{_num(_get(lat, name, 'p50_ms'), '', 1)} / {_num(p99, '', 1)} / "
+                        f"{_num(_get(lat, name, 'max_ms'), 'ms', 1)}",
+                        "p99 < 100 ms", _verdict(p99 < 100 if p99 is not None else None)))
+    ttl = results.get("ttl")
+    if ttl:
+        p99 = _get(ttl, "lag", "p99_ms")
+        out.append((f"TTL closure lag ({ttl['sessions']:,} sessions): p50 / p99 / max",
+                    f"{_num(_get(ttl, 'lag', 'p50_ms'), '', 0)} / {_num(p99, '', 0)} / "
+                    f"{_num(_get(ttl, 'lag', 'max_ms'), 'ms', 0)}",
+                    "p99 < 1,000 ms", _verdict(p99 < 1000 if p99 is not None else None)))
+    rec = results.get("recovery")
+    if rec:
+        sessions = rec["sessions"]
+        for store, figures in rec["stores"].items():
+            if "error" in figures:
+                out.append((f"recovery {sessions:,} sessions [{store}]", "failed: see notes", "< 60 s", "n/a"))
+                continue
+            ready = figures.get("ready_secs")
+            label = "from the changelog" if store == "rocksdb" else ""
+            out.append((f"recovery {sessions:,} sessions [{store}] {label}".rstrip(), _num(ready, "s", 1), "< 60 s",
+                        _verdict(ready < 60 if ready is not None else None)))
+            if "restart_ready_secs" in figures:
+                restart = figures["restart_ready_secs"]
+                out.append((f"recovery {sessions:,} sessions [{store}] restart, local db", _num(restart, "s", 1),
+                            "< 60 s", _verdict(restart < 60)))
+            out.append((f"memory [{store}]: RSS per 100,000 live sessions",
+                        _num(figures.get("rss_per_100k_sessions_mib"), "MiB", 1), "", ""))
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    data = [("figure", "value", "target", "verdict"), *rows(results)]
+    widths = [max(len(row[i]) for row in data) for i in range(4)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in data]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def _md_table(header: tuple[str, ...], body: list[tuple[str, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def render(results: dict[str, Any], before: dict[str, Any] | None) -> str:
+    machine = results["machine"]
+    parts = [
+        "# Benchmark results",
+        "",
+        f"Run `{results['mode']}` started {results['started_at']}, took {results['total_secs']:.0f} s, "
+        f"broker: {results.get('broker', 'LocalKafka')}, commit `{machine.get('git_commit')}`. "
+        "Written by `python -m bench.run`; see docs/benchmarks.md for what each figure means.",
+        "",
+        "## Machine",
+        "",
+        _md_table(("what", "value"), [
+            ("CPU", f"{machine['cpu_model']}, {machine['cores']} cores"),
+            ("RAM", f"{machine['ram_gib']} GiB"),
+            ("OS", machine["os"]),
+            ("Python", machine["python"]),
+            ("Kafka broker", machine["kafka"]),
+            ("faust-streaming / aiokafka / orjson / rocksdict",
+             f"{machine['faust_streaming']} / {machine['aiokafka']} / {machine['orjson']} / {machine['rocksdict']}"),
+            ("load average at start / end (1, 5, 15 min)",
+             f"{machine['load_average_at_start']} / {machine.get('load_average_at_end')}"),
+        ]),
+        "",
+        "## Figures",
+        "",
+        _md_table(("figure", "value", "target", "verdict"), rows(results)),
+    ]
+    if before is not None:
+        parts += ["", "## Before and after the performance work", "",
+                  f"Before: run `{before.get('mode')}` of {before.get('started_at')} at commit "
+                  f"`{_get(before, 'machine', 'git_commit')}` (bench/results/before.json). "
+                  "After: this run.", "",
+                  _md_table(("figure", "before", "after"), _compare(before, results))]
+    parts += ["", "## Details", "", "```json", _json(results), "```", ""]
+    return "\n".join(parts)
+
+
+def _compare(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, str, str]]:
+    after_rows = {row[0]: row[1] for row in rows(after)}
+    return [(figure, value, after_rows.get(figure, "n/a")) for figure, value, _, _ in rows(before)]
+
+
+def _json(results: dict[str, Any]) -> str:
+    import orjson
+
+    return orjson.dumps(results, option=orjson.OPT_INDENT_2).decode()

@@ -1,0 +1,99 @@
+"""Run the benchmarks and write bench/results/latest.{md,json}.
+
+    .venv/bin/python -m bench.run            # full: about 10-15 minutes
+    .venv/bin/python -m bench.run --quick    # smaller loads: under 3 minutes
+
+Starts a local Kafka broker on 127.0.0.1 (app/broker.py) unless
+ACCOUNTANT_BROKER names one. See docs/benchmarks.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from app.broker import LocalKafka, wait_for_broker
+from bench import report
+from bench.benchmarks import Context, Scale, latency_and_ttl, recovery_and_memory, throughput
+from bench.machine import describe
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ALL = ("throughput", "latency", "recovery")
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[str, Any]:
+    scale = Scale.quick() if args.quick else Scale()
+    ctx = Context(bootstrap, workdir, scale, _log)
+    results: dict[str, Any] = {"mode": "quick" if args.quick else "full", "machine": describe(),
+                               "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    started = time.monotonic()
+    if "throughput" in args.only:
+        results["throughput"] = await throughput(ctx)
+    if "latency" in args.only:
+        results.update(await latency_and_ttl(ctx))
+    if "recovery" in args.only:
+        results["recovery"] = await recovery_and_memory(ctx, args.stores)
+    results["machine"]["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
+    results["total_secs"] = round(time.monotonic() - started, 1)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller loads (under 3 minutes)")
+    parser.add_argument("--only", nargs="+", choices=ALL, default=list(ALL), help="run only these benchmarks")
+    parser.add_argument("--stores", nargs="+", choices=("memory", "rocksdb"), default=["memory", "rocksdb"],
+                        help="table stores for recovery and memory")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="directory for latest.md and latest.json")
+    parser.add_argument("--name", default="latest", help="base name of the result files")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="usage-accountant-bench-") as tmp:
+        workdir = Path(tmp)
+        broker = None
+        bootstrap = os.environ.get("ACCOUNTANT_BROKER", "").strip()
+        if bootstrap:
+            wait_for_broker(bootstrap, timeout=30)
+            _log(f"using the broker at {bootstrap} (ACCOUNTANT_BROKER)")
+        else:
+            _log("starting a local Kafka broker")
+            broker = LocalKafka(workdir=workdir / "kafka").start()
+            bootstrap = broker.bootstrap
+            _log(f"local Kafka at {bootstrap}")
+        try:
+            results = asyncio.run(_run(args, bootstrap, workdir))
+        finally:
+            if broker is not None:
+                broker.stop()
+    results["broker"] = "external (ACCOUNTANT_BROKER)" if os.environ.get("ACCOUNTANT_BROKER") else "LocalKafka"
+    args.out.mkdir(parents=True, exist_ok=True)
+    previous = _load(args.out / "before.json")
+    (args.out / f"{args.name}.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+    markdown = report.render(results, previous)
+    (args.out / f"{args.name}.md").write_text(markdown)
+    print(report.table(results))
+    _log(f"wrote {args.out / (args.name + '.md')} and .json")
+    return 0
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    try:
+        return orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
