@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import random
 import time
 
@@ -61,7 +62,10 @@ def wait_until_processing(worker: WorkerProcess, at_least: int, timeout: float =
     raise AssertionError(f"worker applied fewer than {at_least} events in {timeout} s")
 
 
-def test_restart_recovers_the_table_from_the_changelog(deployment: Deployment) -> None:
+@pytest.mark.parametrize("store", ["memory", pytest.param("rocksdb", marks=pytest.mark.skipif(
+    importlib.util.find_spec("rocksdict") is None, reason="rocksdict not installed (extra: rocksdb)"))])
+def test_restart_recovers_the_table_from_the_changelog(deployment: Deployment, store: str) -> None:
+    deployment.settings["ACCOUNTANT_STORE"] = store
     events, expected = make_sessions("restart", 200, seed=1)
     half = len(events) // 2
     first = deployment.worker("first").start().wait_ready()
