@@ -107,7 +107,13 @@ class SessionAccountant:
         for output in outputs:
             if isinstance(output, Outcome):
                 self.metrics.count(output)
-            elif new_state is not None and any(output is pending for pending in new_state.outbox):
+            # Matched on output_id, not identity: `rules` returns a closure
+            # built apart from the equal one it puts in the outbox, and an
+            # identity test sent every closure unconfirmed, so it stayed in
+            # the outbox and was re-published at every recovery, rebalance
+            # and purge (found by tests/faults, the outbox-drained check).
+            elif new_state is not None and any(output.output_id == pending.output_id
+                                               for pending in new_state.outbox):
                 self._publish_confirmed(new_state.partition, output, now)
             else:
                 # Derived from the bytes or the session's absence, so a
