@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import heapq
+import hmac
 import json
 import logging
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping

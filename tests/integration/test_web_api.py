@@ -30,16 +30,16 @@ BEARER = {"Authorization": f"Bearer {TOKEN}"}
 PARTITIONS = 4  # FAST_SETTINGS
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60) -> Any:
-    """Poll `probe` until it returns something truthy; fail naming `what`."""
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60,
+             observed: Callable[[], Any] = lambda: None) -> Any:
+    """Poll `probe` until it returns something truthy; fail naming `what` and what was `observed`."""
     deadline = time.monotonic() + timeout
-    last = None
     while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
+        result = probe()
+        if result:
+            return result
         time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}; observed: {observed()!r}")
 
 
 def all_sessions(worker: WorkerProcess, query: str = "") -> list[dict] | None:
@@ -131,12 +131,12 @@ def produce_with_librdkafka(bootstrap: str, topic: str, events: list[dict]) -> d
 def test_web_two_workers_answer_for_every_session_whichever_partitioner(deployment: Deployment) -> None:
     deployment.settings["ACCOUNTANT_API_TOKEN"] = TOKEN
     first = deployment.worker("first").start().wait_ready()
-    second = deployment.worker("second").start().wait_ready()
 
     session_ids = [f"crc-{number:02}" for number in range(24)]
     events: list[dict] = []
     for number, session_id in enumerate(session_ids):
-        events += session_events(session_id, [number, 1], tenant_id=f"tenant-{number % 3}", close=number % 2 == 0)
+        events += session_events(session_id, [number, 1], tenant_id=f"tenant-{number % 3}", ttl_secs=3600,
+                                 close=number % 2 == 0)
     partition_of = produce_with_librdkafka(deployment.bootstrap, deployment.events_topic, events)
 
     assert all(partition == zlib.crc32(key.encode()) % PARTITIONS for key, partition in partition_of.items())
@@ -144,14 +144,23 @@ def test_web_two_workers_answer_for_every_session_whichever_partitioner(deployme
                      if partition != (murmur2(key.encode()) & 0x7FFFFFFF) % PARTITIONS]
     assert murmur_misses, "every key hashes alike under both partitioners: the test would prove nothing"
 
+    expected = {sid: "closed" if n % 2 == 0 else "active" for n, sid in enumerate(session_ids)}
+    seen: dict[str, Any] = {}
+
     def complete_listing(worker: WorkerProcess) -> list[dict] | None:
         listed = all_sessions(worker)
-        states = {s["session_id"]: s["state"] for s in listed or []}
-        expected = {sid: "closed" if n % 2 == 0 else "active" for n, sid in enumerate(session_ids)}
-        return listed if states == expected else None
+        seen[worker.name] = "503" if listed is None else {s["session_id"]: s["state"] for s in listed}
+        return listed if seen[worker.name] == expected else None
+
+    # The first worker accounts for everything; then the second takes over half
+    # of the partitions (and their records, from the changelog), while the
+    # first still holds those records in its memory store.
+    wait_for("first to list all sessions alone", lambda: complete_listing(first), observed=lambda: seen)
+    second = deployment.worker("second").start().wait_ready()
 
     for worker in (first, second):
-        listed = wait_for(f"{worker.name} to list all sessions", lambda w=worker: complete_listing(w))
+        listed = wait_for(f"{worker.name} to list all sessions", lambda w=worker: complete_listing(w),
+                          observed=lambda: seen)
         ids = [session["session_id"] for session in listed]
         assert ids == sorted(session_ids), "each session exactly once, in id order"
 

@@ -13,7 +13,6 @@ import os
 import random
 import shutil
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
