@@ -260,8 +260,10 @@ def build_openapi(*, token_required: bool) -> dict[str, Any]:
         "/metrics": {"get": {
             "operationId": "getMetrics",
             "summary": "This worker's metrics in the Prometheus text format.",
-            "responses": {"200": {"description": "Prometheus exposition.",
-                                  "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            "responses": {"200": {"description": "Prometheus text format, or OpenMetrics when the Accept header "
+                                                 "asks for it.",
+                                  "content": {"text/plain": {"schema": {"type": "string"}},
+                                              "application/openmetrics-text": {"schema": {"type": "string"}}}}},
         }},
         "/openapi.json": {"get": {
             "operationId": "getOpenApi",

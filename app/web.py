@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiohttp
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 from yarl import URL
 
 from app.openapi import CURSOR_PATTERN, DEFAULT_LIMIT, MAX_LIMIT, TenantUsage, build_openapi
@@ -177,8 +177,8 @@ def merge_pages(pages: list[tuple[list[dict], bool]], key: str, limit: int,
             by_key[name] = combine(by_key[name], item) if name in by_key else item
     ordered = sorted(by_key)
     chosen = ordered[:limit]
-    more = len(ordered) > limit or any(more for _, more in pages)
-    return [by_key[name] for name in chosen], encode_cursor(chosen[-1]) if more and chosen else None
+    has_more = len(ordered) > limit or any(shard_has_more for _, shard_has_more in pages)
+    return [by_key[name] for name in chosen], encode_cursor(chosen[-1]) if has_more and chosen else None
 
 
 def add_counts(total: dict, part: dict, keep: Collection[str] = ()) -> dict:
@@ -466,8 +466,9 @@ class Api:
 
     async def metrics(self, request: web.Request) -> web.Response:
         query_params(request, ())
-        return web.Response(body=generate_latest(self.service.metrics.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+        # The scraper's Accept header picks the format (Prometheus text or OpenMetrics).
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encode(self.service.metrics.registry), headers={"Content-Type": content_type})
 
     async def openapi_document(self, request: web.Request) -> web.Response:
         query_params(request, ())

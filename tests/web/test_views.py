@@ -166,6 +166,8 @@ async def test_probes_stats_metrics_openapi_and_dashboard_answer(workers) -> Non
     assert status == 200 and stats["live_sessions"] == 1 and stats["workers"] == [worker.url]
     status, text, response = await worker.get("/metrics")
     assert status == 200 and response.content_type == "text/plain" and "accountant_live_sessions 1.0" in text
+    status, text, response = await worker.get("/metrics", headers={"Accept": "application/openmetrics-text"})
+    assert response.content_type == "application/openmetrics-text" and text.endswith("# EOF\n")
     status, page, response = await worker.get("/")
     assert status == 200 and response.content_type == "text/html" and "/static/dashboard.js" in page
     for asset in ("dashboard.js", "dashboard.css"):
