@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import faust
 
 from agents.sessions import SessionAccountant
-from app.faust_fixes import drain_producer_buffer_on_flush, fast_message_handoff
+from app.faust_fixes import drain_producer_buffer_on_flush
 from app.metrics import AccountingMetrics
 from app.settings import Settings
 from tables.sessions import define_sessions_table, store_url
@@ -53,7 +53,6 @@ def build_app(settings: Settings) -> Service:
         value_serializer="raw",
     )
     drain_producer_buffer_on_flush(app)
-    fast_message_handoff()
     metrics = AccountingMetrics()
     table = define_sessions_table(app, settings)
     accountant = SessionAccountant(app, table, settings, metrics)
