@@ -42,9 +42,10 @@ def assert_closures_exact(deployment: Deployment, expected: dict[str, int], time
         by_session.setdefault(closure["closure_id"], []).append(closure)
     missing = set(expected) - set(by_session)
     assert not missing, f"{len(missing)} sessions without closure, e.g. {sorted(missing)[:5]}"
-    wrong = {sid: (by_session[sid][0]["total_token_count"], tokens) for sid, tokens in expected.items()
-             if by_session[sid][0]["total_token_count"] != tokens}
-    assert not wrong, f"token totals differ (got, sent): {dict(list(wrong.items())[:5])}"
+    wrong = {sid: (by_session[sid][0]["total_token_count"], tokens, by_session[sid][0]["missing_rounds"],
+                   by_session[sid][0]["record"]["round_count"])
+             for sid, tokens in expected.items() if by_session[sid][0]["total_token_count"] != tokens}
+    assert not wrong, f"token totals differ (got, sent, missing_rounds, round_count): {dict(list(wrong.items())[:5])}"
     for sid, copies in by_session.items():
         bodies = [{k: v for k, v in copy.items() if k != "emitted_at"} for copy in copies]
         assert all(body == bodies[0] for body in bodies), f"repeated closures of {sid} differ"
