@@ -12,6 +12,8 @@ import faust
 
 #: How long one wait for the next message to leave the buffer lasts.
 _FLUSH_POLL_SECS = 0.1
+#: At most this long a seek waits for the batch being handed over to end.
+_BATCH_WAIT_SECS = 5.0
 
 
 def drain_producer_buffer_on_flush(app: faust.App) -> None:
@@ -49,3 +51,45 @@ def drain_producer_buffer_on_flush(app: faust.App) -> None:
     # The buffer's task reads `_send_pending` when it starts, with the producer.
     buffer._send_pending = counted_send_pending
     buffer.flush = flush
+
+
+def seek_after_the_fetched_batch(app: faust.App) -> None:
+    """Keep Faust from dropping the first events after a start or rebalance.
+
+    When recovery completes, Faust resumes the input partitions and then
+    seeks them to the committed offsets (`perform_seek`), which resets the
+    consumer's read offsets. A batch fetched before the seek can still be
+    handed over afterwards and raise the read offset past what the refetch
+    brings: the drain loop then drops the refetched messages below it as
+    already read, and its off-by-one commit skips them. Seen here as an
+    agent going from offset 111 straight to 113 after a restart, losing a
+    round's tokens. So seek, wait until the drain loop has finished the
+    batch it was handing over (it asks for the next one), and only then
+    let Faust seek again and reset the read offsets: the next batch starts
+    at the committed offsets. Pre-seek messages that did get through come
+    again with the refetch, and the rules ignore them as redeliveries.
+    """
+    consumer = app.consumer
+    getmany = consumer.getmany
+    batches_requested = 0
+
+    def counted_getmany(*args: Any, **kwargs: Any) -> Any:
+        nonlocal batches_requested
+        batches_requested += 1
+        return getmany(*args, **kwargs)
+
+    reset_read_offsets = consumer.perform_seek
+
+    async def perform_seek() -> None:
+        await consumer.seek_to_committed()
+        before = batches_requested
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _BATCH_WAIT_SECS
+        # With the fetcher not running there is no batch in flight to wait for.
+        while batches_requested == before and app._fetcher.state == "running" and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        await reset_read_offsets()
+
+    # The drain loop reads `getmany` when the fetcher starts.
+    consumer.getmany = counted_getmany
+    consumer.perform_seek = perform_seek
