@@ -95,6 +95,13 @@ class SessionAccountant:
             body: Command | Any = decode_command(message.value)
             session_id: str | None = body.session_id
         else:
+            last = self.position.get(message.partition)
+            if last is not None and message.offset > last + 1:
+                # Offsets the agent never saw: a consumer that dropped events
+                # (see app/faust_fixes.py) would lose usage silently.
+                log.error("input partition %s skipped offsets %s..%s", message.partition, last + 1,
+                          message.offset - 1)
+                self.metrics.input_offset_gaps.inc()
             self.position[message.partition] = message.offset
             body = decode_event(message.key, message.value, self.policy)
             session_id = body.session_key if isinstance(body, InvalidEvent) else body.session_id

@@ -27,6 +27,10 @@ class AccountingMetrics:
         self.live_sessions = Gauge(
             "accountant_live_sessions", "Sessions not yet closed on this worker's partitions.",
             registry=self.registry)
+        self.input_offset_gaps = PromCounter(
+            "accountant_input_offset_gaps", "Times the agent saw an input offset skipped (should stay 0; "
+            "non-zero also with transactional gateway producers, whose commit markers take offsets).",
+            registry=self.registry)
         self.outputs_unconfirmed = Gauge(
             "accountant_outputs_unconfirmed", "Closures and rejections published but not yet confirmed.",
             registry=self.registry)
