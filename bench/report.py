@@ -86,6 +86,9 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 restart = figures["restart_ready_secs"]
                 out.append((f"recovery {sessions:,} sessions [{store}] restart, local db", _num(restart, "s", 1),
                             "< 60 s", _verdict(restart < 60)))
+            if ready is not None:
+                out.append((f"recovery [{store}]: seconds per 100,000 sessions",
+                            _num(ready / (sessions / 100_000), "s", 1), "", ""))
             out.append((f"memory [{store}]: RSS per 100,000 live sessions",
                         _num(figures.get("rss_per_100k_sessions_mib"), "MiB", 1), "", ""))
     return out
@@ -148,11 +151,40 @@ def _compare(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, s
     def plain(label: str) -> str:
         return re.sub(r"\d[\d,]*", "N", label)
 
-    after_rows = {plain(row[0]): row[1] for row in rows(after)}
-    return [(plain(figure), value, after_rows.get(plain(figure), "n/a")) for figure, value, _, _ in rows(before)]
+    after_rows = {plain(row[0]): row for row in rows(after)}
+    compared = []
+    for figure, value, _, _ in rows(before):
+        row = after_rows.get(plain(figure))
+        if row is None:
+            compared.append((figure, value, "n/a"))
+        elif row[0] == figure:
+            compared.append((figure, value, row[1]))
+        else:  # the same figure at another size: say so
+            compared.append((row[0], f"{value} (at: {figure})", row[1]))
+    return compared
 
 
 def _json(results: dict[str, Any]) -> str:
     import orjson
 
     return orjson.dumps(results, option=orjson.OPT_INDENT_2).decode()
+
+
+def main() -> None:
+    """`python -m bench.report [NAME]`: write bench/results/NAME.md again from NAME.json."""
+    import sys
+    from pathlib import Path
+
+    import orjson
+
+    results_dir = Path(__file__).resolve().parent / "results"
+    name = sys.argv[1] if len(sys.argv) > 1 else "latest"
+    results = orjson.loads((results_dir / f"{name}.json").read_bytes())
+    before_path = results_dir / "before.json"
+    before = orjson.loads(before_path.read_bytes()) if before_path.exists() else None
+    (results_dir / f"{name}.md").write_text(render(results, before))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
