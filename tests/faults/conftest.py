@@ -1,0 +1,92 @@
+"""Fixtures of the fault suite.
+
+* ``deployment`` (re-exported from tests/integration): workers on the shared
+  session broker, with a fresh app id and topic prefix per test.
+* ``private_kafka``: a LocalKafka broker of the test's own, for faults that stop
+  the broker (the shared one must never be stopped).
+* ``private_deployment``: a Deployment on ``private_kafka``.
+* ``fault_figures``: where a test reports what it measured; the figures of all
+  fault tests are printed in pytest's terminal summary, and appended as JSON
+  lines to ``$ACCOUNTANT_FAULT_FIGURES`` when that is set.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from app.broker import LocalKafka
+from tests.integration.conftest import deployment, pytest_runtest_makereport  # noqa: F401  (re-exported)
+from tests.integration.workers import Deployment, WorkerProcess
+
+ENV_FIGURES = "ACCOUNTANT_FAULT_FIGURES"
+_FIGURES = pytest.StashKey[list]()
+
+
+@pytest.fixture
+def private_kafka(tmp_path: Path) -> Iterator[LocalKafka]:
+    """A broker for this test alone: stop/start it freely (same port, same data)."""
+    kafka = LocalKafka(workdir=tmp_path / "private-kafka")
+    kafka.start()
+    try:
+        yield kafka
+    finally:
+        kafka.close()
+
+
+@pytest.fixture
+def private_deployment(private_kafka: LocalKafka, unique_name: Callable[[str], str], tmp_path: Path,
+                       request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    """Like ``deployment``, on the test's private broker. Workers are stopped
+    before the broker is (fixture teardown order), and their logs and the
+    broker's are shown when the test fails."""
+    deployment = Deployment(private_kafka.bootstrap, unique_name("acct"), unique_name("t") + ".", tmp_path)
+    started: list[WorkerProcess] = []
+    original = deployment.worker
+
+    def tracked(name: str = "worker") -> WorkerProcess:
+        worker = original(name)
+        started.append(worker)
+        return worker
+
+    deployment.worker = tracked  # type: ignore[method-assign]
+    yield deployment
+    for worker in started:
+        worker.stop(timeout=20)
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for worker in started:
+            print(f"\n----- {worker.name} log ({worker.log_path}) -----\n{worker.log_tail(120)}")
+        log = private_kafka.log_path.read_text(errors="replace").splitlines()[-60:]
+        print(f"\n----- private broker log ({private_kafka.log_path}) -----\n" + "\n".join(log))
+
+
+@pytest.fixture
+def fault_figures(request: pytest.FixtureRequest) -> Callable[[dict], None]:
+    """Report one test's figures (a flat dict) for the terminal summary."""
+
+    def report(figures: dict) -> None:
+        entry = {"test": request.node.name, **figures}
+        request.config.stash.setdefault(_FIGURES, []).append(entry)
+        path = os.environ.get(ENV_FIGURES)
+        if path:
+            with open(path, "ab") as out:
+                out.write(orjson.dumps(entry) + b"\n")
+
+    return report
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    entries = config.stash.get(_FIGURES, [])
+    if not entries:
+        return
+    terminalreporter.section("fault suite figures")
+    for entry in entries:
+        terminalreporter.write_line(" ".join(f"{key}={value}" for key, value in entry.items()))
+    total = {key: sum(entry.get(key, 0) for entry in entries)
+             for key in ("events", "sessions", "faults_injected", "lost", "double_billed")}
+    terminalreporter.write_line("total " + " ".join(f"{key}={value}" for key, value in total.items()))

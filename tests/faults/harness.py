@@ -1,0 +1,256 @@
+"""Driving a fault run: publishing pieces, watching workers, finishing with the oracle."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import TopicPartition
+
+from app.rules import Reason, Result
+from app.simulator import PlannedEvent, PublishStats, Simulation, partition_for, publish
+from app.web import FANOUT_HEADER, PARTITIONS_HEADER, parse_partitions
+from tests.faults.oracle import (
+    Ledger, LedgerStamper, Verdict, changelog_table, check_run, collect, print_figures, session_of,
+    unconfirmed_outputs,
+)
+from tests.integration.workers import FAST_SETTINGS, Deployment, WorkerProcess
+
+PARTITIONS = int(FAST_SETTINGS["ACCOUNTANT_PARTITIONS"])
+
+
+class Timeline:
+    """Seconds since the start at each named step, printed with the figures."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.marks: list[tuple[str, float]] = []
+
+    def __call__(self, step: str) -> None:
+        self.marks.append((step, time.monotonic() - self.start))
+
+    def __str__(self) -> str:
+        return ", ".join(f"{step} {at:.1f}s" for step, at in self.marks)
+
+
+def publish_piece(deployment: Deployment, events: list[PlannedEvent], stamper: LedgerStamper) -> PublishStats:
+    return asyncio.run(publish(events, deployment.bootstrap, deployment.events_topic, stamper=stamper,
+                               progress=None))
+
+
+def local_stats(worker: WorkerProcess) -> dict[str, Any]:
+    """This process's own counters (the fan-out header stops it asking its peers)."""
+    status, body = worker.get("/stats", headers={FANOUT_HEADER: "1"})
+    assert status == 200, f"{worker.name} /stats answered {status}: {body}"
+    return body
+
+
+def owned_partitions(worker: WorkerProcess) -> frozenset[int]:
+    """The input partitions this worker is active for now (empty while rebalancing)."""
+    request = urllib.request.Request(worker.url + "/sessions?limit=1", headers={FANOUT_HEADER: "1"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return parse_partitions(response.headers.get(PARTITIONS_HEADER))
+
+
+def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 90, interval: float = 0.05) -> float:
+    """Poll until `predicate()`; returns the seconds waited."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+    return time.monotonic() - start
+
+
+def committed_to_end(deployment: Deployment) -> bool:
+    """Whether the workers' group has committed every partition of the events
+    topic up to its end: everything published so far was processed."""
+
+    async def check() -> bool:
+        admin = AIOKafkaAdminClient(bootstrap_servers=deployment.bootstrap)
+        consumer = AIOKafkaConsumer(bootstrap_servers=deployment.bootstrap, group_id=None)
+        await admin.start()
+        await consumer.start()
+        try:
+            committed = await admin.list_consumer_group_offsets(deployment.app_id)
+            partitions = [TopicPartition(deployment.events_topic, p) for p in range(PARTITIONS)]
+            ends = await consumer.end_offsets(partitions)
+            return all(tp in committed and committed[tp].offset >= ends[tp] for tp in partitions)
+        finally:
+            await consumer.stop()
+            await admin.close()
+
+    return asyncio.run(check())
+
+
+def wait_applied(worker: WorkerProcess, at_least: int, timeout: float = 90) -> int:
+    """Wait until the worker's own `applied` counter reaches `at_least`; returns it."""
+    seen = [0]
+
+    def reached() -> bool:
+        try:
+            seen[0] = local_stats(worker)["applied"]
+        except OSError:
+            return False
+        return seen[0] >= at_least
+
+    wait_for(f"{worker.name} to apply {at_least} events", reached, timeout)
+    return seen[0]
+
+
+def settled_stats(worker: WorkerProcess, ledger: Ledger, timeout: float = 30) -> dict[str, Any]:
+    """/stats summed over the live workers, once it counts every sent event, or
+    stops moving for a second (after a crash it may count less or more)."""
+    deadline = time.monotonic() + timeout
+    previous = None
+    while True:
+        status, stats = worker.get("/stats")
+        assert status == 200, f"/stats answered {status}: {stats}"
+        counted = stats["applied"] + stats["duplicate"] + stats["rejected_total"]
+        if counted == ledger.sent or stats == previous or time.monotonic() > deadline:
+            return stats
+        previous = stats
+        time.sleep(1.0)
+
+
+def finish(deployment: Deployment, ledger: Ledger, simulation: Simulation, *, faults: int,
+           report: Callable[[dict], None], stats_from: WorkerProcess | None = None, exact_stats: bool = False,
+           timeout: float = 120, extra: dict[str, Any] | None = None, timeline: Timeline | None = None) -> Verdict:
+    """Collect the outputs, run the oracle, print and report the figures, and
+    fail on any problem."""
+    outputs = asyncio.run(collect(deployment.bootstrap, events_topic=deployment.events_topic,
+                                  closures_topic=deployment.closures_topic, rejected_topic=deployment.rejected_topic,
+                                  ledger=ledger, timeout=timeout))
+    stats = settled_stats(stats_from, ledger) if stats_from is not None else None
+    verdict = check_run(ledger, outputs, events_topic=deployment.events_topic, run_id=simulation.config.run_id,
+                        stats=stats, exact_stats=exact_stats)
+    # Every output the broker acknowledged leaves its session's outbox (a
+    # `confirm` command); one left behind is re-published at every recovery.
+    left: dict[str, list[Any]] = {}
+
+    def drained() -> bool:
+        left.clear()
+        left.update(asyncio.run(unconfirmed_outputs(deployment.bootstrap, deployment.changelog_topic)))
+        return not left
+
+    missing = [sid for sid in ledger.closures if sid not in {c.get("closure_id") for c in outputs.closures}]
+    if missing:
+        # What the changelog says of them, for the diagnosis.
+        table = asyncio.run(changelog_table(deployment.bootstrap, deployment.changelog_topic))
+        for session_id in missing[:5]:
+            value = table.get(session_id)
+            summary = value and {k: value[k] for k in ("close_reason", "closed_seen_at", "partition", "created_offset",
+                                                        "last_offset", "outbox")}
+            record = value and value["record"]
+            verdict.problems.append(f"changelog of {session_id}: {summary} rounds={record and record['round_count']} "
+                                    f"closed_at={record and record['closed_at']}")
+    try:
+        wait_for("every session's outbox to be confirmed", drained, timeout=20, interval=1.0)
+    except AssertionError:
+        verdict.problems.append(f"{len(left)} sessions keep unconfirmed outputs in their outbox, e.g. "
+                                f"{dict(list(left.items())[:3])}")
+    figures = {**verdict.figures, "faults_injected": faults, **(extra or {})}
+    if timeline is not None:
+        timeline("checked")
+        figures["seconds"] = round(time.monotonic() - timeline.start, 1)
+        print(f"[fault timeline] {timeline}", flush=True)
+    print_figures(simulation.config.run_id, figures)
+    report(figures)
+    verdict.assert_ok()
+    assert figures["lost"] == 0 and figures["double_billed"] == 0
+    return verdict
+
+
+# --------------------------------------------------------------------------
+# Gateways re-sending everything
+
+
+#: Reasons a copy may only get while the session is open: after the close the
+#: same bytes are `session_closed` (the rules look at the close first).
+_OPEN_ONLY = {Reason.MODEL_MISMATCH, Reason.OVERFLOW}
+
+
+def with_copies(simulation: Simulation, seed: int, deliveries: tuple[int, ...] = (2, 3)) -> list[PlannedEvent]:
+    """The simulation's stream with every record delivered 2 or 3 times.
+
+    Copies repeat the bytes of their original (`body=None`) and go to a random
+    later point of the same session's stream, so they interleave with the
+    session's later events and, on the same partition, with other sessions'.
+    A copy of an accepted event must be a duplicate; a copy of a rejected one
+    is rejected for the same reason, so a copy whose reason depends on the
+    session being open stays before the session's close.  Sessions are then
+    interleaved as `Simulation.events` does (idle ones as one burst).
+    """
+    rng = random.Random(f"{seed}/copies")
+    in_flight_limit = simulation.config.in_flight
+    plans = simulation.sessions()
+    streams: list[list[PlannedEvent]] = []
+    out: list[PlannedEvent] = []
+
+    def expand(plan) -> list[PlannedEvent]:
+        events = plan.events
+        close_at = next((i for i, e in enumerate(events) if e.body is not None and e.result is Result.APPLIED
+                         and e.body.get("type") == "session.closed"), len(events))
+        placed: list[tuple[float, int, PlannedEvent]] = [(float(i), 0, e) for i, e in enumerate(events)]
+        for i, event in enumerate(events):
+            end = close_at if event.reason in _OPEN_ONLY else len(events)
+            for n in range(rng.choice(deliveries) - 1):
+                copy = PlannedEvent(event.key, event.event_id, None,
+                                    Result.REJECTED if event.result is Result.REJECTED else Result.DUPLICATE,
+                                    event.reason)
+                placed.append((i + rng.random() * max(0.0, end - i - 0.5) + 0.25, 1 + n, copy))
+        placed.sort(key=lambda item: item[:2])
+        return [item[2] for item in placed]
+
+    interleave = random.Random(f"{seed}/interleave")
+    while True:
+        while len(streams) < in_flight_limit:
+            plan = next(plans, None)
+            if plan is None:
+                break
+            if plan.idle:
+                out.extend(expand(plan))
+            else:
+                streams.append(expand(plan))
+        if not streams:
+            return out
+        index = interleave.randrange(len(streams))
+        out.append(streams[index].pop(0))
+        if not streams[index]:
+            streams[index] = streams[-1]
+            streams.pop()
+
+
+def copies_interleaved(stream: list[PlannedEvent]) -> dict[str, Any]:
+    """How far copies landed from their originals: the share of copies with a
+    later event of their own session in between, and the median number of
+    records of the same partition in between."""
+    first_at: dict[str, int] = {}
+    partition_of = [partition_for(event.key, PARTITIONS, "murmur2") for event in stream]
+    same_partition_before: list[int] = []
+    counts = [0] * PARTITIONS
+    for event, partition in zip(stream, partition_of):
+        same_partition_before.append(counts[partition])
+        counts[partition] += 1
+    session_events: dict[str, list[int]] = {}
+    for index, event in enumerate(stream):
+        session_events.setdefault(session_of(event), []).append(index)
+    gaps, after_own = [], 0
+    copies = 0
+    for index, event in enumerate(stream):
+        original = first_at.setdefault(event.event_id, index)
+        if original == index or event.body is not None:
+            continue
+        copies += 1
+        gaps.append(same_partition_before[index] - same_partition_before[original] - 1)
+        own = session_events[session_of(event)]
+        after_own += any(original < other < index and stream[other].event_id != event.event_id for other in own)
+    gaps.sort()
+    return {"copies_after_own_later_events": f"{after_own / max(1, copies):.0%}",
+            "median_same_partition_records_between": gaps[len(gaps) // 2] if gaps else 0}

@@ -1,0 +1,54 @@
+"""Fault 1: the worker is killed with SIGKILL under load, restarted, and finishes.
+
+Two crashes: the first while the worker works through a backlog it is being
+fed, the second while its successor is still catching up after recovering
+the table. Neither may lose a token or bill one twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from app.simulator import Simulation, SimulationConfig, new_run_id
+from tests.faults.harness import Timeline, finish, local_stats, publish_piece, wait_applied
+from tests.faults.oracle import pieces, simulated, split_points
+from tests.integration.workers import Deployment
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration]
+
+
+def test_kill_9_under_load_then_restart(deployment: Deployment, fault_figures: Callable[[dict], None]) -> None:
+    timeline = Timeline()
+    simulation = Simulation(SimulationConfig(sessions=3000, seed=1001, run_id=new_run_id()))
+    ledger, stamper = simulated(simulation)
+    events = list(simulation.events())
+    first, second, third = pieces(events, split_points(events, simulation, (0.45, 0.75)))
+    deployment.create_topics()
+
+    victim = deployment.worker("victim").start().wait_ready()
+    timeline("ready")
+    publish_piece(deployment, first, stamper)
+    # Mid-stream: the worker is a third of the way through a backlog it was just fed.
+    applied_at_first_kill = wait_applied(victim, ledger.applied // 3)
+    victim.kill()
+    timeline("kill 1")
+    assert applied_at_first_kill < ledger.applied, "the worker was not under load when killed"
+
+    publish_piece(deployment, second, stamper)  # arrives while no worker runs
+    successor = deployment.worker("successor").start().wait_ready()
+    timeline("successor ready")
+    # Killed again while catching up on the backlog after its recovery.
+    applied_at_second_kill = wait_applied(successor, 500)
+    backlog_left = local_stats(successor)
+    successor.kill()
+    timeline("kill 2")
+
+    last = deployment.worker("last").start().wait_ready()
+    timeline("last ready")
+    publish_piece(deployment, third, stamper)  # the last piece, while the restarted worker processes
+    timeline("published")
+    finish(deployment, ledger, simulation, faults=2, report=fault_figures, stats_from=last, timeline=timeline,
+           extra={"kills": 2, "applied_at_kills": f"{applied_at_first_kill}+{applied_at_second_kill}",
+                  "redelivered_before_second_kill": backlog_left["redelivered"]})

@@ -1,0 +1,90 @@
+"""Poison the service does not survive yet: reproductions for the lead.
+
+Both stop the worker process (exit 1) and would crash it again after every
+restart, since the same records are consumed again. Both are within the
+letter of SPEC §3, so the fix is a rule the spec leaves open (see
+docs/faults.md, "Open findings"). Marked xfail(strict): they turn into
+failures, to be un-marked, once the service survives them.
+
+* A `session.created` with a 1 MB `model`: SPEC §3 bounds ids (128 chars)
+  and metadata (16 KiB) but not `provider_id`, `model` or a close `reason`.
+  The record, the changelog write and the closure exceed Faust's 1,000,000
+  byte `producer_max_request_size`; the producer buffer crashes and takes
+  the worker down.
+* 200 creations clashing with one open session, each with 15 KiB of
+  metadata (legal): each rejection is kept in the session's outbox until the
+  broker confirms it, so the table value passes 1 MB before confirmations
+  catch up, and the changelog write crashes the worker the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from app.simulator import partition_for
+from tests.faults.harness import PARTITIONS
+from tests.integration.workers import Deployment, WorkerProcess, event
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration]
+
+
+async def _send(deployment: Deployment, session_id: str, events: list[dict]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=deployment.bootstrap, acks="all", enable_idempotence=True,
+                                max_request_size=2 * 1024 * 1024)
+    await producer.start()
+    try:
+        key = session_id.encode()
+        for body in events:
+            await producer.send_and_wait(deployment.events_topic, orjson.dumps(body), key=key,
+                                         partition=partition_for(key, PARTITIONS, "murmur2"))
+    finally:
+        await producer.stop()
+
+
+def _survives(worker: WorkerProcess, events: int, timeout: float = 30) -> None:
+    """The worker counts every event and is still the same running process."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert worker.process.poll() is None, f"the worker exited with {worker.process.returncode}"
+        try:
+            status, stats = worker.get("/stats")
+        except OSError:
+            status, stats = None, None
+        if status == 200 and stats["applied"] + stats["duplicate"] + stats["rejected_total"] >= events:
+            time.sleep(2)  # the changelog writes that follow
+            assert worker.process.poll() is None, f"the worker exited with {worker.process.returncode}"
+            assert worker.get("/healthz")[0] == 200
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"the worker did not count {events} events in {timeout} s")
+
+
+@pytest.mark.xfail(strict=True, reason="open: a 1 MB model name crashes the worker (docs/faults.md)")
+def test_a_creation_with_a_1_mb_model_name(deployment: Deployment) -> None:
+    deployment.create_topics()
+    worker = deployment.worker("worker").start().wait_ready()
+    sid = "huge-model"
+    asyncio.run(_send(deployment, sid, [
+        event("session.created", sid, 0, provider_id="p", model="m" * 1_000_000, ttl_secs=60),
+        event("session.activated", sid, 1, initial_token_count=5),
+        event("session.closed", sid, 2),
+    ]))
+    _survives(worker, 3)
+
+
+@pytest.mark.xfail(strict=True, reason="open: an outbox of unconfirmed rejections passes 1 MB (docs/faults.md)")
+def test_a_flood_of_clashing_creations_with_large_metadata(deployment: Deployment) -> None:
+    deployment.create_topics()
+    worker = deployment.worker("worker").start().wait_ready()
+    sid = "flood"
+    events = [event("session.created", sid, 0, provider_id="p", model="m", ttl_secs=600),
+              event("session.activated", sid, 1, initial_token_count=5)]
+    events += [event("session.created", sid, 2 + n, provider_id="p", model="other", ttl_secs=600,
+                     metadata={"blob": "x" * 15_000}) for n in range(200)]
+    asyncio.run(_send(deployment, sid, events))
+    _survives(worker, len(events))
