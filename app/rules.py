@@ -25,6 +25,10 @@ Micros = int
 MAX_COUNT = 2**63 - 1
 MAX_TTL_SECS = 2**32
 MAX_ID_CHARS = 128
+#: provider_id, model and a close reason: the spec sets no bound, but each is
+#: copied into the record, the changelog and the closure, and an unbounded one
+#: (1 MB) made those exceed Kafka's request size and crashed the worker.
+MAX_NAME_CHARS = 1024
 # orjson encodes at most 254 levels of nesting, and a creation's metadata ends
 # up to 4 levels down (session -> outbox -> rejection -> event -> metadata), so
 # deeper metadata is refused, and deeper invalid events are kept as raw bytes.
@@ -311,6 +315,8 @@ def _nonempty(obj: dict, name: str) -> str:
     value = _string(obj, name, bounded=False)
     if not value:
         raise _Invalid(f"field '{name}' must be a non-empty string")
+    if len(value) > MAX_NAME_CHARS:
+        raise _Invalid(f"field '{name}' must be at most {MAX_NAME_CHARS} characters")
     return value
 
 
@@ -396,6 +402,8 @@ def _build_event(obj: Any, session_key: str | None, policy: Policy) -> Event:
         reason = obj.get("reason")
         if reason is not None and not isinstance(reason, str):
             raise _Invalid("field 'reason' must be a string")
+        if reason is not None and len(reason) > MAX_NAME_CHARS:
+            raise _Invalid(f"field 'reason' must be at most {MAX_NAME_CHARS} characters")
         event = SessionClosed(**common, reason=reason)
     else:
         raise _Invalid("field 'type' must be one of session.created, session.activated, "

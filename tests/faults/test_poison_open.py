@@ -1,20 +1,17 @@
-"""Poison the service does not survive yet: reproductions for the lead.
-
-Both stop the worker process (exit 1) and would crash it again after every
-restart, since the same records are consumed again. Both are within the
-letter of SPEC §3, so the fix is a rule the spec leaves open (see
-docs/faults.md, "Open findings"). Marked xfail(strict): they turn into
-failures, to be un-marked, once the service survives them.
+"""Large poison at the edge of SPEC §3, and what the service does with it.
 
 * A `session.created` with a 1 MB `model`: SPEC §3 bounds ids (128 chars)
   and metadata (16 KiB) but not `provider_id`, `model` or a close `reason`.
-  The record, the changelog write and the closure exceed Faust's 1,000,000
-  byte `producer_max_request_size`; the producer buffer crashes and takes
-  the worker down.
-* 200 creations clashing with one open session, each with 15 KiB of
-  metadata (legal): each rejection is kept in the session's outbox until the
-  broker confirms it, so the table value passes 1 MB before confirmations
-  catch up, and the changelog write crashes the worker the same way.
+  The record, the changelog write and the closure exceeded Faust's
+  1,000,000 byte `producer_max_request_size` and crashed the worker, again
+  after every restart. Fixed: those fields are bounded at
+  `rules.MAX_NAME_CHARS` (1024) and longer ones are `invalid_event`.
+* Open (xfail, strict): 200 creations clashing with one open session, each
+  with 15 KiB of metadata (legal): each rejection is kept in the session's
+  outbox until the broker confirms it, so the table value passes 1 MB before
+  confirmations catch up, and the changelog write crashes the worker the
+  same way. The fix is to keep rejections in the outbox without the event
+  body (or cap the outbox); see docs/faults.md, "Open findings".
 """
 
 from __future__ import annotations
@@ -64,7 +61,6 @@ def _survives(worker: WorkerProcess, events: int, timeout: float = 30) -> None:
     raise AssertionError(f"the worker did not count {events} events in {timeout} s")
 
 
-@pytest.mark.xfail(strict=True, reason="open: a 1 MB model name crashes the worker (docs/faults.md)")
 def test_a_creation_with_a_1_mb_model_name(deployment: Deployment) -> None:
     deployment.create_topics()
     worker = deployment.worker("worker").start().wait_ready()

@@ -433,3 +433,25 @@ def test_a_record_without_a_value_is_invalid_and_its_raw_is_empty() -> None:
     assert wire["event"] is None and wire["raw"] == ""
     result = decode_event(b"\xff", None)
     assert isinstance(result, InvalidEvent) and result.raw == b""
+
+
+@pytest.mark.parametrize("field", ["provider_id", "model"])
+def test_names_longer_than_the_bound_are_invalid(field: str) -> None:
+    from app.rules import MAX_NAME_CHARS, InvalidEvent, decode_event
+
+    body = {"event_id": "e", "type": "session.created", "session_id": "s", "tenant_id": "t",
+            "occurred_at": "2026-11-24T06:00:00Z", "provider_id": "p", "model": "m", "ttl_secs": 60}
+    body[field] = "x" * MAX_NAME_CHARS
+    assert not isinstance(decode_event(b"s", orjson.dumps(body)), InvalidEvent)
+    body[field] = "x" * (MAX_NAME_CHARS + 1)
+    invalid = decode_event(b"s", orjson.dumps(body))
+    assert isinstance(invalid, InvalidEvent) and f"'{field}'" in invalid.detail
+
+
+def test_a_close_reason_longer_than_the_bound_is_invalid() -> None:
+    from app.rules import MAX_NAME_CHARS, InvalidEvent, decode_event
+
+    body = {"event_id": "e", "type": "session.closed", "session_id": "s", "tenant_id": "t",
+            "occurred_at": "2026-11-24T06:00:00Z", "reason": "r" * (MAX_NAME_CHARS + 1)}
+    invalid = decode_event(b"s", orjson.dumps(body))
+    assert isinstance(invalid, InvalidEvent) and "'reason'" in invalid.detail
