@@ -33,6 +33,14 @@ MAX_NAME_CHARS = 1024
 # up to 4 levels down (session -> outbox -> rejection -> event -> metadata), so
 # deeper metadata is refused, and deeper invalid events are kept as raw bytes.
 MAX_JSON_DEPTH = 128
+#: A session's outbox keeps the bodies of its rejected events up to this many
+#: bytes; later ones are kept without the body (`event_omitted`). Each entry
+#: stays until the broker confirms it, and a flood of legal but clashing
+#: creations (16 KiB of metadata each) grew one table value past Kafka's
+#: ~1 MB record limit and crashed the worker (found by tests/faults). Only a
+#: re-publication after a crash or rebalance lacks the body: the first
+#: publication always carries it, and `source` locates the event anyway.
+OUTBOX_EVENT_BYTES = 64 * 1024
 SECOND: Micros = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -513,6 +521,8 @@ class Rejection:
     event: Any
     raw: bytes | None
     source: Source
+    #: The outbox copy of a rejection dropped `event` (see OUTBOX_EVENT_BYTES).
+    event_omitted: bool = False
 
     @property
     def output_id(self) -> str:
@@ -532,6 +542,8 @@ class Rejection:
         }
         if self.raw is not None:
             body["raw"] = base64.b64encode(self.raw).decode("ascii")
+        if self.event_omitted:
+            body["event_omitted"] = True
         return body
 
 
@@ -630,13 +642,16 @@ class Session:
 def _output_to_state(output: Output) -> dict[str, Any]:
     if isinstance(output, Closure):
         return {"kind": "closure"}  # rebuilt from the closed record itself
-    return {
+    item = {
         "kind": "rejection",
         "reason": output.reason.value,
         "detail": output.detail,
         "event": output.event,
         "source": [output.source.topic, output.source.partition, output.source.offset],
     }
+    if output.event_omitted:
+        item["event_omitted"] = True
+    return item
 
 
 def _output_from_state(item: dict[str, Any], session: Session) -> Output:
@@ -645,7 +660,7 @@ def _output_from_state(item: dict[str, Any], session: Session) -> Output:
     topic, partition, offset = item["source"]
     return Rejection(
         session.record.session_id, Reason(item["reason"]), item["detail"], item["event"], None,
-        Source(topic, partition, offset),
+        Source(topic, partition, offset), item.get("event_omitted", False),
     )
 
 
@@ -856,6 +871,16 @@ def _reject(session: Session | None, state: Session | None, event: Event, source
         return state, (rejection, outcome)
     # Remember the offset, so a re-delivery is not judged against a later
     # state; and keep the rejection until the broker confirms it.
-    updated = replace(session, last_offset=source.offset, outbox=(*session.outbox, rejection))
+    updated = replace(session, last_offset=source.offset, outbox=(*session.outbox, _outbox_copy(session, rejection)))
     return updated, (rejection, outcome)
+
+
+def _outbox_copy(session: Session, rejection: Rejection) -> Rejection:
+    """The rejection as the outbox keeps it: whole while the bodies kept stay
+    within OUTBOX_EVENT_BYTES, else without its event."""
+    kept = sum(len(orjson.dumps(output.event)) for output in session.outbox
+               if isinstance(output, Rejection) and output.event is not None)
+    if kept + len(orjson.dumps(rejection.event)) <= OUTBOX_EVENT_BYTES:
+        return rejection
+    return replace(rejection, event=None, event_omitted=True)
 

@@ -144,6 +144,9 @@ class Corpus:
             bad("null value (tombstone)", None, invalid, "JSON"),
             # Shapes and values the rules refuse.
             bad("unknown type", {**self.round(2, 5), "type": "session.paused"}, invalid, "'type'"),
+            bad("model of 1,025 characters", {**created, "model": "m" * 1025}, invalid, "'model'"),
+            bad("provider of 1,025 characters", {**created, "provider_id": "p" * 1025}, invalid, "'provider_id'"),
+            bad("close reason of 1,025 characters", e("session.closed", reason="r" * 1025), invalid, "'reason'"),
             bad("event_id of 129 characters", {**self.round(2, 5), "event_id": "e" * 129}, invalid, "'event_id'"),
             bad("timestamp without offset", {**self.round(2, 5), "occurred_at": "2026-01-01T00:00:00"}, invalid,
                 "'occurred_at'"),
@@ -174,6 +177,8 @@ class Corpus:
         return [
             bad("1 MB of metadata", big_meta, Reason.INVALID_EVENT, "'metadata'", key=big_meta["session_id"].encode()),
             bad("1 MB of garbage", b"\x00garbage" * (ONE_MB // 8), Reason.INVALID_EVENT, "JSON"),
+            bad("1 MB model name", {**big_meta, "metadata": {}, "model": "m" * ONE_MB}, Reason.INVALID_EVENT, "'model'",
+                key=big_meta["session_id"].encode()),
             bad("1 MB, not UTF-8", b"\xff" * ONE_MB, Reason.INVALID_EVENT, "UTF-8"),
             self.applied("round 2, 1 MB with padding", padded),
             self.applied("closed", e("session.closed", reason="done")),
@@ -290,7 +295,7 @@ def test_poison_is_rejected_and_good_events_around_it_are_exact(deployment: Depl
         if keys != {record.rejection_key}:
             problems.append(f"{record.name}: rejection keyed {keys}, expected {record.rejection_key!r}")
     assert not problems, "\n".join(problems)
-    assert sorted(truncated) == ["1 MB of garbage", "1 MB of metadata", "1 MB, not UTF-8"]
+    assert sorted(truncated) == ["1 MB model name", "1 MB of garbage", "1 MB of metadata", "1 MB, not UTF-8"]
 
 
 def _utf8(data: bytes) -> bool:

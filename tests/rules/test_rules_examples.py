@@ -630,6 +630,33 @@ def test_an_early_closed_record_is_kept_until_a_resent_creation_would_be_refused
     assert gw.state() is None
 
 
+def test_a_flood_of_clashing_creations_keeps_the_table_value_small() -> None:
+    """Each rejection is published whole, but the outbox keeps event bodies only
+    up to OUTBOX_EVENT_BYTES: 200 clashing creations with 15 KB of metadata
+    each (legal) made one table value pass Kafka's 1 MB record limit."""
+    gw = active()
+    published = []
+    for n in range(200):
+        outputs = gw.send(created(model="other", metadata={"blob": "x" * 15_000}, event_id=f"clash-{n}"))
+        [rejection] = rejections_in(outputs)
+        assert rejection.event["metadata"] == {"blob": "x" * 15_000} and not rejection.event_omitted
+        published.append(rejection)
+    session = gw.state()
+    stored = rules.encode_session(session)
+    assert len(stored) < 2 * rules.OUTBOX_EVENT_BYTES, len(stored)
+    recovered = rules.decode_session(stored)
+    assert [o.output_id for o in recovered.outbox] == [r.output_id for r in published]
+    whole = [o for o in recovered.outbox if not o.event_omitted]
+    assert len(whole) == rules.OUTBOX_EVENT_BYTES // len(orjson.dumps(published[0].event))
+    assert whole == published[:len(whole)]
+    for kept, sent in zip(recovered.outbox[len(whole):], published[len(whole):]):
+        # Re-published after a crash: the same rejection, its event left out and said so.
+        assert kept == rules.replace(sent, event=None, event_omitted=True)
+        wire = kept.to_json(T0)
+        assert wire["event"] is None and wire["event_omitted"] is True and wire["source"] == sent.to_json(T0)["source"]
+    assert "event_omitted" not in published[-1].to_json(T0)
+
+
 def test_purge_with_an_unconfirmed_outbox_emits_it_again_and_keeps_the_record() -> None:
     gw = active()
     rejection_outputs = gw.send(round_(n=1, delta=1, at=T0 + 2 * SECOND, model="gpt-y"))
