@@ -59,7 +59,7 @@ def build_app(settings: Settings) -> Service:
         value_serializer="raw",
     )
     drain_producer_buffer_on_flush(app)
-    seek_after_the_fetched_batch(app)
+    seek_after_the_fetched_batch(app, (settings.events_topic, settings.commands_topic))
     metrics = AccountingMetrics()
     table = define_sessions_table(app, settings)
     accountant = SessionAccountant(app, table, settings, metrics)

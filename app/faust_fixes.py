@@ -6,6 +6,7 @@ Each one names the problem; tests/test_faust_fixes.py reproduces it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 import faust
@@ -26,34 +27,42 @@ def drain_producer_buffer_on_flush(app: faust.App) -> None:
     but is still handing to aiokafka (`await producer.send()` waits for
     metadata or room in a batch) counts as neither queued nor in aiokafka.
     The offset is then committed and a crash loses the write: a round's
-    tokens vanish. Wait until the queue is empty and no hand-off is in flight.
+    tokens vanish. Wait until every message put before the flush has been
+    handed over. Only those: waiting for an empty buffer starved the commit
+    under sustained load (a worker killed after minutes of load had committed
+    nothing). The buffer hands messages over one at a time, in order.
     """
     buffer = app.producer.buffer
+    put = buffer.put
     send_pending = buffer._send_pending
-    in_flight = 0
+    counts = {"put": 0, "handed_over": 0}
+
+    def counted_put(fut: Any) -> None:
+        put(fut)
+        counts["put"] += 1
 
     async def counted_send_pending(fut: Any) -> None:
-        nonlocal in_flight
-        in_flight += 1
         try:
             await send_pending(fut)
         finally:
-            in_flight -= 1
+            counts["handed_over"] += 1
 
     async def flush() -> None:
-        while buffer.size or in_flight:
+        target = counts["put"]
+        while counts["handed_over"] < target:
             buffer.message_sent.clear()
             try:
                 await asyncio.wait_for(buffer.message_sent.wait(), _FLUSH_POLL_SECS)
             except asyncio.TimeoutError:
                 pass
 
+    buffer.put = counted_put
     # The buffer's task reads `_send_pending` when it starts, with the producer.
     buffer._send_pending = counted_send_pending
     buffer.flush = flush
 
 
-def seek_after_the_fetched_batch(app: faust.App) -> None:
+def seek_after_the_fetched_batch(app: faust.App, stream_topics: Iterable[str]) -> None:
     """Keep Faust from dropping the first events after a start or rebalance.
 
     When recovery completes, Faust resumes the input partitions and then
@@ -68,7 +77,15 @@ def seek_after_the_fetched_batch(app: faust.App) -> None:
     let Faust seek again and reset the read offsets: the next batch starts
     at the committed offsets. Pre-seek messages that did get through come
     again with the refetch, and the rules ignore them as redeliveries.
+
+    Faust's seek leaves a partition with no committed offset where the
+    fetcher got to: the events fetched during recovery, which Faust dropped
+    as not yet active, were never handed to the agent (a worker that took
+    over from one killed before its first commit sat idle on a full input).
+    So those partitions of `stream_topics` go back to the beginning, which
+    is where the `earliest` reset policy starts a new group.
     """
+    topics = frozenset(stream_topics)
     consumer = app.consumer
     getmany = consumer.getmany
     batches_requested = 0
@@ -81,7 +98,11 @@ def seek_after_the_fetched_batch(app: faust.App) -> None:
     reset_read_offsets = consumer.perform_seek
 
     async def perform_seek() -> None:
-        await consumer.seek_to_committed()
+        committed = await consumer.seek_to_committed()
+        never_committed = [tp for tp, offset in committed.items()
+                           if tp.topic in topics and (offset is None or offset < 0)]
+        if never_committed:
+            await consumer._thread.seek_to_beginning(*never_committed)
         before = batches_requested
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _BATCH_WAIT_SECS

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
 from app.rules import Reason, Result
@@ -20,7 +19,7 @@ from tests.faults.oracle import (
     Ledger, LedgerStamper, Verdict, changelog_table, check_run, collect, print_figures, session_of,
     unconfirmed_outputs,
 )
-from tests.integration.workers import FAST_SETTINGS, Deployment, WorkerProcess
+from tests.integration.workers import FAST_SETTINGS, Deployment, WorkerProcess, committed_offsets
 
 PARTITIONS = int(FAST_SETTINGS["ACCOUNTANT_PARTITIONS"])
 
@@ -72,19 +71,16 @@ def committed_to_end(deployment: Deployment) -> bool:
     """Whether the workers' group has committed every partition of the events
     topic up to its end: everything published so far was processed."""
 
+    committed = committed_offsets(deployment, deployment.events_topic)
+
     async def check() -> bool:
-        admin = AIOKafkaAdminClient(bootstrap_servers=deployment.bootstrap)
         consumer = AIOKafkaConsumer(bootstrap_servers=deployment.bootstrap, group_id=None)
-        await admin.start()
         await consumer.start()
         try:
-            committed = await admin.list_consumer_group_offsets(deployment.app_id)
-            partitions = [TopicPartition(deployment.events_topic, p) for p in range(PARTITIONS)]
-            ends = await consumer.end_offsets(partitions)
-            return all(tp in committed and committed[tp].offset >= ends[tp] for tp in partitions)
+            ends = await consumer.end_offsets([TopicPartition(deployment.events_topic, p) for p in range(PARTITIONS)])
+            return all(committed.get(tp.partition, -1) >= end for tp, end in ends.items())
         finally:
             await consumer.stop()
-            await admin.close()
 
     return asyncio.run(check())
 

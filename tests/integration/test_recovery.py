@@ -8,7 +8,9 @@ import time
 
 import pytest
 
-from tests.integration.workers import Deployment, WorkerProcess, consume_json, produce_events, session_events
+from tests.integration.workers import (
+    Deployment, WorkerProcess, committed_offsets, consume_json, produce_events, session_events,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -95,6 +97,28 @@ def test_kill_9_under_load_loses_nothing_and_bills_nothing_twice(deployment: Dep
     print(f"kill -9 figures: events={len(events)} {figures}")
     status, stats = survivor.get("/stats")
     assert status == 200
+
+
+@pytest.mark.faults
+def test_a_takeover_before_the_first_commit_accounts_the_whole_input(deployment: Deployment) -> None:
+    """The victim is killed before it ever commits an input offset; the input
+    is complete and quiet when the survivor starts. Faust's seek after
+    recovery only seeks partitions with a committed offset, so the events it
+    fetched and dropped during recovery were never handed over and the
+    survivor sat idle (app/faust_fixes.py, `seek_after_the_fetched_batch`)."""
+    events, expected = make_sessions("first-commit", 1500, seed=3)
+    deployment.create_topics()
+    produce_events(deployment.bootstrap, deployment.events_topic, events)
+    deployment.settings["ACCOUNTANT_COMMIT_INTERVAL_SECS"] = "60"  # the victim never commits
+    victim = deployment.worker("victim").start().wait_ready()
+    wait_until_processing(victim, len(events) // 3)
+    victim.kill()
+    assert not committed_offsets(deployment, deployment.events_topic), "the victim committed: nothing shown"
+
+    del deployment.settings["ACCOUNTANT_COMMIT_INTERVAL_SECS"]
+    deployment.worker("survivor").start().wait_ready()
+    figures = assert_closures_exact(deployment, expected, timeout=120)
+    print(f"takeover before the first commit: events={len(events)} {figures}")
 
 
 def test_idle_session_closes_by_ttl_after_a_restart_with_no_new_events(deployment: Deployment) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from app.broker import pick_free_loopback_port
 from app.rules import format_timestamp
@@ -221,6 +222,21 @@ async def _consume(bootstrap: str, topic: str, done: Callable[[list[Any]], bool]
     finally:
         await consumer.stop()
     return records
+
+
+def committed_offsets(deployment: Deployment, topic: str) -> dict[int, int]:
+    """The deployment's consumer group's committed offsets in `topic`, by partition."""
+
+    async def read() -> dict[int, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=deployment.bootstrap)
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(deployment.app_id)
+        finally:
+            await admin.close()
+        return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0}
+
+    return asyncio.run(read())
 
 
 def consume(bootstrap: str, topic: str, done: Callable[[list[Any]], bool], timeout: float = 60) -> list[Any]:
