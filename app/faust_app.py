@@ -51,6 +51,10 @@ def build_app(settings: Settings) -> Service:
         table_standby_replicas=1,
         stream_wait_empty=True,
         web_enabled=True,
+        # Faust's /table/ and /router/ pages route keys by murmur2, not by
+        # the gateways' partitioning: app/web.py answers lookups instead.
+        web_tables_enabled=False,
+        web_router_enabled=False,
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_bind=settings.web_host,

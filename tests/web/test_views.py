@@ -98,6 +98,16 @@ async def test_unknown_paths_and_methods_answer_json(workers) -> None:
     assert "GET" in response.headers["Allow"]
 
 
+async def test_faust_s_own_table_and_router_pages_are_off(workers) -> None:
+    """Faust's /table/ and /router/ pages route keys by murmur2, which is not
+    how gateways partition: they would answer for the wrong worker."""
+    worker = await workers()
+    worker.put(make_session("s-1"))
+    for path in ("/table/", "/table/sessions/", "/table/sessions/s-1/", "/router/"):
+        status, body, _ = await worker.get(path)
+        assert status == 404 and body["error"] == "not_found", path
+
+
 async def test_listing_pages_through_every_matching_session_once_in_id_order(workers) -> None:
     worker = await workers()
     for number in range(23):
