@@ -38,7 +38,7 @@ def _run_worker(settings: Settings) -> None:
     async def announce() -> None:
         while not service.accountant.recovered:
             await asyncio.sleep(0.2)
-        url = f"http://{settings.web_host}:{settings.web_port}/"
+        url = f"{settings.advertised_url}/"
         # Faust redirects sys.stdout/stderr into its log; a person wants this line plain.
         print(f"usage-accountant ready: dashboard {url}  (broker {settings.broker})", file=sys.__stderr__,
               flush=True)

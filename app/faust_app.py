@@ -58,7 +58,7 @@ def build_app(settings: Settings) -> Service:
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_bind=settings.web_host,
-        canonical_url=f"http://{settings.web_host}:{settings.web_port}",
+        canonical_url=settings.advertised_url,
         key_serializer="raw",
         value_serializer="raw",
     )

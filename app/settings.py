@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import ipaddress
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "ACCOUNTANT_"
+#: Bind addresses that mean "every interface": no peer can use them as a URL.
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})
 
 
 class SettingsError(SystemExit):
@@ -36,8 +39,12 @@ class Settings(BaseSettings):
     store: Literal["memory", "rocksdb"] = "memory"
     #: Directory for worker state (RocksDB files, Faust data).
     data_dir: str = "./data"
+    #: Address the web server binds to.
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=1, le=65535)
+    #: URL other workers (and the printed dashboard link) use to reach this
+    #: one; empty: http://WEB_HOST:WEB_PORT. Required when binding 0.0.0.0 or ::.
+    web_advertised_url: str = Field("", validate_default=True)
     #: at_least_once (default). exactly_once is not offered: see docs/guarantees.md.
     processing_guarantee: Literal["at_least_once"] = "at_least_once"
     #: Seconds after expires_at before an idle session is closed.
@@ -84,6 +91,28 @@ class Settings(BaseSettings):
             if not value or " " in value:
                 raise ValueError("must be an IP address or host name") from None
         return value
+
+    @field_validator("web_advertised_url")
+    @classmethod
+    def _advertised(cls, value: str, info: ValidationInfo) -> str:
+        if not value:
+            host = info.data.get("web_host")
+            if host is not None and host in WILDCARD_HOSTS:
+                raise ValueError(f"must be set when ACCOUNTANT_WEB_HOST is {host}: other workers cannot reach "
+                                 "a wildcard address (e.g. http://10.0.0.5:6066)")
+            return value
+        url = urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.hostname or url.path not in ("", "/") or url.query:
+            raise ValueError("must be an http(s) URL with a host and no path, e.g. http://10.0.0.5:6066")
+        try:
+            url.port
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        return value.rstrip("/")
+
+    @property
+    def advertised_url(self) -> str:
+        return self.web_advertised_url or f"http://{self.web_host}:{self.web_port}"
 
     # Topic names (SPEC §2).
     @property
