@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from app.broker import pick_free_loopback_port
@@ -235,6 +235,21 @@ def committed_offsets(deployment: Deployment, topic: str) -> dict[int, int]:
         finally:
             await admin.close()
         return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0}
+
+    return asyncio.run(read())
+
+
+def end_offsets(bootstrap: str, topic: str, partition_count: int) -> dict[int, int]:
+    """The end offset of every partition of `topic`, by partition."""
+
+    async def read() -> dict[int, int]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(topic, p) for p in range(partition_count)]
+            return {tp.partition: end for tp, end in (await consumer.end_offsets(partitions)).items()}
+        finally:
+            await consumer.stop()
 
     return asyncio.run(read())
 
