@@ -20,6 +20,7 @@ import orjson
 from faust.types import TP
 
 from agents.scheduler import DeadlineSchedule
+from app.faust_fixes import refetch
 from app.metrics import AccountingMetrics
 from app.rules import (
     SECOND, Closure, Command, Confirm, Delivery, Expire, InvalidEvent, Outcome, Output, Policy, Purge, Reason,
@@ -177,7 +178,8 @@ class SessionAccountant:
 
     async def _refetch(self, partition: int) -> None:
         self._refetching[partition] = time.monotonic()
-        await self.app.consumer.seek(TP(self.settings.events_topic, partition), self.next_offset[partition])
+        await refetch(self.app, TP(self.settings.events_topic, partition), self.next_offset[partition])
+        self._refetching[partition] = time.monotonic()
 
     def _clamp_commits(self) -> None:
         """Never commit an input partition past the next offset the agent

@@ -89,14 +89,7 @@ def seek_after_the_fetched_batch(app: faust.App, stream_topics: Iterable[str]) -
     """
     topics = frozenset(stream_topics)
     consumer = app.consumer
-    getmany = consumer.getmany
-    batches_requested = 0
-
-    def counted_getmany(*args: Any, **kwargs: Any) -> Any:
-        nonlocal batches_requested
-        batches_requested += 1
-        return getmany(*args, **kwargs)
-
+    batches = _BatchRequests(app)
     reset_read_offsets = consumer.perform_seek
 
     async def perform_seek() -> None:
@@ -105,17 +98,56 @@ def seek_after_the_fetched_batch(app: faust.App, stream_topics: Iterable[str]) -
                            if tp.topic in topics and (offset is None or offset < 0)]
         if never_committed:
             await consumer._thread.seek_to_beginning(*never_committed)
-        before = batches_requested
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _BATCH_WAIT_SECS
-        # With the fetcher not running there is no batch in flight to wait for.
-        while batches_requested == before and app._fetcher.state == "running" and loop.time() < deadline:
-            await asyncio.sleep(0.005)
+        await batches.wait_for_next()
         await reset_read_offsets()
 
-    # The drain loop reads `getmany` when the fetcher starts.
-    consumer.getmany = counted_getmany
     consumer.perform_seek = perform_seek
+
+
+class _BatchRequests:
+    """Counts the drain loop's requests for a batch, to wait for the next one."""
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+        self.count = 0
+        consumer = app.consumer
+        getmany = consumer.getmany
+
+        def counted_getmany(*args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return getmany(*args, **kwargs)
+
+        # The drain loop reads `getmany` when the fetcher starts.
+        consumer.getmany = counted_getmany
+        consumer.batch_requests = self
+
+    async def wait_for_next(self) -> None:
+        """Until the drain loop asks for its next batch (the one it was
+        handing over is done), at most _BATCH_WAIT_SECS; with the fetcher
+        not running there is no batch in flight to wait for."""
+        before = self.count
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _BATCH_WAIT_SECS
+        while self.count == before and self.app._fetcher.state == "running" and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+
+
+async def refetch(app: faust.App, tp: Any, offset: int) -> None:
+    """Have Faust fetch one partition again from `offset`.
+
+    Faust's own `Consumer.seek` calls aiokafka's `seek` from the event loop's
+    thread, not the consumer thread that runs aiokafka's fetcher: the refetch
+    never came and the worker stalled (the standby fault test, after a stale
+    batch was handed over past a hole). So seek in the consumer's thread,
+    wait until the drain loop has finished the batch it was handing over (a
+    stale message after the seek would raise the read offset again), then
+    reset Faust's read offset to `offset`. Needs `seek_after_the_fetched_batch`.
+    """
+    consumer = app.consumer
+    thread = consumer._thread
+    await thread.call_thread(thread._ensure_consumer().seek, tp, offset)
+    await consumer.batch_requests.wait_for_next()
+    consumer._read_offset[tp] = offset if offset else None
 
 
 # --------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from __future__ import annotations
 import pytest
 from faust.types import TP
 
+from agents import sessions
+
 from app.faust_app import build_app
 from app.settings import Settings
 
@@ -85,14 +87,14 @@ class _Message:
         self.topic, self.partition, self.offset = topic, partition, offset
 
 
-async def test_the_agent_does_not_account_past_a_hole_and_fetches_again(service) -> None:
+async def test_the_agent_does_not_account_past_a_hole_and_fetches_again(service, monkeypatch) -> None:
     accountant = service.accountant
     sought: list[tuple[TP, int]] = []
 
-    async def seek(tp: TP, offset: int) -> None:
+    async def refetch(app, tp: TP, offset: int) -> None:
         sought.append((tp, offset))
 
-    service.app.consumer.seek = seek
+    monkeypatch.setattr(sessions, "refetch", refetch)
     topic = service.settings.events_topic
     accountant.next_offset[0] = 159
     assert await accountant._in_order(_Message(topic, 0, 158))  # a redelivery: harmless
