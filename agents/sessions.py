@@ -20,7 +20,6 @@ import orjson
 from faust.types import TP
 
 from agents.scheduler import DeadlineSchedule
-from app.faust_fixes import refetch
 from app.metrics import AccountingMetrics
 from app.rules import (
     SECOND, Closure, Command, Confirm, Delivery, Expire, InvalidEvent, Outcome, Output, Policy, Purge, Reason,
@@ -178,8 +177,7 @@ class SessionAccountant:
 
     async def _refetch(self, partition: int) -> None:
         self._refetching[partition] = time.monotonic()
-        await refetch(self.app, TP(self.settings.events_topic, partition), self.next_offset[partition])
-        self._refetching[partition] = time.monotonic()
+        await self.app.consumer.seek(TP(self.settings.events_topic, partition), self.next_offset[partition])
 
     def _clamp_commits(self) -> None:
         """Never commit an input partition past the next offset the agent

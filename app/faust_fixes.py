@@ -1,5 +1,4 @@
-"""Work-arounds for faust-streaming 0.15.3 behaviour that would lose usage,
-and for a hot spot that costs throughput.
+"""Work-arounds for faust-streaming 0.15.3 behaviour that would lose usage.
 
 Each one names the problem; tests/test_faust_fixes.py reproduces it.
 """
@@ -11,7 +10,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import faust
-from faust.transport.consumer import CONSUMER_FETCHING, Consumer
 
 #: How long one wait for the next message to leave the buffer lasts.
 _FLUSH_POLL_SECS = 0.1
@@ -89,7 +87,14 @@ def seek_after_the_fetched_batch(app: faust.App, stream_topics: Iterable[str]) -
     """
     topics = frozenset(stream_topics)
     consumer = app.consumer
-    batches = _BatchRequests(app)
+    getmany = consumer.getmany
+    batches_requested = 0
+
+    def counted_getmany(*args: Any, **kwargs: Any) -> Any:
+        nonlocal batches_requested
+        batches_requested += 1
+        return getmany(*args, **kwargs)
+
     reset_read_offsets = consumer.perform_seek
 
     async def perform_seek() -> None:
@@ -98,177 +103,14 @@ def seek_after_the_fetched_batch(app: faust.App, stream_topics: Iterable[str]) -
                            if tp.topic in topics and (offset is None or offset < 0)]
         if never_committed:
             await consumer._thread.seek_to_beginning(*never_committed)
-        await batches.wait_for_next()
-        await reset_read_offsets()
-
-    consumer.perform_seek = perform_seek
-
-
-class _BatchRequests:
-    """Counts the drain loop's requests for a batch, to wait for the next one."""
-
-    def __init__(self, app: faust.App) -> None:
-        self.app = app
-        self.count = 0
-        consumer = app.consumer
-        getmany = consumer.getmany
-
-        def counted_getmany(*args: Any, **kwargs: Any) -> Any:
-            self.count += 1
-            return getmany(*args, **kwargs)
-
-        # The drain loop reads `getmany` when the fetcher starts.
-        consumer.getmany = counted_getmany
-        consumer.batch_requests = self
-
-    async def wait_for_next(self) -> None:
-        """Until the drain loop asks for its next batch (the one it was
-        handing over is done), at most _BATCH_WAIT_SECS; with the fetcher
-        not running there is no batch in flight to wait for."""
-        before = self.count
+        before = batches_requested
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _BATCH_WAIT_SECS
-        while self.count == before and self.app._fetcher.state == "running" and loop.time() < deadline:
+        # With the fetcher not running there is no batch in flight to wait for.
+        while batches_requested == before and app._fetcher.state == "running" and loop.time() < deadline:
             await asyncio.sleep(0.005)
+        await reset_read_offsets()
 
-
-async def refetch(app: faust.App, tp: Any, offset: int) -> None:
-    """Have Faust fetch one partition again from `offset`.
-
-    Faust's own `Consumer.seek` calls aiokafka's `seek` from the event loop's
-    thread, not the consumer thread that runs aiokafka's fetcher: the refetch
-    never came and the worker stalled (the standby fault test, after a stale
-    batch was handed over past a hole). So seek in the consumer's thread,
-    wait until the drain loop has finished the batch it was handing over (a
-    stale message after the seek would raise the read offset again), then
-    reset Faust's read offset to `offset`. Needs `seek_after_the_fetched_batch`.
-    """
-    consumer = app.consumer
-    thread = consumer._thread
-    await thread.call_thread(thread._ensure_consumer().seek, tp, offset)
-    await consumer.batch_requests.wait_for_next()
-    consumer._read_offset[tp] = offset if offset else None
-
-
-# --------------------------------------------------------------------------
-# Performance: the consumer's hand-off of each fetched message
-
-
-class _Resume:
-    """Awaitable that finishes a coroutine which has already run its first step.
-
-    `first` is what that step yielded (the future it waits on); the Task that
-    awaits this object waits on it, and every later step is forwarded, as
-    `yield from` would do had the coroutine not been started yet.
-    """
-
-    __slots__ = ("_coro", "_first")
-
-    def __init__(self, coro: Any, first: Any) -> None:
-        self._coro = coro
-        self._first = first
-
-    def __await__(self) -> Any:
-        coro, yielded = self._coro, self._first
-        while True:
-            try:
-                sent = yield yielded
-            except BaseException as error:  # noqa: BLE001 - forwarded, as yield from does
-                try:
-                    yielded = coro.throw(error)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    yielded = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
-
-
-async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover - the consumer's loop
-    """faust.transport.consumer.Consumer._drain_messages, with a cheap hand-off.
-
-    Faust hands each message to the conductor with
-    `await self.wait_first(callback(message), self.suspend_flow.wait())`:
-    two tasks, two more for the stopped/crashed events, and an
-    `asyncio.wait`, for every message -- about 40 us on a 2-core machine,
-    more than a counting agent spends on anything else. Here the callback
-    runs its first step inline; almost always that finishes it (the stream
-    buffer has room). Only if it has to wait does the rest go through
-    `wait_first` as before, so a rebalance (suspend_flow) still abandons a
-    blocked hand-off. Everything else is Faust 0.15.3's loop unchanged.
-    """
-    callback = self.callback
-    getmany = self.getmany
-    consumer_should_stop = self._stopped.is_set
-    fetcher_should_stop = fetcher._stopped.is_set
-    flow_suspended = self.suspend_flow.is_set
-
-    get_read_offset = self._read_offset.__getitem__
-    set_read_offset = self._read_offset.__setitem__
-    set_flag = self.diag.set_flag
-    unset_flag = self.diag.unset_flag
-    commit_every = self._commit_every
-    acks_enabled_for = self.app.topics.acks_enabled_for
-
-    yield_every = 100
-    num_since_yield = 0
-    sleep = asyncio.sleep
-
-    try:
-        while not (consumer_should_stop() or fetcher_should_stop()):
-            set_flag(CONSUMER_FETCHING)
-            ait = getmany(timeout=1.0)
-            await self.sleep(0)
-            if not self.should_stop:
-                async for tp, message in ait:
-                    num_since_yield += 1
-                    if num_since_yield > yield_every:
-                        await sleep(0)
-                        num_since_yield = 0
-
-                    offset = message.offset
-                    r_offset = get_read_offset(tp)
-                    if r_offset is None or offset >= r_offset:
-                        gap = offset - (r_offset or 0)
-                        if gap > 1 and r_offset:
-                            if acks_enabled_for(message.topic):
-                                await self._add_gap(tp, r_offset + 1, offset)
-                        if commit_every is not None:
-                            if self._n_acked >= commit_every:
-                                self._n_acked = 0
-                                await self.commit()
-                        handoff = callback(message)
-                        if flow_suspended():
-                            await self.wait_first(handoff, self.suspend_flow.wait())
-                        else:
-                            try:
-                                first = handoff.send(None)
-                            except StopIteration:
-                                pass  # delivered without waiting
-                            else:
-                                await self.wait_first(_Resume(handoff, first), self.suspend_flow.wait())
-                        set_read_offset(tp, offset)
-                    else:
-                        self.log.dev("DROPPED MESSAGE ROFF %r: k=%r v=%r", offset, message.key, message.value)
-                unset_flag(CONSUMER_FETCHING)
-    except self.consumer_stopped_errors:
-        if self.transport.app.should_stop:
-            self.log.info("Broker stopped consumer, shutting down...")
-            return
-        raise
-    except asyncio.CancelledError:
-        if self.transport.app.should_stop:
-            self.log.info("Consumer shutting down for user cancel.")
-            return
-        raise
-    except Exception as exc:
-        self.log.exception("Drain messages raised: %r", exc)
-        raise
-    finally:
-        unset_flag(CONSUMER_FETCHING)
-
-
-def fast_message_handoff() -> None:
-    """Install `_drain_messages` above on Faust's consumer (process-wide, idempotent)."""
-    Consumer._drain_messages = _drain_messages
+    # The drain loop reads `getmany` when the fetcher starts.
+    consumer.getmany = counted_getmany
+    consumer.perform_seek = perform_seek

@@ -6,9 +6,7 @@ import asyncio
 
 import faust
 
-from faust.types import TP
-
-from app.faust_fixes import drain_producer_buffer_on_flush, refetch, seek_after_the_fetched_batch
+from app.faust_fixes import drain_producer_buffer_on_flush
 
 
 def _running_buffer(app: faust.App, messages: int):
@@ -106,30 +104,3 @@ async def test_patched_flush_under_sustained_load_waits_only_for_earlier_message
     assert buffer.size > 0, "the load stopped; the test shows nothing"
     writer.cancel()
     handler.cancel()
-
-
-async def test_refetch_seeks_in_the_consumer_thread_and_resets_the_read_offset() -> None:
-    """Faust's `Consumer.seek` calls aiokafka's `seek` from the event loop's
-    thread; the refetch never came. `refetch` goes through the consumer thread."""
-    app = faust.App("repro-refetch", broker="kafka://127.0.0.1:1")
-    seek_after_the_fetched_batch(app, ["events"])
-    calls: list[tuple] = []
-
-    class ConsumerThread:  # stands in for Faust's aiokafka consumer thread
-        def _ensure_consumer(self):
-            return self
-
-        def seek(self, tp, offset) -> None:
-            calls.append(("seek", tp, offset))
-
-        async def call_thread(self, fun, *args):
-            calls.append(("call_thread", fun.__name__))
-            return fun(*args)
-
-    consumer = app.consumer
-    consumer._thread = ConsumerThread()
-    tp = TP("events", 3)
-    consumer._read_offset[tp] = 1170  # raised by a stale batch
-    await refetch(app, tp, 6)
-    assert calls == [("call_thread", "seek"), ("seek", tp, 6)]
-    assert consumer._read_offset[tp] == 6

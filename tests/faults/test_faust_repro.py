@@ -24,8 +24,6 @@ from __future__ import annotations
 import pytest
 from faust.types import TP
 
-from agents import sessions
-
 from app.faust_app import build_app
 from app.settings import Settings
 
@@ -87,14 +85,14 @@ class _Message:
         self.topic, self.partition, self.offset = topic, partition, offset
 
 
-async def test_the_agent_does_not_account_past_a_hole_and_fetches_again(service, monkeypatch) -> None:
+async def test_the_agent_does_not_account_past_a_hole_and_fetches_again(service) -> None:
     accountant = service.accountant
     sought: list[tuple[TP, int]] = []
 
-    async def refetch(app, tp: TP, offset: int) -> None:
+    async def seek(tp: TP, offset: int) -> None:
         sought.append((tp, offset))
 
-    monkeypatch.setattr(sessions, "refetch", refetch)
+    service.app.consumer.seek = seek
     topic = service.settings.events_topic
     accountant.next_offset[0] = 159
     assert await accountant._in_order(_Message(topic, 0, 158))  # a redelivery: harmless
