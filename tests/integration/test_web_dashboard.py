@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -149,8 +150,17 @@ def test_web_dashboard_shows_sessions_live_in_a_real_browser(deployment: Deploym
         page.select_option("#state-filter", "closed")
         expect(page.locator('#sessions tr[data-session-id="watched-session"]')).to_have_count(0, timeout=10_000)
         expect(page.locator('#sessions td[data-col="tenant_id"]').first).to_have_text("globex", timeout=10_000)
-        assert set(page.locator('#sessions td[data-col="tenant_id"]').all_inner_texts()) == {"globex"}
-        assert set(page.locator('#sessions td[data-col="state"]').all_inner_texts()) == {"closed"}
+        # The table refreshes live: read both columns of one rendering, until
+        # the rows shown are globex's closed sessions (at least one). Reading
+        # them one after the other once raced a refresh (CI).
+        deadline = time.monotonic() + 30
+        while True:
+            tenants = set(page.locator('#sessions td[data-col="tenant_id"]').all_inner_texts())
+            states = set(page.locator('#sessions td[data-col="state"]').all_inner_texts())
+            if tenants == {"globex"} and states == {"closed"}:
+                break
+            assert time.monotonic() < deadline, f"filtered rows: tenants {tenants}, states {states}"
+            page.wait_for_timeout(200)
         page.select_option("#tenant-filter", "")
         page.select_option("#state-filter", "")
 
