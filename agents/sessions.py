@@ -9,18 +9,23 @@ The timer only reads the table and sends commands.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import faust
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from faust.types import TP
 
 from agents.scheduler import DeadlineSchedule
 from app.metrics import AccountingMetrics
+from app.partition_reader import plain_consumer, read_ranges
 from app.rules import (
     SECOND, Closure, Command, Confirm, Delivery, Expire, InvalidEvent, Outcome, Output, Policy, Purge, Reason,
     Rejection, Result, Session, Source, State, apply, decode_command, decode_event, encode_command,
@@ -31,8 +36,8 @@ log = logging.getLogger(__name__)
 
 #: How long the timer waits for a command to take effect before sending it again.
 COMMAND_RETRY = 5 * SECOND
-#: How long the agent waits for a refetch past a hole before seeking again.
-REFETCH_RETRY_SECS = 1.0
+#: Bytes per fetch when reading a hole in the input past Faust.
+_HOLE_FETCH_BYTES = 4 * 1024 * 1024
 
 
 def now_micros() -> int:
@@ -69,9 +74,9 @@ class SessionAccountant:
         #: The next input offset to account for, per active input partition
         #: (see `_in_order`); set from the committed offsets on assignment.
         self.next_offset: dict[int, int] = {}
-        #: Partitions being fetched again from `next_offset`, and when the agent sought.
-        self._refetching: dict[int, float] = {}
         #: Output ids the broker acknowledged, per (partition, session), not yet confirmed.
+        #: Reads holes Faust left in the input (`_account_hole`).
+        self._reader: AIOKafkaConsumer | None = None
         self._acknowledged: dict[tuple[int, str], list[str]] = defaultdict(list)
         self._scheduled_partitions: set[int] = set()
         #: Sessions not yet closed, per owned partition.
@@ -85,6 +90,7 @@ class SessionAccountant:
         self.app.timer(self.settings.timer_interval_secs, name="deadlines")(self._on_tick)
         self.table.on_recover(self._on_recovered)
         self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_before_shutdown.connect(self._stop_hole_reader)
 
     # -- the agent -----------------------------------------------------------
 
@@ -99,19 +105,25 @@ class SessionAccountant:
                 await self._reject_internal(event.message)
 
     async def _handle(self, message: Any) -> None:
-        source = Source(message.topic, message.partition, message.offset)
         if message.topic == self.settings.commands_topic:
-            body: Command | Any = decode_command(message.value)
-            session_id: str | None = body.session_id
-        else:
-            if not await self._in_order(message):
-                return
-            self.position[message.partition] = message.offset
-            body = decode_event(message.key, message.value, self.policy)
-            session_id = body.session_key if isinstance(body, InvalidEvent) else body.session_id
+            command = decode_command(message.value)
+            await self._apply(message, command, command.session_id)
+        elif await self._in_order(message):
+            await self._account_event(message)
+
+    async def _account_event(self, record: Any) -> None:
+        """Account one gateway event: a Faust message or a record read past Faust."""
+        if record.offset >= self.next_offset.get(record.partition, 0):
+            self.next_offset[record.partition] = record.offset + 1
+        self.position[record.partition] = record.offset
+        body = decode_event(record.key, record.value, self.policy)
+        await self._apply(record, body, body.session_key if isinstance(body, InvalidEvent) else body.session_id)
+
+    async def _apply(self, record: Any, body: Command | Any, session_id: str | None) -> None:
         # An event that did not decode is judged on its bytes alone.
         state = None if session_id is None or isinstance(body, InvalidEvent) else self.table.get(session_id)
         now = now_micros()
+        source = Source(record.topic, record.partition, record.offset)
         new_state, outputs = apply(state, Delivery(source, body), now, self.policy)
         if new_state is not state:
             self._store(session_id, state, new_state)
@@ -130,7 +142,7 @@ class SessionAccountant:
                 # Derived from the bytes or the session's absence, so a
                 # re-delivery derives it again: Faust publishes attachments
                 # before it commits the offset.
-                await self._topic_for(output).send(key=_key(output), value=_encode(output, now, message.value))
+                await self._topic_for(output).send(key=_key(output), value=_encode(output, now, record.value))
 
     def _store(self, session_id: str | None, old: Session | None, new: Session | None) -> None:
         assert session_id is not None
@@ -147,7 +159,7 @@ class SessionAccountant:
     # -- never past a hole in the input ---------------------------------------
 
     async def _in_order(self, message: Any) -> bool:
-        """Whether to account for this input event now.
+        """Whether this input event comes next, once any hole before it is filled.
 
         Faust 0.15.3 can hand the agent an input partition's events past a
         hole after a rebalance: the standby fault test (tests/faults) saw a
@@ -155,29 +167,72 @@ class SessionAccountant:
         other runs ~1,300 offsets per partition (hundreds of sessions lost),
         with app/faust_fixes.py's seek fix in place. Accounting past a hole
         loses the events in it for good (Faust's commit then passes them) or
-        applies them out of order. So an event beyond the next offset the
-        agent needs is not accounted; Faust is asked to fetch again from that
-        offset (the skipped events come back, and redeliveries are harmless),
-        and commits never pass it (`_clamp_commits`).
+        applies them out of order. So the agent reads the hole itself and
+        accounts it first (`_account_hole`), and commits never pass the next
+        offset it needs (`_clamp_commits`).
+
+        It used to ask Faust to fetch again from the hole instead; that
+        refetch did not come when the batch being handed over raised Faust's
+        read offset again, and the standby test stalled waiting for commits
+        (docs/faults.md). Transaction markers also take offsets that no
+        refetch brings back: a transactional gateway stalled the agent for good.
         """
         partition = message.partition
         expected = self.next_offset.get(partition)
-        if expected is not None and message.offset > expected:
-            last_seek = self._refetching.get(partition)
-            if last_seek is None or time.monotonic() - last_seek > REFETCH_RETRY_SECS:
-                log.error("input partition %s: offset %s handed over before %s..%s; fetching again from %s",
-                          partition, message.offset, expected, message.offset - 1, expected)
-                self.metrics.input_offset_gaps.inc()
-                await self._refetch(partition)
-            return False
-        if expected is None or message.offset >= expected:
-            self.next_offset[partition] = message.offset + 1
-            self._refetching.pop(partition, None)
-        return True
+        if expected is None or message.offset <= expected:
+            return True  # the next one, or a redelivery (the rules ignore it)
+        self.metrics.input_offset_gaps.inc()
+        log.warning("input partition %s: offset %s handed over before %s..%s; reading those first",
+                    partition, message.offset, expected, message.offset - 1)
+        return await self._account_hole(partition, expected, message.offset)
 
-    async def _refetch(self, partition: int) -> None:
-        self._refetching[partition] = time.monotonic()
-        await self.app.consumer.seek(TP(self.settings.events_topic, partition), self.next_offset[partition])
+    async def _account_hole(self, partition: int, start: int, end: int) -> bool:
+        """Account the input events of offsets `start`..`end - 1`, read with a
+        consumer of our own; whether all were read. Gives up when the
+        partition is revoked or the worker stops; while the broker does not
+        answer it keeps trying, as the agent's own sends would."""
+        tp = TopicPartition(self.settings.events_topic, partition)
+
+        def ours() -> bool:
+            return partition in self.next_offset and not self.app.rebalancing and not self.app.should_stop
+
+        reader = await self._hole_reader(ours)
+        if reader is None:
+            return False
+        accounted = 0
+        async for _, records in read_ranges(reader, {tp: (start, end)}, ours):
+            for record in records:
+                expected = self.next_offset.get(partition)
+                if expected is None:
+                    return False  # revoked meanwhile
+                if record.offset >= expected:
+                    await self._account_event(record)
+                    accounted += 1
+        complete = await reader.position(tp) >= end
+        log.warning("input partition %s: accounted %d events of offsets %s..%s read directly%s",
+                    partition, accounted, start, end - 1, "" if complete else "; stopped before the end")
+        return complete
+
+    async def _hole_reader(self, keep_trying: Callable[[], bool]) -> AIOKafkaConsumer | None:
+        """The consumer that reads holes, started at the first one and kept:
+        a transactional gateway leaves a hole (its commit marker) after
+        every transaction."""
+        while self._reader is None and keep_trying():
+            reader = plain_consumer(self.app, fetch_max_bytes=_HOLE_FETCH_BYTES,
+                                    max_partition_fetch_bytes=_HOLE_FETCH_BYTES)
+            try:
+                await reader.start()
+            except KafkaError as error:
+                log.warning("cannot start the consumer that reads input holes (%s); trying again", error)
+                await asyncio.sleep(1.0)
+                continue
+            self._reader = reader
+        return self._reader
+
+    async def _stop_hole_reader(self, sender: Any, **_: Any) -> None:
+        if self._reader is not None:
+            await self._reader.stop()
+            self._reader = None
 
     def _clamp_commits(self) -> None:
         """Never commit an input partition past the next offset the agent
@@ -242,10 +297,6 @@ class SessionAccountant:
         self._send_confirmations()
         if self.app.rebalancing or not self.recovered:
             return
-        for partition, sought in list(self._refetching.items()):
-            if time.monotonic() - sought > REFETCH_RETRY_SECS:
-                # The refetch was dropped too and nothing newer arrived to trigger a seek.
-                await self._refetch(partition)
         now = now_micros()
         for partition in self._active_partitions():
             if not self._caught_up(partition):
@@ -310,7 +361,6 @@ class SessionAccountant:
             offset = committed.get(tp, earliest.get(tp))
             if offset is not None:
                 self.next_offset[tp.partition] = offset
-            self._refetching.pop(tp.partition, None)
 
     async def _on_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
         partitions = {tp.partition for tp in revoked if tp.topic == self.settings.events_topic}
@@ -319,7 +369,6 @@ class SessionAccountant:
         for partition in partitions:
             self.position.pop(partition, None)
             self.next_offset.pop(partition, None)
-            self._refetching.pop(partition, None)
             self.open_sessions.pop(partition, None)
 
 

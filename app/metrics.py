@@ -28,8 +28,8 @@ class AccountingMetrics:
             "accountant_live_sessions", "Sessions not yet closed on this worker's partitions.",
             registry=self.registry)
         self.input_offset_gaps = PromCounter(
-            "accountant_input_offset_gaps", "Times the agent saw an input offset skipped (should stay 0; "
-            "non-zero also with transactional gateway producers, whose commit markers take offsets).",
+            "accountant_input_offset_gaps", "Times Faust handed the agent an input event past a hole, which "
+            "the agent then read itself (transactional gateways' commit markers make one per transaction).",
             registry=self.registry)
         self.outputs_unconfirmed = Gauge(
             "accountant_outputs_unconfirmed", "Closures and rejections published but not yet confirmed.",

@@ -13,12 +13,13 @@ from collections.abc import Iterable
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from faust.serializers import codecs
 from faust.stores import STORES
 from faust.stores.memory import Store as MemoryStore
 from faust.types import TP
 
+from app.partition_reader import plain_consumer, read_ranges
 from app.rules import Session, decode_session, encode_session
 from app.settings import Settings
 
@@ -110,31 +111,16 @@ class SessionMemoryStore(MemoryStore):
     async def _load(self, changelog_tps: set[TP]) -> None:
         started = time.monotonic()
         tps = [TopicPartition(tp.topic, tp.partition) for tp in changelog_tps]
-        servers = [f"{url.host}:{url.port}" for url in self.app.conf.broker]
-        consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=None, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", fetch_max_bytes=_BULK_FETCH_BYTES,
-                                    max_partition_fetch_bytes=_BULK_FETCH_BYTES)
+        consumer = plain_consumer(self.app, fetch_max_bytes=_BULK_FETCH_BYTES,
+                                  max_partition_fetch_bytes=_BULK_FETCH_BYTES)
         await consumer.start()
         try:
-            consumer.assign(tps)
             starts = await consumer.beginning_offsets(tps)
             ends = await consumer.end_offsets(tps)
-            # Explicit seeks: with `seek_to_beginning` the reset of the
-            # assignment could still land after it, and the position then
-            # sat at the end with nothing read (caught by test_recovery).
-            for tp in tps:
-                consumer.seek(tp, starts[tp])
-            remaining = {tp for tp in tps if starts[tp] < ends[tp]}
             records = 0
-            while remaining:
-                fetched = await consumer.getmany(*remaining, timeout_ms=1000)
-                for tp, batch in fetched.items():
-                    self._apply_records(tp.partition, batch)
-                    records += len(batch)
-                for tp in list(remaining):
-                    # Compaction and transaction markers leave holes: go by position.
-                    if await consumer.position(tp) >= ends[tp]:
-                        remaining.discard(tp)
+            async for tp, batch in read_ranges(consumer, {tp: (starts[tp], ends[tp]) for tp in tps}):
+                self._apply_records(tp.partition, batch)
+                records += len(batch)
         finally:
             await consumer.stop()
         for tp in tps:

@@ -15,8 +15,10 @@ Two Faust behaviours make such a hole permanent:
   is committed up to the end of the first acked run, wherever it starts.
 
 The second is deterministic, so it is reproduced here without a broker; the
-work-around (`SessionAccountant._in_order` and `_clamp_commits`) is checked the
-same way.
+commit clamp of the work-around (`SessionAccountant._clamp_commits`) is
+checked the same way. Its other half, the agent reading a hole itself and
+accounting it first (`_in_order`), is tested on the broker in
+tests/integration/test_input_holes.py.
 """
 
 from __future__ import annotations
@@ -78,27 +80,3 @@ def test_commits_are_left_alone_without_a_hole(service) -> None:
     _acked(consumer, tp, range(51, 61))
     accountant.next_offset[0] = 61
     assert consumer._filter_committable_offsets([tp]) == {tp: 61}
-
-
-class _Message:
-    def __init__(self, topic: str, partition: int, offset: int) -> None:
-        self.topic, self.partition, self.offset = topic, partition, offset
-
-
-async def test_the_agent_does_not_account_past_a_hole_and_fetches_again(service) -> None:
-    accountant = service.accountant
-    sought: list[tuple[TP, int]] = []
-
-    async def seek(tp: TP, offset: int) -> None:
-        sought.append((tp, offset))
-
-    service.app.consumer.seek = seek
-    topic = service.settings.events_topic
-    accountant.next_offset[0] = 159
-    assert await accountant._in_order(_Message(topic, 0, 158))  # a redelivery: harmless
-    assert not await accountant._in_order(_Message(topic, 0, 160))  # 159 is missing
-    assert not await accountant._in_order(_Message(topic, 0, 161))  # no second seek at once
-    assert sought == [(TP(topic, 0), 159)]
-    assert await accountant._in_order(_Message(topic, 0, 159))
-    assert await accountant._in_order(_Message(topic, 0, 160))
-    assert accountant.next_offset[0] == 161

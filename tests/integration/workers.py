@@ -192,20 +192,30 @@ def session_events(session_id: str, rounds: Iterable[int], *, ttl_secs: int = 60
 
 
 async def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes]],
-                  partition_of: Callable[[bytes], int] | None = None) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+                  partition_of: Callable[[bytes], int] | None = None, *, transactional_id: str | None = None) -> None:
+    """Publish `records`; with `transactional_id`, each in a transaction of its own (a
+    commit marker then follows every record, taking an offset of its own)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+                                transactional_id=transactional_id)
     await producer.start()
     try:
-        futures = [await producer.send(topic, value, key=key,
-                                       partition=None if partition_of is None or key is None else partition_of(key))
-                   for key, value in records]
+        futures = []
+        for key, value in records:
+            partition = None if partition_of is None or key is None else partition_of(key)
+            if transactional_id is None:
+                futures.append(await producer.send(topic, value, key=key, partition=partition))
+            else:
+                async with producer.transaction():
+                    await producer.send_and_wait(topic, value, key=key, partition=partition)
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
 
 
-def produce_events(bootstrap: str, topic: str, events: Iterable[dict[str, Any]]) -> None:
-    asyncio.run(produce(bootstrap, topic, ((e["session_id"].encode(), orjson.dumps(e)) for e in events)))
+def produce_events(bootstrap: str, topic: str, events: Iterable[dict[str, Any]], *,
+                   transactional_id: str | None = None) -> None:
+    asyncio.run(produce(bootstrap, topic, ((e["session_id"].encode(), orjson.dumps(e)) for e in events),
+                        transactional_id=transactional_id))
 
 
 async def _consume(bootstrap: str, topic: str, done: Callable[[list[Any]], bool], timeout: float) -> list[Any]:
