@@ -9,8 +9,6 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import TopicPartition
 
 from app.rules import Reason, Result
 from app.simulator import PlannedEvent, PublishStats, Simulation, partition_for, publish
@@ -19,7 +17,7 @@ from tests.faults.oracle import (
     Ledger, LedgerStamper, Verdict, changelog_table, check_run, collect, print_figures, session_of,
     unconfirmed_outputs,
 )
-from tests.integration.workers import FAST_SETTINGS, Deployment, WorkerProcess, committed_offsets
+from tests.integration.workers import FAST_SETTINGS, Deployment, WorkerProcess, committed_offsets, end_offsets
 
 PARTITIONS = int(FAST_SETTINGS["ACCOUNTANT_PARTITIONS"])
 
@@ -72,17 +70,8 @@ def committed_to_end(deployment: Deployment) -> bool:
     topic up to its end: everything published so far was processed."""
 
     committed = committed_offsets(deployment, deployment.events_topic)
-
-    async def check() -> bool:
-        consumer = AIOKafkaConsumer(bootstrap_servers=deployment.bootstrap, group_id=None)
-        await consumer.start()
-        try:
-            ends = await consumer.end_offsets([TopicPartition(deployment.events_topic, p) for p in range(PARTITIONS)])
-            return all(committed.get(tp.partition, -1) >= end for tp, end in ends.items())
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(check())
+    ends = end_offsets(deployment.bootstrap, deployment.events_topic, PARTITIONS)
+    return all(committed.get(partition, -1) >= end for partition, end in ends.items())
 
 
 def wait_applied(worker: WorkerProcess, at_least: int, timeout: float = 90) -> int:
