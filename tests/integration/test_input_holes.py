@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
+from faust.types import TP
 
 from app.faust_app import build_app
 from app.topics import ensure_topics
@@ -104,5 +105,24 @@ async def test_a_hole_read_gives_up_when_a_rebalance_starts(deployment: Deployme
     try:
         assert not await accountant._in_order(message(topic, 9))
         assert accounted == [] and accountant.next_offset[0] == 2
+    finally:
+        await accountant._stop_hole_reader(None)
+
+
+async def test_faust_commits_past_a_hole_the_agent_read(deployment: Deployment) -> None:
+    records = _records(20)
+    service, accounted = await accountant_over(deployment, records)
+    accountant, consumer, topic = service.accountant, service.app.consumer, service.settings.events_topic
+    tp = TP(topic, 0)
+    consumer._committed_offset[tp] = 5
+    accountant.next_offset[0] = 5
+    try:
+        assert await accountant._in_order(message(topic, 12))
+        for offset in (12, 13, 14):  # what Faust then hands over, and acks
+            await accountant._account_event(message(topic, offset, records[offset]))
+            consumer._acked[tp].append(offset)
+            consumer._acked_index[tp].add(offset)
+        # Faust alone would not commit: its first acked offset is 7 past the committed one.
+        assert consumer._filter_committable_offsets([tp]) == {tp: 15}
     finally:
         await accountant._stop_hole_reader(None)
