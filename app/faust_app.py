@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import faust
 
 from agents.sessions import SessionAccountant
-from app.faust_fixes import drain_producer_buffer_on_flush, seek_after_the_fetched_batch
+from app.faust_fixes import drain_producer_buffer_on_flush, fast_message_handoff, seek_after_the_fetched_batch
 from app.metrics import AccountingMetrics
 from app.settings import Settings
 from tables.sessions import define_sessions_table, store_url
@@ -63,6 +63,7 @@ def build_app(settings: Settings) -> Service:
         value_serializer="raw",
     )
     drain_producer_buffer_on_flush(app)
+    fast_message_handoff()
     seek_after_the_fetched_batch(app, (settings.events_topic, settings.commands_topic))
     metrics = AccountingMetrics()
     table = define_sessions_table(app, settings)
