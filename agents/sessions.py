@@ -74,9 +74,9 @@ class SessionAccountant:
         #: The next input offset to account for, per active input partition
         #: (see `_in_order`); set from the committed offsets on assignment.
         self.next_offset: dict[int, int] = {}
-        #: Output ids the broker acknowledged, per (partition, session), not yet confirmed.
         #: Reads holes Faust left in the input (`_account_hole`).
         self._reader: AIOKafkaConsumer | None = None
+        #: Output ids the broker acknowledged, per (partition, session), not yet confirmed.
         self._acknowledged: dict[tuple[int, str], list[str]] = defaultdict(list)
         self._scheduled_partitions: set[int] = set()
         #: Sessions not yet closed, per owned partition.
