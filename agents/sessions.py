@@ -200,15 +200,18 @@ class SessionAccountant:
         if reader is None:
             return False
         accounted = 0
-        async for _, records in read_ranges(reader, {tp: (start, end)}, ours):
-            for record in records:
-                expected = self.next_offset.get(partition)
-                if expected is None:
-                    return False  # revoked meanwhile
-                if record.offset >= expected:
-                    await self._account_event(record)
-                    accounted += 1
-        complete = await reader.position(tp) >= end
+        try:
+            async for _, records in read_ranges(reader, {tp: (start, end)}, ours):
+                for record in records:
+                    expected = self.next_offset.get(partition)
+                    if expected is None:
+                        return False  # revoked meanwhile
+                    if record.offset >= expected:
+                        await self._account_event(record)
+                        accounted += 1
+            complete = await reader.position(tp) >= end
+        finally:
+            reader.unsubscribe()  # no fetching between holes
         # Faust commits an input partition only up to its first offset it
         # never acked, and these never went through it: without this the
         # partition's commits stopped at the hole for good (the standby test
@@ -224,8 +227,10 @@ class SessionAccountant:
         a transactional gateway leaves a hole (its commit marker) after
         every transaction."""
         while self._reader is None and keep_trying():
+            # A short fetch wait: a fetch still waiting at the end of the log
+            # held the next read for up to 500 ms, for each transaction's marker.
             reader = plain_consumer(self.app, fetch_max_bytes=_HOLE_FETCH_BYTES,
-                                    max_partition_fetch_bytes=_HOLE_FETCH_BYTES)
+                                    max_partition_fetch_bytes=_HOLE_FETCH_BYTES, fetch_max_wait_ms=20)
             try:
                 await reader.start()
             except KafkaError as error:
