@@ -9,7 +9,6 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-
 from app.rules import Reason, Result
 from app.simulator import PlannedEvent, PublishStats, Simulation, partition_for, publish
 from app.web import FANOUT_HEADER, PARTITIONS_HEADER, parse_partitions
