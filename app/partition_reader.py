@@ -14,13 +14,17 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 
 def plain_consumer(app: faust.App, **options: Any) -> AIOKafkaConsumer:
-    """A consumer of the app's brokers that belongs to no group and commits nothing."""
+    """A consumer of the app's brokers that belongs to no group and commits nothing.
+    It logs in as Faust's own clients do (app/kafka_config.py's credentials)."""
     servers = [f"{url.host}:{url.port}" for url in app.conf.broker]
     return AIOKafkaConsumer(bootstrap_servers=servers, group_id=None, enable_auto_commit=False,
-                            auto_offset_reset="earliest", **options)
+                            auto_offset_reset="earliest",
+                            **credentials_to_aiokafka_auth(app.conf.broker_credentials, app.conf.ssl_context),
+                            **options)
 
 
 async def read_ranges(consumer: AIOKafkaConsumer, ranges: Mapping[TopicPartition, tuple[int, int]],
