@@ -143,8 +143,9 @@ def _load_client_certificate(context: ssl.SSLContext, cert_file: str, key_file: 
         # A password callable never prompts on the terminal, unlike None for an encrypted key.
         context.load_cert_chain(cert_file, key_file, password=lambda: (password or "").encode())
     except ssl.SSLError as error:
-        if encrypted and "bad decrypt" in str(error).lower():
-            raise TlsFileError("kafka_ssl_key_password", f"does not decrypt {key_file}") from None
+        if encrypted and ("BAD DECRYPT" in str(error).upper() or "PEM LIB" in str(error).upper()):
+            raise TlsFileError("kafka_ssl_key_password", f"does not decrypt {key_file} (or that file is damaged)") \
+                from None
         if "KEY_VALUES_MISMATCH" in str(error).upper():
             raise TlsFileError("kafka_ssl_key_file", f"{key_file} is not the key of the certificate in "
                                                      f"{cert_file}") from None

@@ -286,8 +286,11 @@ def unknown_variable_problems(environ: Mapping[str, str]) -> list[str]:
     for variable in sorted(environ):
         if not variable.startswith(ENV_PREFIX) or variable in known or variable in NOT_SETTINGS:
             continue
-        closest = difflib.get_close_matches(variable, candidates, n=1, cutoff=0.6)
-        hint = f"did you mean {closest[0]}?" if closest else "it is not a setting (see the README's settings table)"
+        # Compared without the prefix all of them share, which would make any two look alike.
+        closest = difflib.get_close_matches(variable.removeprefix(ENV_PREFIX),
+                                            [name.removeprefix(ENV_PREFIX) for name in candidates], n=1, cutoff=0.6)
+        hint = (f"did you mean {ENV_PREFIX}{closest[0]}?" if closest
+                else "it is not a setting (see the README's settings table)")
         problems.append(f"  {variable}: unknown variable; {hint}")
     return problems
 
