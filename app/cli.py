@@ -18,7 +18,8 @@ from app.preflight import KafkaCheckError, run_kafka_check
 from app.settings import Settings, SettingsError, load_settings
 from app.simulator import simulate_command
 
-log = logging.getLogger(__name__)
+# Named, not __name__: run as `python -m app.cli` that would be "__main__".
+log = logging.getLogger("app.cli")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
