@@ -28,8 +28,10 @@ import contextlib
 import datetime
 import logging
 import logging.config
+import sys
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -73,11 +75,15 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per record, on one line (tracebacks included, escaped)."""
 
     def format(self, record: logging.LogRecord) -> str:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a caller's arguments that do not fit its format
+            message = f"{record.msg!s} {record.args!r}"
         entry: dict[str, Any] = {
             "time": _utc_time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": message,
             **record_fields(record),
         }
         if record.exc_info:
@@ -127,8 +133,19 @@ def logging_config(settings: Settings) -> dict[str, Any]:
 
 def configure(settings: Settings) -> None:
     """Install the log format for this process (Faust's Worker installs the
-    same again when it starts)."""
+    same again when it starts). Python warnings become records too; with
+    json, so does an uncaught exception, instead of a bare traceback."""
     logging.config.dictConfig(logging_config(settings))
+    logging.captureWarnings(True)
+    if settings.log_format == "json":
+        sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, error, traceback)
+        return
+    logging.getLogger("app").critical("uncaught exception", exc_info=(kind, error, traceback))
 
 
 def _utc_time(created: float) -> str:

@@ -6,7 +6,11 @@ import asyncio
 import io
 import logging
 import logging.config
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -115,3 +119,20 @@ def test_the_setting_chooses_the_root_handlers_format(log_format: str, formatter
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
+
+
+def test_a_record_whose_arguments_do_not_fit_still_gives_a_json_line() -> None:
+    record = logging.LogRecord("tests.logs", logging.INFO, __file__, 1, "%d events", ("many",), None)
+    assert orjson.loads(JsonFormatter().format(record))["message"] == "%d events ('many',)"
+
+
+def test_an_uncaught_exception_of_a_json_process_is_one_json_line(tmp_path: Path) -> None:
+    script = "from app.logs import configure\nfrom app.settings import load_settings\n" \
+             "configure(load_settings())\nraise RuntimeError('boom')\n"
+    env = {**{key: value for key, value in os.environ.items() if not key.startswith("ACCOUNTANT_")},
+           "ACCOUNTANT_LOG_FORMAT": "json"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60,
+                            cwd=str(tmp_path), check=False)
+    [line] = result.stderr.splitlines()
+    entry = orjson.loads(line)
+    assert entry["level"] == "critical" and "RuntimeError: boom" in entry["exception"]
