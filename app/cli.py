@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from app.settings import Settings, SettingsError, load_settings
-from app.simulator import simulate_command
+from app.dev.simulator import simulate_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -68,7 +68,7 @@ def worker() -> None:
 def dev(data_dir: Path) -> None:
     """Run the service on a laptop: a local Kafka broker (unless ACCOUNTANT_BROKER is set),
     one worker and its web dashboard. Ctrl-C or SIGTERM stops all of it."""
-    from app.broker import LocalKafka
+    from app.dev.kafka import LocalKafka
 
     settings = load_settings(data_dir=str(data_dir / "worker")) if "ACCOUNTANT_DATA_DIR" not in os.environ \
         else load_settings()
@@ -96,7 +96,7 @@ def dev(data_dir: Path) -> None:
 @click.option("--port", type=int, default=None, help="Loopback port (default: a free one).")
 def broker(data_dir: Path | None, port: int | None) -> None:
     """Run only the local Kafka broker, in the foreground."""
-    from app.broker import LocalKafka
+    from app.dev.kafka import LocalKafka
 
     with LocalKafka(workdir=data_dir, port=port) as kafka:
         click.echo(kafka.bootstrap)

@@ -18,7 +18,7 @@ import orjson
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from app.broker import pick_free_loopback_port
+from app.dev.kafka import pick_free_loopback_port
 from app.rules import SECOND, Session, SessionRecord, encode_session, parse_timestamp
 from bench.common import (
     PARTITIONS, REPO, Deployment, Worker, accounted, group_lag, partition_of, summary_ms,

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
 
-from app.broker import pick_free_loopback_port
+from app.dev.kafka import pick_free_loopback_port
 
 REPO = Path(__file__).resolve().parents[1]
 

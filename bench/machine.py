@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 
-from app.broker import kafka_version
+from app.dev.kafka import kafka_version
 
 REPO = Path(__file__).resolve().parents[1]
 

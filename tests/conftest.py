@@ -4,7 +4,7 @@
   1. ``ACCOUNTANT_TEST_BOOTSTRAP`` (host:port[,host:port...], loopback only);
   2. an ``apache/kafka`` container, if testcontainers is installed and a Docker
      engine answers;
-  3. a ``LocalKafka`` broker (app/broker.py: Java + jars from Maven Central).
+  3. a ``LocalKafka`` broker (app/dev/kafka.py: Java + jars from Maven Central).
 A failing test that used it gets a "Kafka broker" report section naming the
 broker and its log.
 
@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from app.broker import TEST_BROKER_SETTINGS, LocalKafka, kafka_version, pick_free_loopback_port, wait_for_broker
+from app.dev.kafka import TEST_BROKER_SETTINGS, LocalKafka, kafka_version, pick_free_loopback_port, wait_for_broker
 
 ENV_TEST_BOOTSTRAP = "ACCOUNTANT_TEST_BOOTSTRAP"
 

@@ -35,17 +35,15 @@ from app.rules import (
     decode_event,
     parse_timestamp,
 )
-from app.simulator import (
+from app.dev.oracle import Expected, check_closures, check_rejections
+from app.dev.simulator import (
     BAD_KINDS,
     CLOCK_SKEW_SECS,
-    Expected,
     Form,
     PlannedEvent,
     SimulationConfig,
     Simulation,
     Stamper,
-    check_closures,
-    check_rejections,
     fit_to_rate,
     partition_for,
     simulate_command,

@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from app.broker import LocalKafka
+from app.dev.kafka import LocalKafka
 from tests.integration.conftest import deployment, pytest_runtest_makereport  # noqa: F401  (re-exported)
 from tests.integration.workers import Deployment, WorkerProcess
 

@@ -43,7 +43,8 @@ from aiokafka import AIOKafkaClient, AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from app.rules import SECOND, CloseReason, Micros, Reason, Result, format_timestamp
-from app.simulator import Expected, ExpectedClosure, PlannedEvent, Simulation, Stamper, check_closures
+from app.dev.oracle import Expected, ExpectedClosure, check_closures
+from app.dev.simulator import PlannedEvent, Simulation, Stamper
 
 RECORD_FIELDS = {
     "session_id", "tenant_id", "provider_id", "model", "created_at", "activated_at", "closed_at", "ttl_secs",

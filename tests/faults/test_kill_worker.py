@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from app.simulator import Simulation, SimulationConfig, new_run_id
+from app.dev.simulator import Simulation, SimulationConfig, new_run_id
 from tests.faults.harness import Timeline, finish, local_stats, publish_piece, wait_applied
 from tests.faults.oracle import pieces, simulated, split_points
 from tests.integration.workers import Deployment

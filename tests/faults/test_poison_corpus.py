@@ -25,7 +25,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.rules import MAX_COUNT, SECOND, CloseReason, Reason, Result, format_timestamp, parse_timestamp
-from app.simulator import ExpectedClosure, Simulation, SimulationConfig, new_run_id, partition_for
+from app.dev.oracle import ExpectedClosure
+from app.dev.simulator import Simulation, SimulationConfig, new_run_id, partition_for
 from tests.faults.harness import PARTITIONS, Timeline, finish, local_stats, publish_piece
 from tests.faults.oracle import Ledger, pieces, raw_of, simulated, split_points
 from tests.integration.workers import Deployment

@@ -23,7 +23,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from app.simulator import partition_for
+from app.dev.simulator import partition_for
 from tests.faults.harness import PARTITIONS
 from tests.integration.workers import Deployment, WorkerProcess, consume_json, event
 

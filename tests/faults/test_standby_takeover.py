@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from app.simulator import Simulation, SimulationConfig, new_run_id
+from app.dev.simulator import Simulation, SimulationConfig, new_run_id
 from tests.faults.harness import (
     PARTITIONS, Timeline, committed_to_end, finish, owned_partitions, publish_piece, wait_applied, wait_for,
 )

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.structs import TopicPartition
 
-from app.broker import LocalKafka, create_topics
+from app.dev.kafka import LocalKafka, create_topics
 
 pytestmark = pytest.mark.integration
 
@@ -154,7 +154,7 @@ def test_local_kafka_dies_with_the_process_that_started_it(tmp_path):
             sys.executable,
             "-c",
             "import sys, time\n"
-            "from app.broker import LocalKafka\n"
+            "from app.dev.kafka import LocalKafka\n"
             "kafka = LocalKafka(workdir=__import__('pathlib').Path(sys.argv[1])).start()\n"
             "print(kafka.process.pid, flush=True)\n"
             "time.sleep(600)\n",

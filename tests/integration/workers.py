@@ -23,7 +23,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from app.broker import pick_free_loopback_port
+from app.dev.kafka import pick_free_loopback_port
 from app.rules import format_timestamp
 from app.settings import Settings
 from app.topics import ensure_topics

@@ -15,7 +15,7 @@ import orjson
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
-from app.broker import pick_free_loopback_port
+from app.dev.kafka import pick_free_loopback_port
 from app.faust_app import Service, build_app
 from app.rules import SECOND, CloseReason, Session, SessionRecord, parse_timestamp
 from app.settings import load_settings

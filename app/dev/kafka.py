@@ -7,8 +7,8 @@ No Docker needed: the broker's jars come from Maven Central (see
     with LocalKafka() as kafka:
         print(kafka.bootstrap)          # "127.0.0.1:PORT"
 
-``python -m app.broker`` starts one and runs until Ctrl-C;
-``python -m app.broker --fetch-only`` only fills the jar cache (CI does that
+``python -m app.dev.kafka`` starts one and runs until Ctrl-C;
+``python -m app.dev.kafka --fetch-only`` only fills the jar cache (CI does that
 first so the fetch is not charged to the first test).
 
 Environment:
@@ -58,7 +58,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 ENV_KAFKA_CACHE = "ACCOUNTANT_KAFKA_CACHE"
 ENV_MAVEN_REPO = "ACCOUNTANT_MAVEN_REPO"
 
-POM_PATH = Path(__file__).resolve().parent.parent / "broker" / "pom.xml"
+POM_PATH = Path(__file__).resolve().parents[2] / "broker" / "pom.xml"
 
 LOOPBACK = "127.0.0.1"
 
@@ -105,7 +105,7 @@ JVM_OPTIONS: tuple[str, ...] = (
 PROBE_TOPIC = "_local_kafka_probe"
 
 _LOG4J2_PROPERTIES = """\
-# Written by app/broker.py: every broker log line goes to stdout, which the
+# Written by app/dev/kafka.py: every broker log line goes to stdout, which the
 # launcher sends to the broker log file.
 status = warn
 appender.out.type = Console
@@ -615,12 +615,12 @@ def _random_cluster_id() -> str:
 
 
 # --------------------------------------------------------------------------
-# python -m app.broker
+# python -m app.dev.kafka
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m app.broker",
+        prog="python -m app.dev.kafka",
         description="Run a local single-node Kafka broker on 127.0.0.1 until SIGINT/SIGTERM.",
     )
     parser.add_argument("--fetch-only", action="store_true", help="only fetch the broker jars into the cache")
