@@ -2,26 +2,57 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
+import aiohttp
 import faust
 
 from agents.sessions import SessionAccountant
 from app.faust_fixes import drain_producer_buffer_on_flush, fast_message_handoff, seek_after_the_fetched_batch
 from app.metrics import AccountingMetrics
+from app.rules import Session
 from app.settings import Settings
+from app.web import register_views
 from tables.sessions import define_sessions_table, store_url
 
 
 @dataclass
 class Service:
-    """What the web views and tests need to reach: the app and its parts."""
+    """What the web views and tests need to reach: the app and its parts.
+
+    It is the `app.web.Worker` the views read (the methods below).
+    """
 
     app: faust.App
     settings: Settings
     table: faust.Table
     accountant: SessionAccountant
     metrics: AccountingMetrics
+
+    def ready(self) -> bool:
+        return self.accountant.recovered and not self.app.rebalancing
+
+    def active_partitions(self) -> Collection[int]:
+        return self.accountant._active_partitions()
+
+    def stored_session(self, session_id: str) -> Session | None:
+        return self.table.get(session_id)
+
+    def stored_sessions(self) -> Iterator[Session]:
+        return (session for session in self.table.values() if session is not None)
+
+    def live_sessions(self) -> int:
+        return sum(self.accountant.open_sessions.values())
+
+    def own_url(self) -> str:
+        return str(self.app.conf.canonical_url)
+
+    def member_urls(self) -> Collection[str]:
+        return self.app.assignor.tables_metadata().keys()
+
+    def http_client(self) -> aiohttp.ClientSession:
+        return self.app.http_client
 
 
 def build_app(settings: Settings) -> Service:
@@ -52,7 +83,7 @@ def build_app(settings: Settings) -> Service:
         stream_wait_empty=True,
         web_enabled=True,
         # Faust's /table/ and /router/ pages route keys by murmur2, not by
-        # the gateways' partitioning: app/web.py answers lookups instead.
+        # the gateways' partitioning: app/web/ answers lookups instead.
         web_tables_enabled=False,
         web_router_enabled=False,
         web_host=settings.web_host,
@@ -70,7 +101,5 @@ def build_app(settings: Settings) -> Service:
     accountant = SessionAccountant(app, table, settings, metrics)
     accountant.register()
     service = Service(app, settings, table, accountant, metrics)
-    from app.web import register_views  # the views import the service type
-
-    register_views(service)
+    register_views(app, service)
     return service

@@ -11,7 +11,7 @@ from typing import Any
 
 from app.rules import Reason, Result
 from app.dev.simulator import PlannedEvent, PublishStats, Simulation, partition_for, publish
-from app.web import FANOUT_HEADER, PARTITIONS_HEADER, parse_partitions
+from app.web.fanout import FANOUT_HEADER, PARTITIONS_HEADER, parse_partitions
 from tests.faults.oracle import (
     Ledger, LedgerStamper, Verdict, changelog_table, check_run, collect, print_figures, session_of,
     unconfirmed_outputs,

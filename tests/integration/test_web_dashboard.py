@@ -1,7 +1,7 @@
 """The dashboard in a real headless browser (Debian's chromium driven by
 Playwright) while gateway traffic flows: sign in with the token, see a new
-session appear and change state when it closes, sort and filter, and save a
-screenshot.
+session appear and change state when it closes, token figures beyond 2^53
+shown to the last digit, sort and filter, and save a screenshot.
 
 The screenshot goes to the test's tmp_path; set ACCOUNTANT_DASHBOARD_SCREENSHOT
 to a path (docs/dashboard.png for the README) to write it there as well.
@@ -32,6 +32,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 SCREENSHOT_ENV = "ACCOUNTANT_DASHBOARD_SCREENSHOT"
 TOKEN = "dashboard-token"
 TENANTS = ["acme", "globex", "initech", "umbrella"]
+#: The largest token count one session may hold (SPEC: counts are below 2^63).
+MAX_COUNT = 2**63 - 1
 MODELS = [("openai", "gpt-4o"), ("anthropic", "claude-sonnet-4"), ("google", "gemini-2.0-flash")]
 
 
@@ -136,6 +138,16 @@ def test_web_dashboard_shows_sessions_live_in_a_real_browser(deployment: Deploym
         traffic.send([event("session.closed", "watched-session", 9, "acme")])
         expect(state).to_have_text("closed", timeout=30_000)
 
+        # Figures a JavaScript number cannot hold: two sessions at the largest
+        # count make a tenant total of 2^64 - 2. Parsed as doubles, they showed
+        # as 18,446,744,073,709,552,000 instead of 18,446,744,073,709,551,614.
+        traffic.send(session_events("whale-1", [], tenant_id="whale", initial=MAX_COUNT)
+                     + session_events("whale-2", [], tenant_id="whale", initial=MAX_COUNT))
+        expect(page.locator('#tenants tr[data-tenant-id="whale"] td[data-col="total_token_count"]')
+               ).to_have_text(f"{2 * MAX_COUNT:,}", timeout=30_000)
+        expect(page.locator('#sessions tr[data-session-id="whale-1"] td[data-col="total_token_count"]')
+               ).to_have_text(f"{MAX_COUNT:,}")
+
         # Sorting by tokens, largest first.
         tokens_header = page.locator('#sessions th[data-key="total_token_count"]')
         tokens_header.click()
@@ -144,6 +156,7 @@ def test_web_dashboard_shows_sessions_live_in_a_real_browser(deployment: Deploym
         shown = [int(text.replace(",", "")) for text in
                  page.locator('#sessions td[data-col="total_token_count"]').all_inner_texts()]
         assert len(shown) > 3 and shown == sorted(shown, reverse=True)
+        assert shown[:2] == [MAX_COUNT, MAX_COUNT], "the largest figures sort first, exactly"
 
         # Filtering by tenant and state.
         page.select_option("#tenant-filter", "globex")

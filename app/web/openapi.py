@@ -9,12 +9,13 @@ with `Micros` standing for `datetime`.
 
 The other response bodies are TypedDicts below: the views build plain dicts
 of these shapes, and the document takes their schemas from the same classes.
+Each operation's parameters come from its model in `app.web.params`, the
+one the view validates requests with.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 import typing
 from datetime import datetime
 from typing import Any
@@ -23,13 +24,14 @@ from pydantic import ConfigDict, TypeAdapter, create_model
 from pydantic.json_schema import models_json_schema
 from typing_extensions import TypedDict
 
-from app.rules import MAX_ID_CHARS, CloseReason, Reason, SessionRecord, State
+from app.rules import CloseReason, Reason, SessionRecord, State
+from app.web.params import (
+    DashboardParams, NoParams, Params, SessionListParams, SessionParams, TenantListParams, TenantUsageParams,
+    path_fields,
+)
 
-#: Pages of the listings hold at most this many items.
-MAX_LIMIT = 1000
-DEFAULT_LIMIT = 100
-#: Unpadded base64url: what `next_cursor` looks like.
-CURSOR_PATTERN = re.compile(r"(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-]{2,3})?")
+__all__ = ["ErrorBody", "SessionPage", "Stats", "TenantPage", "TenantUsage", "build_openapi", "component_schemas",
+           "parameters"]
 
 _COMPONENTS = "#/components/schemas/{model}"
 # Attribute docstrings become the fields' descriptions.
@@ -177,17 +179,39 @@ def component_schemas() -> dict[str, Any]:
 # The document
 
 
-_ID_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS}
-_CURSOR = {
-    "name": "cursor", "in": "query", "required": False,
-    "schema": {"type": "string", "minLength": 2, "pattern": f"^{CURSOR_PATTERN.pattern}$"},
-    "description": "Opaque: the `next_cursor` of the previous page.",
-}
-_LIMIT = {
-    "name": "limit", "in": "query", "required": False,
-    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
-    "description": f"Items per page, 1..{MAX_LIMIT}.",
-}
+def parameters(model: type[Params], *, token_required: bool) -> list[dict[str, Any]]:
+    """The OpenAPI `parameters` of an operation, from the model its view validates with."""
+    schema = model.model_json_schema(ref_template=_COMPONENTS, mode="validation")
+    required = set(schema.get("required", ()))
+    in_path = path_fields(model)
+    documented = []
+    for name, field_schema in schema["properties"].items():
+        if name in model.token_only and not token_required:
+            continue
+        parameter_schema = _not_null(field_schema)
+        parameter: dict[str, Any] = {"name": name, "in": "path" if name in in_path else "query",
+                                     "required": name in required}
+        if parameter_schema.get("type") == "array":
+            parameter |= {"style": "form", "explode": False}  # comma-separated, as `parse` reads it
+        parameter["schema"] = parameter_schema
+        description = parameter_schema.pop("description", None)
+        if description:
+            parameter["description"] = description
+        documented.append(parameter)
+    return documented
+
+
+def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A parameter's schema without pydantic's title, and without the `null` of
+    an optional one (an absent parameter is not a null one)."""
+    schema = {key: value for key, value in schema.items() if key != "title"}
+    branches = schema.pop("anyOf", None)
+    if branches is not None:
+        (value,) = [branch for branch in branches if branch != {"type": "null"}]
+        schema = {**value, **schema}
+    if schema.get("default", "absent") is None:
+        del schema["default"]
+    return schema
 
 
 def _json(name: str, description: str) -> dict[str, Any]:
@@ -199,13 +223,22 @@ _UNAVAILABLE = _json("Error", "Some partitions are not served right now (a rebal
                               "retry shortly.")
 
 
+#: The parameters of each path's operation (the others take none): the models the views validate with.
+_PARAMS: dict[str, type[Params]] = {
+    "/sessions/{session_id}": SessionParams,
+    "/sessions": SessionListParams,
+    "/tenants": TenantListParams,
+    "/tenants/{tenant_id}/usage": TenantUsageParams,
+    "/": DashboardParams,
+}
+
+
 def build_openapi(*, token_required: bool) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the API as this worker serves it."""
     paths: dict[str, Any] = {
         "/sessions/{session_id}": {"get": {
             "operationId": "getSession",
             "summary": "One session: the record plus derived fields, from the worker that owns it.",
-            "parameters": [{"name": "session_id", "in": "path", "required": True, "schema": _ID_SCHEMA}],
             "responses": {
                 "200": _json("SessionView", "The session (live, or closed within retention)."),
                 "400": _BAD_REQUEST,
@@ -216,14 +249,6 @@ def build_openapi(*, token_required: bool) -> dict[str, Any]:
         "/sessions": {"get": {
             "operationId": "listSessions",
             "summary": "Sessions across all partitions and workers, in `session_id` order, paged.",
-            "parameters": [
-                {"name": "tenant_id", "in": "query", "required": False, "schema": _ID_SCHEMA},
-                {"name": "state", "in": "query", "required": False, "style": "form", "explode": False,
-                 "schema": {"type": "array", "minItems": 1, "items": _ref("State")},
-                 "description": "Comma-separated states to include, e.g. `pending,active`."},
-                _LIMIT,
-                _CURSOR,
-            ],
             "responses": {
                 "200": _json("SessionPage", "A page of sessions."),
                 "400": _BAD_REQUEST,
@@ -233,7 +258,6 @@ def build_openapi(*, token_required: bool) -> dict[str, Any]:
         "/tenants": {"get": {
             "operationId": "listTenants",
             "summary": "Usage of every tenant that has records in the table, in `tenant_id` order, paged.",
-            "parameters": [_LIMIT, _CURSOR],
             "responses": {
                 "200": _json("TenantPage", "A page of tenants."),
                 "400": _BAD_REQUEST,
@@ -245,7 +269,6 @@ def build_openapi(*, token_required: bool) -> dict[str, Any]:
             "summary": "A tenant's live sessions, tokens so far and closures by reason.",
             "description": "Computed from the records in the table: live sessions and closed ones within "
                            "retention. A tenant with no records answers zeros.",
-            "parameters": [{"name": "tenant_id", "in": "path", "required": True, "schema": _ID_SCHEMA}],
             "responses": {
                 "200": _json("TenantUsage", "The tenant's usage."),
                 "400": _BAD_REQUEST,
@@ -290,7 +313,10 @@ def build_openapi(*, token_required: bool) -> dict[str, Any]:
             "responses": {"200": {"description": "HTML.", "content": {"text/html": {"schema": {"type": "string"}}}}},
         }},
     }
-    for item in paths.values():
+    for path, item in paths.items():
+        documented = parameters(_PARAMS.get(path, NoParams), token_required=token_required)
+        if documented:
+            item["get"]["parameters"] = documented
         # Every operation refuses unknown or repeated query parameters.
         item["get"]["responses"].setdefault("400", _BAD_REQUEST)
     document: dict[str, Any] = {
@@ -313,11 +339,6 @@ def build_openapi(*, token_required: bool) -> dict[str, Any]:
             if item["get"].get("security") != []:
                 item["get"]["responses"]["401"] = unauthorized
         dashboard = paths["/"]["get"]
-        dashboard["parameters"] = [{
-            "name": "token", "in": "query", "required": False, "schema": {"type": "string"},
-            "description": "Signs a browser in: the token goes into an HttpOnly cookie and the page reloads "
-                           "without it in the address.",
-        }]
         dashboard["responses"]["303"] = {"description": "Signed in: go to `/`."}
         dashboard["responses"]["401"] = {"description": "Token missing or wrong: a form asks for it.",
                                          "content": {"text/html": {"schema": {"type": "string"}}}}

@@ -21,13 +21,23 @@ const view = {
 
 const $ = (id) => document.getElementById(id);
 
+// Token figures pass 2^53 (a tenant's total over many sessions reaches 2^64),
+// beyond what a JavaScript number holds exactly: such integers become BigInt,
+// read from their own digits in the answer (JSON.parse source text access).
+function parseExact(text) {
+  return JSON.parse(text, (key, value, context) =>
+    typeof value === "number" && !Number.isSafeInteger(value) && context && /^-?\d+$/.test(context.source)
+      ? BigInt(context.source)
+      : value);
+}
+
 async function getJSON(path) {
   const response = await fetch(path, { headers: { Accept: "application/json" }, cache: "no-store" });
   if (response.status === 401) {
     window.location.assign("/"); // the sign-in cookie is gone: the page asks for the token
     throw new Error("signed out");
   }
-  const body = await response.json().catch(() => null);
+  const body = await response.text().then(parseExact).catch(() => null);
   if (!response.ok) {
     throw new Error(body && body.detail ? body.detail : `${path}: HTTP ${response.status}`);
   }
@@ -73,7 +83,7 @@ async function poll() {
 // -- totals and charts ---------------------------------------------------------
 
 function sum(counts) {
-  return Object.values(counts).reduce((a, b) => a + b, 0);
+  return Object.values(counts).reduce((total, count) => total + BigInt(count), 0n);
 }
 
 function renderStats(stats) {
@@ -106,7 +116,7 @@ function rateSeries(field, names) {
       const before = view.history[start];
       const seconds = (after.t - before.t) / 1000;
       // A worker restart resets its counters; a drop is not a negative rate.
-      const delta = Math.max(0, (after[field][name] || 0) - (before[field][name] || 0));
+      const delta = Math.max(0, Number(after[field][name] || 0) - Number(before[field][name] || 0));
       points.push([after.t, seconds > 0 ? delta / seconds : 0]);
     }
     return { name, points };
@@ -175,17 +185,21 @@ function renderTenants(page) {
     row.dataset.tenantId = usage.tenant_id;
     row.classList.toggle("selected", usage.tenant_id === selected);
     const cells = [
-      [usage.tenant_id, "id"],
-      [usage.live_sessions, "num"],
-      [usage.sessions.pending, "num"],
-      [usage.sessions.active, "num"],
-      [usage.sessions.closed, "num"],
-      [usage.live_token_count, "num"],
-      [usage.total_token_count, "num"],
-      [usage.closures.closed, "num"],
-      [usage.closures.ttl_expired, "num"],
+      [usage.tenant_id, "id", "tenant_id"],
+      [usage.live_sessions, "num", "live_sessions"],
+      [usage.sessions.pending, "num", "pending"],
+      [usage.sessions.active, "num", "active"],
+      [usage.sessions.closed, "num", "closed"],
+      [usage.live_token_count, "num", "live_token_count"],
+      [usage.total_token_count, "num", "total_token_count"],
+      [usage.closures.closed, "num", "closures_closed"],
+      [usage.closures.ttl_expired, "num", "closures_ttl_expired"],
     ];
-    row.append(...cells.map(([value, kind]) => cell(kind === "num" ? value.toLocaleString() : value, kind)));
+    row.append(...cells.map(([value, kind, name]) => {
+      const td = cell(kind === "num" ? value.toLocaleString() : value, kind);
+      td.dataset.col = name;
+      return td;
+    }));
     row.addEventListener("click", () => {
       $("tenant-filter").value = usage.tenant_id === selected ? "" : usage.tenant_id;
       refresh();
@@ -218,7 +232,9 @@ function compareBy(key, direction) {
     if (left === right) return 0;
     if (left === null) return 1; // absent times last, whichever the direction
     if (right === null) return -1;
-    const order = typeof left === "number" ? left - right : String(left).localeCompare(String(right));
+    // Numbers and BigInts compare with each other exactly; subtraction would not mix them.
+    const numeric = typeof left === "number" || typeof left === "bigint";
+    const order = numeric ? (left < right ? -1 : left > right ? 1 : 0) : String(left).localeCompare(String(right));
     return order * direction;
   };
 }
