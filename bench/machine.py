@@ -11,8 +11,7 @@ from pathlib import Path
 import psutil
 
 from app.dev.kafka import kafka_version
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import REPO
 
 
 def _cpu_model() -> str:

@@ -36,6 +36,7 @@ from app.rules import (
     parse_timestamp,
 )
 from app.dev.oracle import Expected, check_closures, check_rejections
+from app.dev.partitioners import partition_for
 from app.dev.simulator import (
     BAD_KINDS,
     CLOCK_SKEW_SECS,
@@ -45,7 +46,6 @@ from app.dev.simulator import (
     Simulation,
     Stamper,
     fit_to_rate,
-    partition_for,
     simulate_command,
 )
 
@@ -93,7 +93,7 @@ def fold(simulation: Simulation) -> Fold:
     for planned in simulation.events():
         now += SEND_INTERVAL
         value = stamper.encode(planned, now)
-        partition = zlib.crc32(planned.key) % PARTITIONS
+        partition = partition_for(planned.key, PARTITIONS, "crc32")
         source = Source(EVENTS_TOPIC, partition, next_offset[partition])
         next_offset[partition] += 1
         message = decode_event(planned.key, value)

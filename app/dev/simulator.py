@@ -29,28 +29,32 @@ import random
 import secrets
 import sys
 import time
-import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from functools import cached_property
-from typing import Any, Literal, TextIO
+from typing import Any, TextIO
 
 import click
 import orjson
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition
 
 from app.dev.oracle import (
-    Collected, Expected, ExpectedClosure, VerifyReport, belongs_to_run, format_report, source_of, verify_outputs,
+    Collected,
+    Expected,
+    ExpectedClosure,
+    VerifyReport,
+    belongs_to_run,
+    format_report,
+    source_of,
+    verify_outputs,
 )
+from app.dev.partitioners import Partitioner, partition_for
 from app.rules import MAX_COUNT, SECOND, CloseReason, Micros, Reason, Result, format_timestamp
 from app.settings import load_settings
-
-Partitioner = Literal["murmur2", "crc32"]
 
 # --------------------------------------------------------------------------
 # The simulated world
@@ -474,14 +478,6 @@ class PublishStats:
 
 class TopicMissing(RuntimeError):
     """The topic does not exist; the service creates it when it starts."""
-
-
-def partition_for(key: bytes, partitions: int, partitioner: Partitioner) -> int:
-    """The partition a keyed record goes to: murmur2 as the Java client and
-    aiokafka do, or CRC32 as librdkafka's default partitioner does."""
-    if partitioner == "crc32":
-        return zlib.crc32(key) % partitions
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 # Futures gathered at once: large enough to keep batches full, small enough

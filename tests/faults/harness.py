@@ -5,18 +5,19 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from app.dev.partitioners import partition_for
+from app.dev.simulator import PlannedEvent, PublishStats, Simulation, publish
 from app.rules import Reason, Result
-from app.dev.simulator import PlannedEvent, PublishStats, Simulation, partition_for, publish
-from app.web.fanout import FANOUT_HEADER, PARTITIONS_HEADER, parse_partitions
-from tests.faults.oracle import (
+from tests.support.deployment import FAST_SETTINGS, Deployment
+from tests.support.ledger import (
     Ledger, LedgerStamper, Verdict, changelog_table, check_run, collect, print_figures, session_of,
     unconfirmed_outputs,
 )
-from tests.integration.workers import FAST_SETTINGS, Deployment, WorkerProcess, committed_offsets, end_offsets
+from tests.support.waiting import wait_for
+from tests.support.workers import WorkerProcess, accounted
 
 PARTITIONS = int(FAST_SETTINGS["ACCOUNTANT_PARTITIONS"])
 
@@ -40,46 +41,13 @@ def publish_piece(deployment: Deployment, events: list[PlannedEvent], stamper: L
                                progress=None))
 
 
-def local_stats(worker: WorkerProcess) -> dict[str, Any]:
-    """This process's own counters (the fan-out header stops it asking its peers)."""
-    status, body = worker.get("/stats", headers={FANOUT_HEADER: "1"})
-    assert status == 200, f"{worker.name} /stats answered {status}: {body}"
-    return body
-
-
-def owned_partitions(worker: WorkerProcess) -> frozenset[int]:
-    """The input partitions this worker is active for now (empty while rebalancing)."""
-    request = urllib.request.Request(worker.url + "/sessions?limit=1", headers={FANOUT_HEADER: "1"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return parse_partitions(response.headers.get(PARTITIONS_HEADER))
-
-
-def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 90, interval: float = 0.05) -> float:
-    """Poll until `predicate()`; returns the seconds waited."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-    return time.monotonic() - start
-
-
-def committed_to_end(deployment: Deployment) -> bool:
-    """Whether the workers' group has committed every partition of the events
-    topic up to its end: everything published so far was processed."""
-
-    committed = committed_offsets(deployment, deployment.events_topic)
-    ends = end_offsets(deployment.bootstrap, deployment.events_topic, PARTITIONS)
-    return all(committed.get(partition, -1) >= end for partition, end in ends.items())
-
-
 def wait_applied(worker: WorkerProcess, at_least: int, timeout: float = 90) -> int:
     """Wait until the worker's own `applied` counter reaches `at_least`; returns it."""
     seen = [0]
 
     def reached() -> bool:
         try:
-            seen[0] = local_stats(worker)["applied"]
+            seen[0] = worker.stats(local=True)["applied"]
         except OSError:
             return False
         return seen[0] >= at_least
@@ -94,10 +62,8 @@ def settled_stats(worker: WorkerProcess, ledger: Ledger, timeout: float = 30) ->
     deadline = time.monotonic() + timeout
     previous = None
     while True:
-        status, stats = worker.get("/stats")
-        assert status == 200, f"/stats answered {status}: {stats}"
-        counted = stats["applied"] + stats["duplicate"] + stats["rejected_total"]
-        if counted == ledger.sent or stats == previous or time.monotonic() > deadline:
+        stats = worker.stats()
+        if accounted(stats) == ledger.sent or stats == previous or time.monotonic() > deadline:
             return stats
         previous = stats
         time.sleep(1.0)

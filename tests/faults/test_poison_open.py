@@ -23,9 +23,12 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from app.dev.simulator import partition_for
+from app.dev.partitioners import partition_for
 from tests.faults.harness import PARTITIONS
-from tests.integration.workers import Deployment, WorkerProcess, consume_json, event
+from tests.support.deployment import Deployment
+from tests.support.events import event
+from tests.support.kafka import consume_json
+from tests.support.workers import WorkerProcess
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

@@ -9,9 +9,10 @@ import orjson
 import pytest
 
 from app.rules import parse_timestamp
-from tests.integration.workers import (
-    Deployment, consume_json, event, latest_sessions, now_rfc3339, produce, produce_events, session_events,
-)
+from tests.support.clock import now_rfc3339
+from tests.support.deployment import Deployment
+from tests.support.events import event, session_events
+from tests.support.kafka import consume_json, latest_sessions, produce, produce_events
 
 pytestmark = pytest.mark.integration
 

@@ -20,10 +20,9 @@ from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssigno
 from aiokafka.structs import TopicPartition
 
 from app.dev.kafka import LocalKafka, create_topics
+from tests.support import REPO
 
 pytestmark = pytest.mark.integration
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> list[int]:
@@ -160,7 +159,7 @@ def test_local_kafka_dies_with_the_process_that_started_it(tmp_path):
             "time.sleep(600)\n",
             str(tmp_path / "kafka"),
         ],
-        cwd=REPO_ROOT,
+        cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,
     )

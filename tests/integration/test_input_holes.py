@@ -18,7 +18,9 @@ from faust.types import TP
 
 from app.faust_app import build_app
 from app.topics import ensure_topics
-from tests.integration.workers import Deployment, produce, session_events
+from tests.support.deployment import Deployment
+from tests.support.events import session_events
+from tests.support.kafka import produce
 
 pytestmark = pytest.mark.integration
 

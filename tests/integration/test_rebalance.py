@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.test_recovery import assert_closures_exact, make_sessions
-from tests.integration.workers import Deployment, produce_events
+from tests.support.deployment import Deployment
+from tests.support.kafka import produce_events
 
 pytestmark = pytest.mark.integration
 

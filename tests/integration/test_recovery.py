@@ -9,9 +9,10 @@ import time
 
 import pytest
 
-from tests.integration.workers import (
-    Deployment, WorkerProcess, committed_offsets, consume_json, end_offsets, produce_events, session_events,
-)
+from tests.support.deployment import Deployment
+from tests.support.events import session_events
+from tests.support.kafka import consume_json, end_offsets, produce_events
+from tests.support.workers import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +78,7 @@ def test_restart_recovers_the_table_from_the_changelog(deployment: Deployment, s
     wait_until_processing(first, half // 2)
     first.stop()
 
-    changelog_records = sum(end_offsets(deployment.bootstrap, deployment.changelog_topic, deployment.config.partitions).values())
+    changelog_records = sum(end_offsets(deployment.bootstrap, deployment.changelog_topic, deployment.partitions).values())
     second = deployment.worker("second").start().wait_ready()
     if store == "memory":
         # tables/sessions.py: the changelog is read in bulk, not through Faust's replay.
@@ -119,7 +120,7 @@ def test_a_takeover_before_the_first_commit_accounts_the_whole_input(deployment:
     victim = deployment.worker("victim").start().wait_ready()
     wait_until_processing(victim, len(events) // 3)
     victim.kill()
-    assert not committed_offsets(deployment, deployment.events_topic), "the victim committed: nothing shown"
+    assert not deployment.committed_offsets(deployment.events_topic), "the victim committed: nothing shown"
 
     del deployment.settings["ACCOUNTANT_COMMIT_INTERVAL_SECS"]
     deployment.worker("survivor").start().wait_ready()

@@ -21,7 +21,9 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.integration.workers import REPO, Deployment, event, session_events
+from tests.support import REPO
+from tests.support.deployment import Deployment
+from tests.support.events import event, session_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 

@@ -88,14 +88,6 @@ class Ledger:
         else:
             self.rejected[fate] += 1
 
-    @property
-    def rejected_total(self) -> int:
-        return sum(self.rejected.values())
-
-    @property
-    def total_tokens(self) -> int:
-        return sum(closure.total_token_count for closure in self.closures.values())
-
     def expected(self, run_id: str) -> Expected:
         """The simulator's `Expected` for this ledger (to reuse its closure check)."""
         return Expected(run_id, dict(self.closures), self.sent, self.applied, self.duplicate, Counter(self.rejected))
@@ -389,8 +381,8 @@ def check_run(ledger: Ledger, outputs: Outputs, *, events_topic: str, run_id: st
         under_tokens += max(0, want.total_token_count - got)
         double_billed += got > want.total_token_count
         over_tokens += max(0, got - want.total_token_count)
-    if received_tokens != ledger.total_tokens:
-        problems.append(f"closures hold {received_tokens:,} tokens, the accepted events {ledger.total_tokens:,}")
+    if received_tokens != expected.total_tokens:
+        problems.append(f"closures hold {received_tokens:,} tokens, the accepted events {expected.total_tokens:,}")
 
     # 3. Every record accounted for by its source.
     fate_at = {(r.partition, r.offset): ledger.fate.get((r.key, r.value)) for r in outputs.input}
@@ -448,11 +440,11 @@ def check_run(ledger: Ledger, outputs: Outputs, *, events_topic: str, run_id: st
         "sessions": len(ledger.closures),
         "applied": ledger.applied,
         "duplicate": ledger.duplicate,
-        "rejected": ledger.rejected_total,
+        "rejected": expected.rejected_total,
         "closures_received": len(outputs.closures),
         "closures_repeated": sum(1 for n in copies.values() if n > 1),
         "rejections_received": rejection_copies,
-        "tokens": ledger.total_tokens,
+        "tokens": expected.total_tokens,
         "lost": lost,
         "lost_tokens": under_tokens,
         "double_billed": double_billed,
