@@ -63,14 +63,16 @@ async def test_patched_flush_waits_until_every_queued_message_is_handed_over() -
 async def test_patched_flush_waits_for_a_message_being_handed_to_the_producer() -> None:
     """The buffer's own task: dequeues, then awaits the hand-off (here: slow metadata)."""
     handed_over: list[int] = []
+    handing_over = asyncio.Event()
 
     async def slow_publish(fut: int) -> None:
+        handing_over.set()
         await asyncio.sleep(0.5)
         handed_over.append(fut)
 
     buffer, handler = _patched_buffer("repro-flush-handoff", slow_publish)
     buffer.put(0)
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(handing_over.wait(), timeout=10)
     assert buffer.size == 0 and handed_over == []  # dequeued, not yet in the producer
     await buffer.flush()
     assert handed_over == [0], "flush returned while a message was still being handed over"

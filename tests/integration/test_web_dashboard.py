@@ -188,7 +188,11 @@ def test_web_dashboard_shows_sessions_live_in_a_real_browser(deployment: Deploym
         created_header.click()
         created_header.click()
         expect(created_header).to_have_attribute("aria-sort", "descending")
-        page.wait_for_timeout(20_000)
+        # Some history for the picture: the rates of the last 20 s or so (a
+        # point per poll, 1.5 s apart), not a fixed pause.
+        page.wait_for_function(
+            "() => (document.querySelector('#closure-chart polyline')?.getAttribute('points') || '')"
+            ".split(' ').length >= 13", timeout=60_000)
         expect(page.locator("#total-closures")).not_to_have_text("0")
 
         screenshot = tmp_path / "dashboard.png"
