@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from app.settings import Settings, SettingsError, load_settings
 from app.dev.simulator import simulate_command
+from app.settings import Settings, SettingsError, load_settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import shutil
@@ -22,7 +23,13 @@ from app.dev.kafka import pick_free_loopback_port
 from app.dev.partitioners import partition_for
 from app.rules import SECOND, Session, SessionRecord, encode_session, parse_timestamp
 from bench.common import (
-    PARTITIONS, new_deployment, new_worker, summary_ms, wait_ready_secs, worker_rss, worker_stats,
+    PARTITIONS,
+    new_deployment,
+    new_worker,
+    summary_ms,
+    wait_ready_secs,
+    worker_rss,
+    worker_stats,
 )
 from bench.loadgen import TENANTS, bulk_produce, lifecycle, throughput_load
 from tests.support import REPO
@@ -54,7 +61,7 @@ class Scale:
         return self.sessions * self.events_per_session
 
     @classmethod
-    def quick(cls) -> "Scale":
+    def quick(cls) -> Scale:
         return cls(sessions=5_000, events_per_session=20, floor_events=50_000, latency_secs=10.0,
                    sustainable_secs=10.0, ttl_sessions=1_000, ttl_spread_secs=5, recovery_sessions=50_000)
 
@@ -80,7 +87,7 @@ async def _subprocess_json(*args: str, timeout: float) -> dict:
                                                    stderr=subprocess.PIPE)
     try:
         out, err = await asyncio.wait_for(process.communicate(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         process.kill()
         await process.wait()
         raise RuntimeError(f"{args[:2]} did not finish in {timeout} s") from None
@@ -481,8 +488,6 @@ def _du(path: Path) -> int:
     total = 0
     for root, _dirs, files in os.walk(path):
         for name in files:
-            try:
+            with contextlib.suppress(OSError):  # a file that went away meanwhile
                 total += os.path.getsize(os.path.join(root, name))
-            except OSError:
-                pass
     return total

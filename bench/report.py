@@ -97,7 +97,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
 def table(results: dict[str, Any]) -> str:
     data = [("figure", "value", "target", "verdict"), *rows(results)]
     widths = [max(len(row[i]) for row in data) for i in range(4)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in data]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in data]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
 

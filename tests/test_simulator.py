@@ -8,6 +8,7 @@ verdict and closure must be the one the oracle claims.  No broker needed.
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -19,6 +20,19 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.dev.oracle import Expected, check_closures, check_rejections
+from app.dev.partitioners import partition_for
+from app.dev.simulator import (
+    BAD_KINDS,
+    CLOCK_SKEW_SECS,
+    Form,
+    PlannedEvent,
+    Simulation,
+    SimulationConfig,
+    Stamper,
+    fit_to_rate,
+    simulate_command,
+)
 from app.rules import (
     DEFAULT_POLICY,
     SECOND,
@@ -34,19 +48,6 @@ from app.rules import (
     apply,
     decode_event,
     parse_timestamp,
-)
-from app.dev.oracle import Expected, check_closures, check_rejections
-from app.dev.partitioners import partition_for
-from app.dev.simulator import (
-    BAD_KINDS,
-    CLOCK_SKEW_SECS,
-    Form,
-    PlannedEvent,
-    SimulationConfig,
-    Simulation,
-    Stamper,
-    fit_to_rate,
-    simulate_command,
 )
 
 EVENTS_TOPIC = "session-events"
@@ -145,7 +146,7 @@ def test_events_walks_every_session_event_once_in_session_order() -> None:
 
 def test_events_are_interleaved_across_sessions() -> None:
     keys = [event.key for event in Simulation(MIXED).events()]
-    switches = sum(1 for a, b in zip(keys, keys[1:]) if a != b)
+    switches = sum(1 for a, b in itertools.pairwise(keys) if a != b)
     assert switches > len(keys) / 2
 
 

@@ -55,6 +55,17 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
+__all__ = [
+    "TEST_BROKER_SETTINGS",
+    "BrokerError",
+    "LocalKafka",
+    "create_topics",
+    "ensure_kafka_jars",
+    "kafka_version",
+    "pick_free_loopback_port",
+    "wait_for_broker",
+]
+
 ENV_KAFKA_CACHE = "ACCOUNTANT_KAFKA_CACHE"
 ENV_MAVEN_REPO = "ACCOUNTANT_MAVEN_REPO"
 
@@ -305,7 +316,7 @@ async def _probe_until_ready(
             finally:
                 await producer.stop()
             return
-        except (KafkaError, OSError, asyncio.TimeoutError) as error:
+        except (TimeoutError, KafkaError, OSError) as error:
             last_error = error
             await asyncio.sleep(0.25)
 

@@ -120,6 +120,7 @@ class Expected:
             elif event.result is Result.DUPLICATE:
                 self.duplicate += 1
             else:
+                assert event.reason is not None, "a record planned to be rejected has a reason"
                 self.rejected[event.reason.value] += 1
 
     def to_json(self) -> dict[str, Any]:

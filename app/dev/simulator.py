@@ -56,6 +56,26 @@ from app.dev.partitioners import Partitioner, partition_for
 from app.rules import MAX_COUNT, SECOND, CloseReason, Micros, Reason, Result, format_timestamp
 from app.settings import load_settings
 
+__all__ = [
+    "BAD_KINDS",
+    "CLOCK_SKEW_SECS",
+    "Form",
+    "PlannedEvent",
+    "PublishStats",
+    "SessionPlan",
+    "Simulation",
+    "SimulationConfig",
+    "Stamper",
+    "TopicMissing",
+    "Window",
+    "collect_outputs",
+    "fit_to_rate",
+    "format_totals",
+    "new_run_id",
+    "publish",
+    "simulate_command",
+]
+
 # --------------------------------------------------------------------------
 # The simulated world
 

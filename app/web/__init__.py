@@ -16,6 +16,7 @@ from typing import Any
 
 import faust
 from aiohttp import web
+from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
 from app.web.api import Api
 from app.web.assets import STATIC_DIR
@@ -43,8 +44,10 @@ def register_views(app: faust.App, worker: Worker) -> None:
     }
     for path, handler in routes.items():
         app.page(path, name=handler.__name__)(_faust_handler(handler))
-    app.web.add_static("/static/", str(STATIC_DIR))
-    middlewares = app.web.web_app.middlewares
+    server = app.web
+    assert isinstance(server, AiohttpWeb), "Faust's web driver is aiohttp, the only one it ships"
+    server.add_static("/static/", str(STATIC_DIR))
+    middlewares = server.web_app.middlewares
     middlewares.append(json_errors)  # outermost: also turns a 401 into JSON
     if worker.settings.api_token:
         middlewares.append(token_middleware(worker.settings.api_token))

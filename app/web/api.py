@@ -17,14 +17,25 @@ from app.rules import CloseReason, Session, State
 from app.web.assets import static_file
 from app.web.errors import ApiError, dumps, json_response
 from app.web.fanout import PARTITIONS_HEADER, Peers, add_counts, format_partitions, is_fanout, require_every_partition
-from app.web.openapi import TenantUsage, build_openapi
+from app.web.openapi import build_openapi
 from app.web.paging import encode_cursor, merge_pages, page_after
 from app.web.params import (
-    DashboardParams, NoParams, P, SessionListParams, SessionParams, TenantListParams, TenantUsageParams, parse,
+    DashboardParams,
+    NoParams,
+    P,
+    SessionListParams,
+    SessionParams,
+    TenantListParams,
+    TenantUsageParams,
+    parse,
 )
 from app.web.worker import Worker
 
 __all__ = ["Api", "LocalShard", "count_usage", "empty_usage"]
+
+
+#: A tenant's usage as JSON (the shape is `app.web.openapi.TenantUsage`).
+Usage = dict[str, Any]
 
 
 def params(model: type[P], request: web.Request) -> P:
@@ -35,7 +46,7 @@ def params(model: type[P], request: web.Request) -> P:
 # What this worker holds
 
 
-def empty_usage(tenant_id: str, retention_secs: float) -> TenantUsage:
+def empty_usage(tenant_id: str, retention_secs: float) -> Usage:
     return {
         "tenant_id": tenant_id,
         "live_sessions": 0,
@@ -47,7 +58,7 @@ def empty_usage(tenant_id: str, retention_secs: float) -> TenantUsage:
     }
 
 
-def count_usage(usage: TenantUsage, session: Session) -> None:
+def count_usage(usage: Usage, session: Session) -> None:
     tokens = session.record.total_token_count
     usage["sessions"][session.state.value] += 1
     usage["total_token_count"] += tokens
@@ -149,7 +160,7 @@ class Api:
     async def list_tenants(self, request: web.Request) -> web.Response:
         query = params(TenantListParams, request)
         own = self.local.partitions()
-        usages: dict[str, TenantUsage] = {}
+        usages: dict[str, Usage] = {}
         for session in self.local.sessions(own):
             tenant_id = session.record.tenant_id
             if tenant_id not in usages:

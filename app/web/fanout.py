@@ -143,7 +143,7 @@ class Peers:
                 body = await response.read()
                 status = response.status
                 covered = parse_partitions(response.headers.get(PARTITIONS_HEADER))
-        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+        except (TimeoutError, aiohttp.ClientError) as error:
             log.warning("worker %s did not answer %s: %r", url, request.path, error)
             return PeerAnswer(url, None, b"", frozenset())
         return PeerAnswer(url, status, body, covered if status in (200, 404) else frozenset())

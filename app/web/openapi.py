@@ -20,13 +20,19 @@ import typing
 from datetime import datetime
 from typing import Any
 
-from pydantic import ConfigDict, TypeAdapter, create_model
+from pydantic import BaseModel, ConfigDict, TypeAdapter, create_model, with_config
 from pydantic.json_schema import models_json_schema
 from typing_extensions import TypedDict
 
 from app.rules import CloseReason, Reason, SessionRecord, State
 from app.web.params import (
-    DashboardParams, NoParams, Params, SessionListParams, SessionParams, TenantListParams, TenantUsageParams,
+    DashboardParams,
+    NoParams,
+    Params,
+    SessionListParams,
+    SessionParams,
+    TenantListParams,
+    TenantUsageParams,
     path_fields,
 )
 
@@ -55,15 +61,12 @@ def _wire_hints(target: Any) -> dict[str, Any]:
     return typing.get_type_hints(target, localns={"Micros": datetime})
 
 
-def _record_models() -> tuple[type, type]:
+def _record_models() -> tuple[type[BaseModel], type[BaseModel]]:
     record_hints = _wire_hints(SessionRecord)
-    record = create_model(
-        "SessionRecord",
-        __config__=_FORBID_EXTRA,
-        __doc__=SessionRecord.__doc__,
-        **{field.name: (record_hints[field.name], ...) for field in dataclasses.fields(SessionRecord)},
-    )
-    derived = {
+    fields: dict[str, Any] = {field.name: (record_hints[field.name], ...)
+                              for field in dataclasses.fields(SessionRecord)}
+    record = create_model("SessionRecord", __config__=_FORBID_EXTRA, __doc__=SessionRecord.__doc__, **fields)
+    derived: dict[str, Any] = {
         name: (_wire_hints(attribute.fget)["return"], ...)
         for name, attribute in vars(SessionRecord).items()
         if isinstance(attribute, property)
@@ -84,20 +87,20 @@ SessionRecordModel, SessionViewModel = _record_models()
 # The other bodies
 
 
+@with_config(_FORBID_EXTRA)
 class SessionPage(TypedDict):
     """One page of sessions in `session_id` order."""
 
-    __pydantic_config__ = _FORBID_EXTRA  # type: ignore[misc]
     sessions: list[SessionViewModel]  # type: ignore[valid-type]  # generated above
     next_cursor: str | None
     """Pass as `cursor` for the next page; null on the last page."""
 
 
+@with_config(_FORBID_EXTRA)
 class TenantUsage(TypedDict):
     """A tenant's usage over the records in the table: its live sessions and
     the closed ones still within retention (`retention_secs`)."""
 
-    __pydantic_config__ = _FORBID_EXTRA  # type: ignore[misc]
     tenant_id: str
     live_sessions: int
     sessions: dict[State, int]
@@ -107,18 +110,18 @@ class TenantUsage(TypedDict):
     retention_secs: float
 
 
+@with_config(_FORBID_EXTRA)
 class TenantPage(TypedDict):
     """One page of tenants in `tenant_id` order, each with its usage."""
 
-    __pydantic_config__ = _FORBID_EXTRA  # type: ignore[misc]
     tenants: list[TenantUsage]
     next_cursor: str | None
 
 
+@with_config(_FORBID_EXTRA)
 class Stats(TypedDict):
     """Counters since each worker started, added up over the workers that answered."""
 
-    __pydantic_config__ = _FORBID_EXTRA  # type: ignore[misc]
     applied: int
     duplicate: int
     rejected: dict[Reason, int]
@@ -132,21 +135,21 @@ class Stats(TypedDict):
     """Workers of the group that did not answer in time."""
 
 
+@with_config(_FORBID_EXTRA)
 class ErrorBody(TypedDict, total=False):
-    __pydantic_config__ = _FORBID_EXTRA  # type: ignore[misc]
     error: typing.Required[str]
     detail: typing.Required[str]
     parameter: str
     """The offending request parameter, on 400 answers."""
 
 
+@with_config(_FORBID_EXTRA)
 class Health(TypedDict):
-    __pydantic_config__ = _FORBID_EXTRA  # type: ignore[misc]
     status: str
 
 
+@with_config(_FORBID_EXTRA)
 class Readiness(TypedDict):
-    __pydantic_config__ = _FORBID_EXTRA  # type: ignore[misc]
     ready: bool
 
 

@@ -13,7 +13,14 @@ from app.dev.simulator import PlannedEvent, PublishStats, Simulation, publish
 from app.rules import Reason, Result
 from tests.support.deployment import FAST_SETTINGS, Deployment
 from tests.support.ledger import (
-    Ledger, LedgerStamper, Verdict, changelog_table, check_run, collect, print_figures, session_of,
+    Ledger,
+    LedgerStamper,
+    Verdict,
+    changelog_table,
+    check_run,
+    collect,
+    print_figures,
+    session_of,
     unconfirmed_outputs,
 )
 from tests.support.waiting import wait_for
@@ -185,7 +192,7 @@ def copies_interleaved(stream: list[PlannedEvent]) -> dict[str, Any]:
     partition_of = [partition_for(event.key, PARTITIONS, "murmur2") for event in stream]
     same_partition_before: list[int] = []
     counts = [0] * PARTITIONS
-    for event, partition in zip(stream, partition_of):
+    for partition in partition_of:
         same_partition_before.append(counts[partition])
         counts[partition] += 1
     session_events: dict[str, list[int]] = {}

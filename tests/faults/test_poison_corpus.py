@@ -24,10 +24,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from app.rules import MAX_COUNT, SECOND, CloseReason, Reason, Result, format_timestamp, parse_timestamp
 from app.dev.oracle import ExpectedClosure
 from app.dev.partitioners import partition_for
 from app.dev.simulator import Simulation, SimulationConfig, new_run_id
+from app.rules import MAX_COUNT, SECOND, CloseReason, Reason, Result, format_timestamp, parse_timestamp
 from tests.faults.harness import PARTITIONS, Timeline, finish, publish_piece
 from tests.support.deployment import Deployment
 from tests.support.ledger import pieces, raw_of, simulated, split_points
@@ -251,7 +251,7 @@ def test_poison_is_rejected_and_good_events_around_it_are_exact(deployment: Depl
     pid = worker.process.pid
     timeline("ready")
     poison: list[Poison] = []
-    for piece, batch in zip(parts, (corpus.opening, corpus.middle, corpus.closing)):
+    for piece, batch in zip(parts, (corpus.opening, corpus.middle, corpus.closing), strict=True):
         publish_piece(deployment, piece, stamper)
         records = batch()  # stamped now, between the pieces
         asyncio.run(_send(deployment, records))

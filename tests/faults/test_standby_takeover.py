@@ -37,7 +37,8 @@ def test_standby_takes_over_a_killed_worker_and_hands_back(deployment: Deploymen
     a.wait_ready()
     b.wait_ready()
     wait_for("the two workers to share the partitions",
-             lambda: a.owned_partitions() and b.owned_partitions() and a.owned_partitions() | b.owned_partitions() == ALL,
+             lambda: a.owned_partitions() and b.owned_partitions()
+             and a.owned_partitions() | b.owned_partitions() == ALL,
              timeout=90)
     a_partitions = a.owned_partitions()
     timeline("both ready")

@@ -88,7 +88,8 @@ def test_restart_recovers_the_table_from_the_changelog(deployment: Deployment, s
     first.stop()
     committed = deployment.committed_offsets(deployment.events_topic)
 
-    changelog_records = sum(end_offsets(deployment.bootstrap, deployment.changelog_topic, deployment.partitions).values())
+    changelog_records = sum(end_offsets(deployment.bootstrap, deployment.changelog_topic,
+                                        deployment.partitions).values())
     second = deployment.worker("second").start().wait_ready()
     if store == "memory":
         # tables/sessions.py: the changelog is read in bulk, not through Faust's replay.

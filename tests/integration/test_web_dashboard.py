@@ -100,7 +100,7 @@ class GatewayTraffic:
                 batch.append({"session_id": session_id, "type": "round.completed"})  # invalid_event
             self.send(batch)
 
-    def __enter__(self) -> "GatewayTraffic":
+    def __enter__(self) -> GatewayTraffic:
         self.thread.start()
         return self
 

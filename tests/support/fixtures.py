@@ -9,7 +9,7 @@ import pytest
 
 from tests.support.deployment import Deployment
 
-__all__ = ["deployment_for_test", "body_failed"]
+__all__ = ["body_failed", "deployment_for_test"]
 
 
 def body_failed(request: pytest.FixtureRequest) -> bool:

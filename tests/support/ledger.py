@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -42,9 +43,27 @@ import orjson
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from app.rules import SECOND, CloseReason, Micros, Reason, Result, format_timestamp
 from app.dev.oracle import Expected, ExpectedClosure, check_closures
 from app.dev.simulator import PlannedEvent, Simulation, Stamper
+from app.rules import SECOND, CloseReason, Micros, Reason, Result, format_timestamp
+
+__all__ = [
+    "Ledger",
+    "LedgerStamper",
+    "Outputs",
+    "Record",
+    "Verdict",
+    "changelog_table",
+    "check_run",
+    "collect",
+    "pieces",
+    "print_figures",
+    "raw_of",
+    "session_of",
+    "simulated",
+    "split_points",
+    "unconfirmed_outputs",
+]
 
 RECORD_FIELDS = {
     "session_id", "tenant_id", "provider_id", "model", "created_at", "activated_at", "closed_at", "ttl_secs",
@@ -142,7 +161,7 @@ def split_points(events: list[PlannedEvent], simulation: Simulation, fractions: 
 
 def pieces(events: list[PlannedEvent], points: list[int]) -> list[list[PlannedEvent]]:
     bounds = [0, *points, len(events)]
-    return [events[start:end] for start, end in zip(bounds, bounds[1:])]
+    return [events[start:end] for start, end in itertools.pairwise(bounds)]
 
 
 # --------------------------------------------------------------------------
@@ -244,7 +263,8 @@ async def collect(bootstrap: str, *, events_topic: str, closures_topic: str, rej
                 rejection_keys[where].add(record.key)
 
         def complete() -> bool:
-            return ledger.closures.keys() <= {c.get("closure_id") for c in closures} and must_reject <= rejections.keys()
+            return (ledger.closures.keys() <= {c.get("closure_id") for c in closures}
+                    and must_reject <= rejections.keys())
 
         consumer.assign(outputs)
         await consumer.seek_to_beginning(*outputs)

@@ -24,7 +24,9 @@ def wait_for(what: str, probe: Callable[[], T], timeout: float = 60, interval: f
         if result:
             return result
         if time.monotonic() > deadline:
-            last = observed() if observed is not None else None
-            seen = "" if observed is None else f"; observed:\n{last}" if isinstance(last, str) else f"; observed: {last!r}"
+            seen = ""
+            if observed is not None:
+                last = observed()
+                seen = f"; observed:\n{last}" if isinstance(last, str) else f"; observed: {last!r}"
             raise AssertionError(f"timed out after {timeout} s waiting for {what}{seen}")
         time.sleep(interval)

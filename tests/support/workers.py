@@ -55,7 +55,8 @@ class WorkerProcess:
         return self.process.pid
 
     def start(self) -> WorkerProcess:
-        env = {**os.environ, **self.env, "ACCOUNTANT_WEB_PORT": str(self.port), "ACCOUNTANT_DATA_DIR": str(self.data_dir)}
+        env = {**os.environ, **self.env, "ACCOUNTANT_WEB_PORT": str(self.port),
+               "ACCOUNTANT_DATA_DIR": str(self.data_dir)}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.started_at = time.monotonic()
@@ -101,7 +102,8 @@ class WorkerProcess:
 
     def owned_partitions(self, headers: dict[str, str] | None = None) -> frozenset[int]:
         """The input partitions this worker is active for now (empty while rebalancing)."""
-        request = urllib.request.Request(self.url + "/sessions?limit=1", headers={**(headers or {}), FANOUT_HEADER: "1"})
+        request = urllib.request.Request(self.url + "/sessions?limit=1",
+                                         headers={**(headers or {}), FANOUT_HEADER: "1"})
         with urllib.request.urlopen(request, timeout=10) as response:
             return parse_partitions(response.headers.get(PARTITIONS_HEADER))
 

@@ -64,7 +64,7 @@ class InProcessWorker:
         for session in sessions:
             self.table[session.record.session_id] = session
 
-    async def start(self) -> "InProcessWorker":
+    async def start(self) -> InProcessWorker:
         web = self.service.app.web
         web.init_server()
         self.client = TestClient(TestServer(web.web_app, host="127.0.0.1", port=self.port))

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from jsonschema import ValidationError
 from openapi_spec_validator import OpenAPIV31SpecValidator
 
+from app.rules import MAX_COUNT, SECOND, SessionRecord
 from app.web.openapi import build_openapi
 from app.web.paging import CURSOR_PATTERN
-from app.rules import MAX_COUNT, SECOND, SessionRecord
 from tests.web.openapi_check import validate_response
 
 DOCUMENT = build_openapi(token_required=False)
