@@ -4,6 +4,7 @@
 - `workers`: `python -m app.cli worker` subprocesses, watched over HTTP;
 - `kafka`: producing, consuming, offsets and lag on the real broker;
 - `brokers`: where the test broker comes from (environment, Docker, LocalKafka);
+- `fixtures`: what the conftest fixtures share (a deployment per test, failure logs);
 - `events`: gateway events for hand-written scenarios; `clock`: `now_rfc3339`;
 - `ledger`: the fault suite's oracle (built on `app.dev.oracle`);
 - `waiting`: `wait_for`, polling a condition with a deadline (never a bare sleep).
