@@ -3,6 +3,7 @@ with the exact JSON of records (§4), closures (§6) and rejections (§7)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -651,7 +652,7 @@ def test_a_flood_of_clashing_creations_keeps_the_table_value_small() -> None:
     assert whole == published[:len(whole)]
     for kept, sent in zip(recovered.outbox[len(whole):], published[len(whole):]):
         # Re-published after a crash: the same rejection, its event left out and said so.
-        assert kept == rules.replace(sent, event=None, event_omitted=True)
+        assert kept == replace(sent, event=None, event_omitted=True)
         wire = kept.to_json(T0)
         assert wire["event"] is None and wire["event_omitted"] is True and wire["source"] == sent.to_json(T0)["source"]
     assert "event_omitted" not in published[-1].to_json(T0)

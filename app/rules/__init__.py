@@ -1,0 +1,90 @@
+"""The accounting rules of SPEC §3-§7, as pure functions.
+
+No I/O, no Faust, no clock: the worker passes `now` in.  Everything the
+service decides about money is decided here, so it can be tested directly
+and exhaustively; agents, timers and web views are thin adapters around
+`apply`.  Only the standard library and orjson are imported
+(tests/rules/test_imports.py holds that).
+
+Read in this order: `limits` and `timestamps` (units and bounds), `model`
+(what is kept per session), `events` and `decode` (what comes in), `outputs`
+(what goes out), `apply` (the transitions), `codec` (the changelog bytes).
+"""
+
+from app.rules.apply import Transition, apply
+from app.rules.codec import decode_command, decode_session, encode_command, encode_session
+from app.rules.decode import decode_event
+from app.rules.events import (
+    Command,
+    Confirm,
+    Delivery,
+    Event,
+    Expire,
+    InvalidEvent,
+    Purge,
+    RoundCompleted,
+    SessionActivated,
+    SessionClosed,
+    SessionCreated,
+    SessionExtended,
+    event_to_json,
+)
+from app.rules.limits import (
+    DEFAULT_POLICY,
+    MAX_COUNT,
+    MAX_ID_CHARS,
+    MAX_JSON_DEPTH,
+    MAX_NAME_CHARS,
+    MAX_TTL_SECS,
+    OUTBOX_EVENT_BYTES,
+    Policy,
+)
+from app.rules.model import CloseReason, Session, SessionRecord, State
+from app.rules.outputs import Closure, Outcome, Output, Reason, Rejection, Result, Source
+from app.rules.timestamps import SECOND, Micros, format_timestamp, parse_timestamp
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "MAX_COUNT",
+    "MAX_ID_CHARS",
+    "MAX_JSON_DEPTH",
+    "MAX_NAME_CHARS",
+    "MAX_TTL_SECS",
+    "OUTBOX_EVENT_BYTES",
+    "SECOND",
+    "CloseReason",
+    "Closure",
+    "Command",
+    "Confirm",
+    "Delivery",
+    "Event",
+    "Expire",
+    "InvalidEvent",
+    "Micros",
+    "Outcome",
+    "Output",
+    "Policy",
+    "Purge",
+    "Reason",
+    "Rejection",
+    "Result",
+    "RoundCompleted",
+    "Session",
+    "SessionActivated",
+    "SessionClosed",
+    "SessionCreated",
+    "SessionExtended",
+    "SessionRecord",
+    "Source",
+    "State",
+    "Transition",
+    "apply",
+    "decode_command",
+    "decode_event",
+    "decode_session",
+    "encode_command",
+    "encode_session",
+    "event_to_json",
+    "format_timestamp",
+    "parse_timestamp",
+]

@@ -1,0 +1,230 @@
+"""`apply`: one delivery against one session's state (SPEC §5)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import orjson
+
+from app.rules.events import (
+    Command,
+    Confirm,
+    Delivery,
+    Event,
+    Expire,
+    InvalidEvent,
+    Purge,
+    RoundCompleted,
+    SessionActivated,
+    SessionClosed,
+    SessionCreated,
+    SessionExtended,
+    event_to_json,
+)
+from app.rules.limits import DEFAULT_POLICY, MAX_COUNT, OUTBOX_EVENT_BYTES, Policy
+from app.rules.model import CloseReason, Session, SessionRecord, State
+from app.rules.outputs import Outcome, Output, Reason, Rejection, Result, Source
+from app.rules.timestamps import SECOND, Micros
+
+Transition = tuple[Session | None, tuple[Output | Outcome, ...]]
+
+
+def apply(state: Session | None, delivery: Delivery, now: Micros, policy: Policy = DEFAULT_POLICY) -> Transition:
+    """Apply one delivery to a session's state.
+
+    Returns the new state (the same object when nothing changed, None when the
+    record is to be deleted) and the outputs: closures and rejections to
+    publish, and exactly one `Outcome`.  Outputs that are also in the new
+    state's outbox must be confirmed with a `Confirm` command once published;
+    the others are derived again if Kafka re-delivers the event.
+    """
+    message = delivery.message
+    source = delivery.source
+    if isinstance(message, (Expire, Purge, Confirm)):
+        return _apply_command(state, message, now, policy)
+    if isinstance(message, InvalidEvent):
+        # Decided from the bytes alone, so a re-delivery decides the same.
+        rejection = Rejection(message.session_key, message.reason, message.detail, message.parsed, message.raw, source)
+        return state, (rejection, Outcome(Result.REJECTED, _type_of(message.parsed), message.reason))
+    if (state is not None and source.partition == state.partition
+            and state.created_offset <= source.offset <= state.last_offset):
+        return state, (Outcome(Result.REDELIVERED, message.type),)
+    # An offset before the record's creation was consumed when the session did
+    # not exist yet: judge it so again, or a re-delivery would change its fate.
+    known = state if state is not None and source.offset > state.created_offset else None
+    if message.occurred_at > now + policy.max_clock_skew:
+        return _reject(known, state, message, source, Reason.CLOCK_SKEW,
+                       f"field 'occurred_at' is more than {policy.max_clock_skew // SECOND} s ahead of "
+                       "the worker's clock")
+    if state is None and isinstance(message, SessionCreated):
+        return _create(message, source, now, policy)
+    if state is None or (known is None and not isinstance(message, SessionCreated)):
+        return _reject(None, state, message, source, Reason.UNKNOWN_SESSION,
+                       f"field 'session_id' names no known session ({message.session_id!r})")
+    return _apply_to_session(state, message, source, now, policy)
+
+
+def _type_of(parsed: Any) -> str | None:
+    kind = parsed.get("type") if isinstance(parsed, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def _apply_command(state: Session | None, command: Command, now: Micros, policy: Policy) -> Transition:
+    outcome = Outcome(Result.COMMAND, type(command).__name__.lower())
+    if state is None:
+        return None, (outcome,)
+    if isinstance(command, Confirm):
+        confirmed = set(command.output_ids)
+        outbox = tuple(o for o in state.outbox if o.output_id not in confirmed)
+        if len(outbox) == len(state.outbox):
+            return state, (outcome,)
+        return replace(state, outbox=outbox), (outcome,)
+    if isinstance(command, Expire):
+        if state.state is State.CLOSED or now < state.record.expires_at + policy.grace:
+            return state, (outcome,)
+        closed = _close(state, CloseReason.TTL_EXPIRED, state.record.expires_at, now)
+        return closed, (closed.closure(), outcome)
+    # Purge: delete once retention is over and every output is confirmed; an
+    # unconfirmed output is sent again instead, and the purge retried later.
+    if state.closed_seen_at is None or now < state.purge_at(policy):
+        return state, (outcome,)
+    if state.outbox:
+        return state, (*state.outbox, outcome)
+    return None, (outcome,)
+
+
+def _create(event: SessionCreated, source: Source, now: Micros, policy: Policy) -> Transition:
+    expires_at = event.occurred_at + event.ttl_secs * SECOND
+    if expires_at + policy.grace + policy.retention < now:
+        # Its record would already have been closed and purged: this can only
+        # be a re-send of a session that is gone, and must not open it again.
+        return _reject(None, None, event, source, Reason.SESSION_EXPIRED,
+                       "field 'occurred_at' plus 'ttl_secs' lies before the retention horizon")
+    record = SessionRecord(
+        session_id=event.session_id, tenant_id=event.tenant_id, provider_id=event.provider_id,
+        model=event.model, created_at=event.occurred_at, activated_at=None, closed_at=None,
+        ttl_secs=event.ttl_secs, round_count=0, initial_token_count=0, delta_token_count=0,
+        metadata=event.metadata,
+    )
+    session = Session(record=record, created_ttl_secs=event.ttl_secs, missing_rounds=0, close_reason=None,
+                      closed_seen_at=None, partition=source.partition, created_offset=source.offset,
+                      last_offset=source.offset)
+    return session, (Outcome(Result.APPLIED, event.type),)
+
+
+def _is_duplicate(session: Session, event: Event) -> bool:
+    """Whether the event repeats what the session already holds (SPEC §5)."""
+    record = session.record
+    if isinstance(event, SessionCreated):
+        return (event.tenant_id, event.provider_id, event.model, event.ttl_secs, event.metadata,
+                event.occurred_at) == (record.tenant_id, record.provider_id, record.model,
+                                       session.created_ttl_secs, record.metadata, record.created_at)
+    if isinstance(event, SessionActivated):
+        return record.activated_at is not None and event.initial_token_count == record.initial_token_count
+    if isinstance(event, RoundCompleted):
+        return record.activated_at is not None and event.round <= record.round_count and (
+            event.model is None or event.model == record.model)
+    if isinstance(event, SessionClosed):
+        return record.closed_at is not None
+    if isinstance(event, SessionExtended):
+        # The extension in force, or one it superseded (a re-send, or an older
+        # extension arriving late): the latest by (occurred_at, ttl_secs) wins
+        # whatever the arrival order.
+        return session.extended_at is not None and (
+            (event.occurred_at, event.ttl_secs) <= (session.extended_at, record.ttl_secs))
+    return False
+
+
+def _apply_to_session(session: Session, event: Event, source: Source, now: Micros, policy: Policy) -> Transition:
+    record = session.record
+    if isinstance(event, SessionCreated):
+        # A creation that differs in anything, tenant included, is a clash of
+        # ids rather than an event for this session (SPEC §5.1).
+        if _is_duplicate(session, event):
+            return session, (Outcome(Result.DUPLICATE, event.type),)
+        return _reject(session, session, event, source, Reason.SESSION_EXISTS,
+                       "a session with this 'session_id' exists with a different creation")
+    if event.tenant_id != record.tenant_id:
+        return _reject(session, session, event, source, Reason.TENANT_MISMATCH,
+                       f"field 'tenant_id' differs from the session's tenant ({record.tenant_id!r})")
+    if isinstance(event, SessionActivated) and record.activated_at is not None:
+        # SPEC §5.2 names this case, closed sessions included.
+        if _is_duplicate(session, event):
+            return session, (Outcome(Result.DUPLICATE, event.type),)
+        return _reject(session, session, event, source, Reason.INVALID_TRANSITION,
+                       "field 'initial_token_count' differs from the activation already applied")
+    if record.closed_at is not None:
+        if _is_duplicate(session, event):
+            return session, (Outcome(Result.DUPLICATE, event.type),)
+        return _reject(session, session, event, source, Reason.SESSION_CLOSED,
+                       f"field 'session_id' names a closed session ({record.session_id!r})")
+    if event.occurred_at > record.expires_at:
+        return _reject(session, session, event, source, Reason.SESSION_EXPIRED,
+                       "field 'occurred_at' is after the session's expires_at")
+    if isinstance(event, SessionActivated):
+        updated = replace(record, activated_at=event.occurred_at, initial_token_count=event.initial_token_count)
+        return _applied(session, updated, event, source)
+    if isinstance(event, RoundCompleted):
+        return _apply_round(session, event, source)
+    if isinstance(event, SessionExtended):
+        if _is_duplicate(session, event):
+            return session, (Outcome(Result.DUPLICATE, event.type),)
+        extended_session = replace(session, extended_at=event.occurred_at)
+        return _applied(extended_session, replace(record, ttl_secs=event.ttl_secs), event, source)
+    closed = _close(replace(session, last_offset=source.offset), CloseReason.CLOSED, event.occurred_at, now)
+    return closed, (closed.closure(), Outcome(Result.APPLIED, event.type))
+
+
+def _apply_round(session: Session, event: RoundCompleted, source: Source) -> Transition:
+    record = session.record
+    if record.activated_at is None:
+        return _reject(session, session, event, source, Reason.INVALID_TRANSITION,
+                       "field 'type' round.completed needs an active session; this one is pending")
+    if event.model is not None and event.model != record.model:
+        return _reject(session, session, event, source, Reason.MODEL_MISMATCH,
+                       f"field 'model' differs from the session's model ({record.model!r})")
+    if event.round <= record.round_count:
+        return session, (Outcome(Result.DUPLICATE, event.type),)
+    delta = record.delta_token_count + event.delta_token_count
+    if delta > MAX_COUNT or record.initial_token_count + delta > MAX_COUNT:
+        return _reject(session, session, event, source, Reason.OVERFLOW,
+                       "field 'delta_token_count' would take the session's token count past 2^63-1")
+    skipped = event.round - record.round_count - 1
+    updated = replace(record, round_count=event.round, delta_token_count=delta)
+    session = replace(session, missing_rounds=session.missing_rounds + skipped)
+    return _applied(session, updated, event, source)
+
+
+def _applied(session: Session, record: SessionRecord, event: Event, source: Source) -> Transition:
+    return replace(session, record=record, last_offset=source.offset), (Outcome(Result.APPLIED, event.type),)
+
+
+def _close(session: Session, reason: CloseReason, closed_at: Micros, now: Micros) -> Session:
+    closed = replace(session, record=replace(session.record, closed_at=closed_at), close_reason=reason,
+                     closed_seen_at=now)
+    return replace(closed, outbox=(*closed.outbox, closed.closure()))
+
+
+def _reject(session: Session | None, state: Session | None, event: Event, source: Source, reason: Reason,
+            detail: str) -> Transition:
+    """Reject against `session`, or, when None, without touching `state`."""
+    rejection = Rejection(event.session_id, reason, detail, event_to_json(event), None, source)
+    outcome = Outcome(Result.REJECTED, event.type, reason)
+    if session is None:
+        return state, (rejection, outcome)
+    # Remember the offset, so a re-delivery is not judged against a later
+    # state; and keep the rejection until the broker confirms it.
+    updated = replace(session, last_offset=source.offset, outbox=(*session.outbox, _outbox_copy(session, rejection)))
+    return updated, (rejection, outcome)
+
+
+def _outbox_copy(session: Session, rejection: Rejection) -> Rejection:
+    """The rejection as the outbox keeps it: whole while the bodies kept stay
+    within OUTBOX_EVENT_BYTES, else without its event."""
+    kept = sum(len(orjson.dumps(output.event)) for output in session.outbox
+               if isinstance(output, Rejection) and output.event is not None)
+    if kept + len(orjson.dumps(rejection.event)) <= OUTBOX_EVENT_BYTES:
+        return rejection
+    return replace(rejection, event=None, event_omitted=True)
+

@@ -1,0 +1,121 @@
+"""What `apply` consumes: gateway events (SPEC §3), bytes that are not one,
+and the service's internal commands, each as a `Delivery`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.rules.outputs import Reason, Source
+from app.rules.timestamps import Micros, format_timestamp
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCreated:
+    event_id: str
+    session_id: str
+    tenant_id: str
+    occurred_at: Micros
+    provider_id: str
+    model: str
+    ttl_secs: int
+    metadata: Any = field(default_factory=dict)
+    type = "session.created"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionActivated:
+    event_id: str
+    session_id: str
+    tenant_id: str
+    occurred_at: Micros
+    initial_token_count: int
+    type = "session.activated"
+
+
+@dataclass(frozen=True, slots=True)
+class RoundCompleted:
+    event_id: str
+    session_id: str
+    tenant_id: str
+    occurred_at: Micros
+    round: int
+    delta_token_count: int
+    model: str | None = None
+    type = "round.completed"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionExtended:
+    event_id: str
+    session_id: str
+    tenant_id: str
+    occurred_at: Micros
+    ttl_secs: int
+    type = "session.extended"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed:
+    event_id: str
+    session_id: str
+    tenant_id: str
+    occurred_at: Micros
+    reason: str | None = None
+    type = "session.closed"
+
+
+Event = SessionCreated | SessionActivated | RoundCompleted | SessionExtended | SessionClosed
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidEvent:
+    """Bytes that are not a valid event; `apply` turns it into a rejection."""
+
+    reason: Reason
+    detail: str
+    parsed: Any  # the decoded JSON when it decoded, else None
+    raw: bytes | None
+    session_key: str | None
+
+
+def event_to_json(event: Event) -> dict[str, Any]:
+    """The event as the gateway sent it (known fields only), for rejections."""
+    data: dict[str, Any] = {"type": event.type}
+    for name in event.__slots__:
+        value = getattr(event, name)
+        data[name] = format_timestamp(value) if name == "occurred_at" else value
+    return data
+
+
+# Internal commands: what the TTL timer and the output confirmations ask the
+# agent to do, so every table write happens in an event's context.
+
+
+@dataclass(frozen=True, slots=True)
+class Expire:
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Purge:
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Confirm:
+    """The outputs with these ids were acknowledged by the broker."""
+
+    session_id: str
+    output_ids: tuple[str, ...]
+
+
+Command = Expire | Purge | Confirm
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One record as the agent consumed it: where it came from and what it says."""
+
+    source: Source
+    message: Event | InvalidEvent | Command

@@ -1,0 +1,40 @@
+"""Bounds on what the rules accept and keep, and the configurable `Policy`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.rules.timestamps import SECOND, Micros
+
+MAX_COUNT = 2**63 - 1
+MAX_TTL_SECS = 2**32
+MAX_ID_CHARS = 128
+#: provider_id, model and a close reason: the spec sets no bound, but each is
+#: copied into the record, the changelog and the closure, and an unbounded one
+#: (1 MB) made those exceed Kafka's request size and crashed the worker.
+MAX_NAME_CHARS = 1024
+# orjson encodes at most 254 levels of nesting, and a creation's metadata ends
+# up to 4 levels down (session -> outbox -> rejection -> event -> metadata), so
+# deeper metadata is refused, and deeper invalid events are kept as raw bytes.
+MAX_JSON_DEPTH = 128
+#: A session's outbox keeps the bodies of its rejected events up to this many
+#: bytes; later ones are kept without the body (`event_omitted`). Each entry
+#: stays until the broker confirms it, and a flood of legal but clashing
+#: creations (16 KiB of metadata each) grew one table value past Kafka's
+#: ~1 MB record limit and crashed the worker (found by tests/faults). Only a
+#: re-publication after a crash or rebalance lacks the body: the first
+#: publication always carries it, and `source` locates the event anyway.
+OUTBOX_EVENT_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The configurable knobs of the rules (SPEC §5)."""
+
+    grace: Micros = 5 * SECOND
+    max_clock_skew: Micros = 300 * SECOND
+    retention: Micros = 3600 * SECOND
+    metadata_max_bytes: int = 16 * 1024
+
+
+DEFAULT_POLICY = Policy()

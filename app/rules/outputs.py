@@ -1,0 +1,125 @@
+"""What `apply` produces: closures (SPEC §6), rejections (§7) and one `Outcome`
+per delivery for the counters."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from app.rules.timestamps import Micros, format_timestamp
+
+if TYPE_CHECKING:  # only annotations: model.py imports this module
+    from app.rules.model import CloseReason, SessionRecord
+
+
+class Reason(StrEnum):
+    """Why an event was rejected (SPEC §7)."""
+
+    INVALID_EVENT = "invalid_event"
+    UNKNOWN_SESSION = "unknown_session"
+    SESSION_EXISTS = "session_exists"
+    INVALID_TRANSITION = "invalid_transition"
+    MODEL_MISMATCH = "model_mismatch"
+    TENANT_MISMATCH = "tenant_mismatch"
+    SESSION_EXPIRED = "session_expired"
+    SESSION_CLOSED = "session_closed"
+    CLOCK_SKEW = "clock_skew"
+    OVERFLOW = "overflow"
+    KEY_MISMATCH = "key_mismatch"
+    INTERNAL_ERROR = "internal_error"
+
+
+class Result(StrEnum):
+    """How one delivery ended.  Every gateway event ends in exactly one of the
+    first three; `redelivered` marks Kafka re-delivering an offset this
+    session has already accounted for, and `command` an internal command."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+    REDELIVERED = "redelivered"
+    COMMAND = "command"
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a consumed record came from."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Closure:
+    """A closure without its `emitted_at`, which the sender stamps."""
+
+    record: SessionRecord
+    reason: CloseReason
+    missing_rounds: int
+
+    output_id = "closure"
+
+    @property
+    def session_id(self) -> str:
+        return self.record.session_id
+
+    def to_json(self, emitted_at: Micros) -> dict[str, Any]:
+        return {
+            "closure_id": self.record.session_id,
+            "reason": self.reason.value,
+            "record": self.record.to_json(),
+            "total_token_count": self.record.total_token_count,
+            "missing_rounds": self.missing_rounds,
+            "emitted_at": format_timestamp(emitted_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A rejection without its `rejected_at`, which the sender stamps."""
+
+    session_key: str | None
+    reason: Reason
+    detail: str
+    event: Any
+    raw: bytes | None
+    source: Source
+    #: The outbox copy of a rejection dropped `event` (see OUTBOX_EVENT_BYTES).
+    event_omitted: bool = False
+
+    @property
+    def output_id(self) -> str:
+        return f"rejection:{self.source.topic}:{self.source.partition}:{self.source.offset}"
+
+    @property
+    def session_id(self) -> str | None:
+        return self.session_key
+
+    def to_json(self, rejected_at: Micros) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "reason": self.reason.value,
+            "detail": self.detail,
+            "event": self.event,
+            "source": {"topic": self.source.topic, "partition": self.source.partition, "offset": self.source.offset},
+            "rejected_at": format_timestamp(rejected_at),
+        }
+        if self.raw is not None:
+            body["raw"] = base64.b64encode(self.raw).decode("ascii")
+        if self.event_omitted:
+            body["event_omitted"] = True
+        return body
+
+
+Output = Closure | Rejection
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one delivery, for the counters."""
+
+    result: Result
+    event_type: str | None
+    reason: Reason | None = None
