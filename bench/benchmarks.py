@@ -19,7 +19,7 @@ import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from app.broker import pick_free_loopback_port
-from app.rules import SECOND, Session, SessionRecord, encode_session, parse_timestamp
+from app.rules import SECOND, Session, SessionRecord, encode_state, parse_timestamp
 from bench.common import (
     PARTITIONS, REPO, Deployment, Worker, accounted, group_lag, partition_of, summary_ms,
 )
@@ -404,7 +404,7 @@ def _session_template() -> bytes:
         delta_token_count=3900, metadata={"team": "search", "env": "prod"})
     session = Session(record=record, created_ttl_secs=7200, missing_rounds=0, close_reason=None,
                       closed_seen_at=None, partition=987654321, created_offset=11, last_offset=25)
-    return encode_session(session)
+    return encode_state(session)
 
 
 def _changelog_records(count: int) -> Any:

@@ -11,12 +11,11 @@ Read in this order: `limits` and `timestamps` (units and bounds), `model`
 (what goes out), `apply` (the transitions), `codec` (the changelog bytes).
 """
 
-from app.rules.apply import Transition, apply
-from app.rules.codec import decode_command, decode_session, encode_command, encode_session
+from app.rules.apply import Transition, apply, settle_owed
+from app.rules.codec import decode_state, encode_state
 from app.rules.decode import decode_event
 from app.rules.events import (
     Command,
-    Confirm,
     Delivery,
     Event,
     Expire,
@@ -36,7 +35,6 @@ from app.rules.limits import (
     MAX_JSON_DEPTH,
     MAX_NAME_CHARS,
     MAX_TTL_SECS,
-    OUTBOX_EVENT_BYTES,
     Policy,
 )
 from app.rules.model import CloseReason, Session, SessionRecord, State
@@ -50,12 +48,10 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "MAX_NAME_CHARS",
     "MAX_TTL_SECS",
-    "OUTBOX_EVENT_BYTES",
     "SECOND",
     "CloseReason",
     "Closure",
     "Command",
-    "Confirm",
     "Delivery",
     "Event",
     "Expire",
@@ -79,12 +75,11 @@ __all__ = [
     "State",
     "Transition",
     "apply",
-    "decode_command",
     "decode_event",
-    "decode_session",
-    "encode_command",
-    "encode_session",
+    "decode_state",
+    "encode_state",
     "event_to_json",
     "format_timestamp",
     "parse_timestamp",
+    "settle_owed",
 ]

@@ -5,16 +5,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-import orjson
-
 from app.rules.events import (
     Command,
-    Confirm,
     Delivery,
     Event,
     Expire,
     InvalidEvent,
-    Purge,
     RoundCompleted,
     SessionActivated,
     SessionClosed,
@@ -22,7 +18,7 @@ from app.rules.events import (
     SessionExtended,
     event_to_json,
 )
-from app.rules.limits import DEFAULT_POLICY, MAX_COUNT, OUTBOX_EVENT_BYTES, Policy
+from app.rules.limits import DEFAULT_POLICY, MAX_COUNT, Policy
 from app.rules.model import CloseReason, Session, SessionRecord, State
 from app.rules.outputs import Outcome, Output, Reason, Rejection, Result, Source
 from app.rules.timestamps import SECOND, Micros
@@ -30,19 +26,42 @@ from app.rules.timestamps import SECOND, Micros
 Transition = tuple[Session | None, tuple[Output | Outcome, ...]]
 
 
-def apply(state: Session | None, delivery: Delivery, now: Micros, policy: Policy = DEFAULT_POLICY) -> Transition:
-    """Apply one delivery to a session's state.
+def apply(state: Session | None, delivery: Delivery | Command, now: Micros,
+          policy: Policy = DEFAULT_POLICY) -> Transition:
+    """Apply one delivery (a consumed record, or a timer command) to a session's state.
 
     Returns the new state (the same object when nothing changed, None when the
-    record is to be deleted) and the outputs: closures and rejections to
-    publish, and exactly one `Outcome`.  Outputs that are also in the new
-    state's outbox must be confirmed with a `Confirm` command once published;
-    the others are derived again if Kafka re-delivers the event.
+    session is to be deleted) and the outputs: the closures and rejections to
+    publish, and exactly one `Outcome` (last).
+
+    The caller must publish ALL outputs, and have the broker acknowledge
+    them, before it stores the new state. The state therefore never runs
+    ahead of its outputs, and nothing needs to remember which were sent: if
+    the worker dies in between, the events are applied again to the older
+    state and yield the same outputs (a closure with the same `closure_id`
+    and content; only `emitted_at` differs).
     """
+    if state is not None and state.owed:
+        settled, owed = settle_owed(state)
+        new_state, outputs = _apply(settled, delivery, now, policy)
+        return new_state, (*owed, *outputs)
+    return _apply(state, delivery, now, policy)
+
+
+def settle_owed(session: Session) -> tuple[Session, tuple[Output, ...]]:
+    """The session without the outputs a v1 changelog value still owed, and those outputs.
+
+    Publish them, then store the session returned; `apply` does the same
+    for a session it is given, so they go out once either way.
+    """
+    return replace(session, owed=()), session.owed
+
+
+def _apply(state: Session | None, delivery: Delivery | Command, now: Micros, policy: Policy) -> Transition:
+    if not isinstance(delivery, Delivery):
+        return _apply_command(state, delivery, now, policy)
     message = delivery.message
     source = delivery.source
-    if isinstance(message, (Expire, Purge, Confirm)):
-        return _apply_command(state, message, now, policy)
     if isinstance(message, InvalidEvent):
         # Decided from the bytes alone, so a re-delivery decides the same.
         rejection = Rejection(message.session_key, message.reason, message.detail, message.parsed, message.raw, source)
@@ -74,23 +93,13 @@ def _apply_command(state: Session | None, command: Command, now: Micros, policy:
     outcome = Outcome(Result.COMMAND, type(command).__name__.lower())
     if state is None:
         return None, (outcome,)
-    if isinstance(command, Confirm):
-        confirmed = set(command.output_ids)
-        outbox = tuple(o for o in state.outbox if o.output_id not in confirmed)
-        if len(outbox) == len(state.outbox):
-            return state, (outcome,)
-        return replace(state, outbox=outbox), (outcome,)
     if isinstance(command, Expire):
         if state.state is State.CLOSED or now < state.record.expires_at + policy.grace:
             return state, (outcome,)
         closed = _close(state, CloseReason.TTL_EXPIRED, state.record.expires_at, now)
         return closed, (closed.closure(), outcome)
-    # Purge: delete once retention is over and every output is confirmed; an
-    # unconfirmed output is sent again instead, and the purge retried later.
     if state.closed_seen_at is None or now < state.purge_at(policy):
         return state, (outcome,)
-    if state.outbox:
-        return state, (*state.outbox, outcome)
     return None, (outcome,)
 
 
@@ -201,9 +210,8 @@ def _applied(session: Session, record: SessionRecord, event: Event, source: Sour
 
 
 def _close(session: Session, reason: CloseReason, closed_at: Micros, now: Micros) -> Session:
-    closed = replace(session, record=replace(session.record, closed_at=closed_at), close_reason=reason,
-                     closed_seen_at=now)
-    return replace(closed, outbox=(*closed.outbox, closed.closure()))
+    return replace(session, record=replace(session.record, closed_at=closed_at), close_reason=reason,
+                   closed_seen_at=now)
 
 
 def _reject(session: Session | None, state: Session | None, event: Event, source: Source, reason: Reason,
@@ -213,18 +221,5 @@ def _reject(session: Session | None, state: Session | None, event: Event, source
     outcome = Outcome(Result.REJECTED, event.type, reason)
     if session is None:
         return state, (rejection, outcome)
-    # Remember the offset, so a re-delivery is not judged against a later
-    # state; and keep the rejection until the broker confirms it.
-    updated = replace(session, last_offset=source.offset, outbox=(*session.outbox, _outbox_copy(session, rejection)))
-    return updated, (rejection, outcome)
-
-
-def _outbox_copy(session: Session, rejection: Rejection) -> Rejection:
-    """The rejection as the outbox keeps it: whole while the bodies kept stay
-    within OUTBOX_EVENT_BYTES, else without its event."""
-    kept = sum(len(orjson.dumps(output.event)) for output in session.outbox
-               if isinstance(output, Rejection) and output.event is not None)
-    if kept + len(orjson.dumps(rejection.event)) <= OUTBOX_EVENT_BYTES:
-        return rejection
-    return replace(rejection, event=None, event_omitted=True)
-
+    # Remember the offset, so a re-delivery is not judged against a later state.
+    return replace(session, last_offset=source.offset), (rejection, outcome)

@@ -1,4 +1,22 @@
-"""Bytes of the changelog (a `Session`) and of the internal commands, with orjson."""
+"""Changelog bytes of a session's state, with a format version.
+
+v2 (written now): one orjson array, the version first, then a kind tag and
+the fields by position. Times stay integer microseconds, so neither side
+formats or parses a timestamp; about half the size of v1 and several times
+faster to decode (bench/rules_micro.py).
+
+    [2, "S", session_id, tenant_id, provider_id, model, created_at,
+     activated_at, closed_at, ttl_secs, round_count, initial_token_count,
+     delta_token_count, metadata, created_ttl_secs, close_reason,
+     closed_seen_at, partition, created_offset, last_offset, extended_at,
+     missing_rounds]
+
+v1 (read only): the orjson object written before the version existed, with
+the §4 record as JSON and an `outbox` of outputs that waited for the
+broker's confirmation. Those come back as the session's `owed` outputs
+(the closure rebuilt from the closed record, rejections as stored); see
+`settle_owed`.
+"""
 
 from __future__ import annotations
 
@@ -7,91 +25,69 @@ from typing import Any
 
 import orjson
 
-from app.rules.events import Command, Confirm, Expire, Purge
 from app.rules.model import CloseReason, Session, SessionRecord
-from app.rules.outputs import Closure, Output, Reason, Rejection, Source
+from app.rules.outputs import Output, Reason, Rejection, Source
+
+VERSION = 2
+_SESSION = "S"
+_CLOSE_REASONS: dict[str | None, CloseReason | None] = {None: None, **{r.value: r for r in CloseReason}}
 
 
-def encode_session(session: Session) -> bytes:
-    return orjson.dumps(_session_to_json(session))
+def encode_state(session: Session) -> bytes:
+    """The v2 bytes of a session. Its `owed` outputs must be settled first:
+    they are never written back (ValueError)."""
+    if session.owed:
+        raise ValueError(f"session {session.record.session_id!r} still owes outputs; settle_owed() first")
+    record = session.record
+    close_reason = None if session.close_reason is None else session.close_reason.value
+    return orjson.dumps([
+        VERSION, _SESSION, record.session_id, record.tenant_id, record.provider_id, record.model,
+        record.created_at, record.activated_at, record.closed_at, record.ttl_secs, record.round_count,
+        record.initial_token_count, record.delta_token_count, record.metadata, session.created_ttl_secs,
+        close_reason, session.closed_seen_at, session.partition, session.created_offset, session.last_offset,
+        session.extended_at, session.missing_rounds,
+    ])
 
 
-def decode_session(data: bytes) -> Session:
-    return _session_from_json(orjson.loads(data))
+def decode_state(data: bytes) -> Session:
+    """A session from v2 or v1 bytes."""
+    value = orjson.loads(data)
+    if isinstance(value, dict):
+        return _session_from_v1(value)
+    if not isinstance(value, list) or not value or value[0] != VERSION:
+        version = value[0] if isinstance(value, list) and value else None
+        raise ValueError(f"changelog value of format version {version!r}; this worker reads 1 and {VERSION}")
+    if value[1] != _SESSION:
+        raise ValueError(f"changelog value of unknown kind {value[1]!r}")
+    (_, _, session_id, tenant_id, provider_id, model, created_at, activated_at, closed_at, ttl_secs, round_count,
+     initial_token_count, delta_token_count, metadata, created_ttl_secs, close_reason, closed_seen_at, partition,
+     created_offset, last_offset, extended_at, missing_rounds) = value
+    record = SessionRecord(session_id, tenant_id, provider_id, model, created_at, activated_at, closed_at, ttl_secs,
+                           round_count, initial_token_count, delta_token_count, metadata)
+    return Session(record, created_ttl_secs, missing_rounds, _CLOSE_REASONS[close_reason], closed_seen_at,
+                   partition, created_offset, last_offset, extended_at)
 
 
-def _session_to_json(session: Session) -> dict[str, Any]:
-    return {
-        "record": session.record.to_json(),
-        "created_ttl_secs": session.created_ttl_secs,
-        "missing_rounds": session.missing_rounds,
-        "close_reason": None if session.close_reason is None else session.close_reason.value,
-        "closed_seen_at": session.closed_seen_at,
-        "partition": session.partition,
-        "created_offset": session.created_offset,
-        "last_offset": session.last_offset,
-        "outbox": [_output_to_json(output) for output in session.outbox],
-        "extended_at": session.extended_at,
-    }
-
-
-def _session_from_json(data: dict[str, Any]) -> Session:
-    record = SessionRecord.from_json(data["record"])
-    close_reason = None if data["close_reason"] is None else CloseReason(data["close_reason"])
+def _session_from_v1(data: dict[str, Any]) -> Session:
     session = Session(
-        record=record,
+        record=SessionRecord.from_json(data["record"]),
         created_ttl_secs=data["created_ttl_secs"],
         missing_rounds=data["missing_rounds"],
-        close_reason=close_reason,
+        close_reason=_CLOSE_REASONS[data["close_reason"]],
         closed_seen_at=data["closed_seen_at"],
         partition=data["partition"],
         created_offset=data["created_offset"],
         last_offset=data["last_offset"],
+        # Absent in values written before extensions were ordered.
         extended_at=data.get("extended_at"),
     )
-    outbox = tuple(_output_from_json(item, session) for item in data["outbox"])
-    return replace(session, outbox=outbox)
+    owed = tuple(_owed_from_v1(item, session) for item in data["outbox"])
+    return replace(session, owed=owed)
 
 
-def _output_to_json(output: Output) -> dict[str, Any]:
-    if isinstance(output, Closure):
-        return {"kind": "closure"}  # rebuilt from the closed record itself
-    item: dict[str, Any] = {
-        "kind": "rejection",
-        "reason": output.reason.value,
-        "detail": output.detail,
-        "event": output.event,
-        "source": [output.source.topic, output.source.partition, output.source.offset],
-    }
-    if output.event_omitted:
-        item["event_omitted"] = True
-    return item
-
-
-def _output_from_json(item: dict[str, Any], session: Session) -> Output:
+def _owed_from_v1(item: dict[str, Any], session: Session) -> Output:
     if item["kind"] == "closure":
-        return session.closure()
+        return session.closure()  # v1 kept only the kind: the closed record is the closure
     topic, partition, offset = item["source"]
-    return Rejection(
-        session.record.session_id, Reason(item["reason"]), item["detail"], item["event"], None,
-        Source(topic, partition, offset), item.get("event_omitted", False),
-    )
-
-
-def encode_command(command: Command) -> bytes:
-    body: dict[str, Any] = {"command": type(command).__name__.lower(), "session_id": command.session_id}
-    if isinstance(command, Confirm):
-        body["output_ids"] = list(command.output_ids)
-    return orjson.dumps(body)
-
-
-def decode_command(value: bytes) -> Command:
-    body = orjson.loads(value)
-    kind = body["command"]
-    if kind == "expire":
-        return Expire(body["session_id"])
-    if kind == "purge":
-        return Purge(body["session_id"])
-    if kind == "confirm":
-        return Confirm(body["session_id"], tuple(body["output_ids"]))
-    raise ValueError(f"unknown command {kind!r}")
+    return Rejection(session.record.session_id, Reason(item["reason"]), item["detail"], item["event"], None,
+                     Source(topic, partition, offset), item.get("event_omitted", False))

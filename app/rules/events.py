@@ -1,5 +1,5 @@
-"""What `apply` consumes: gateway events (SPEC §3), bytes that are not one,
-and the service's internal commands, each as a `Delivery`."""
+"""What `apply` consumes: a `Delivery` of a consumed record (a gateway event,
+SPEC §3, or bytes that are not one), or a timer `Command`."""
 
 from __future__ import annotations
 
@@ -88,29 +88,25 @@ def event_to_json(event: Event) -> dict[str, Any]:
     return data
 
 
-# Internal commands: what the TTL timer and the output confirmations ask the
-# agent to do, so every table write happens in an event's context.
+# What the agent's own timer delivers: TTL expiry and retention are decided in
+# `apply` too, so the rules alone say when a session closes or goes.
 
 
 @dataclass(frozen=True, slots=True)
 class Expire:
+    """Close the session by TTL if it is due (SPEC §5.6)."""
+
     session_id: str
 
 
 @dataclass(frozen=True, slots=True)
 class Purge:
-    session_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Confirm:
-    """The outputs with these ids were acknowledged by the broker."""
+    """Delete the session if its retention is over (SPEC §5.10)."""
 
     session_id: str
-    output_ids: tuple[str, ...]
 
 
-Command = Expire | Purge | Confirm
+Command = Expire | Purge
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,4 +114,4 @@ class Delivery:
     """One record as the agent consumed it: where it came from and what it says."""
 
     source: Source
-    message: Event | InvalidEvent | Command
+    message: Event | InvalidEvent

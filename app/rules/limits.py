@@ -14,17 +14,9 @@ MAX_ID_CHARS = 128
 #: (1 MB) made those exceed Kafka's request size and crashed the worker.
 MAX_NAME_CHARS = 1024
 # orjson encodes at most 254 levels of nesting, and a creation's metadata ends
-# up to 4 levels down (session -> outbox -> rejection -> event -> metadata), so
+# up a few levels down in what is encoded (rejection -> event -> metadata), so
 # deeper metadata is refused, and deeper invalid events are kept as raw bytes.
 MAX_JSON_DEPTH = 128
-#: A session's outbox keeps the bodies of its rejected events up to this many
-#: bytes; later ones are kept without the body (`event_omitted`). Each entry
-#: stays until the broker confirms it, and a flood of legal but clashing
-#: creations (16 KiB of metadata each) grew one table value past Kafka's
-#: ~1 MB record limit and crashed the worker (found by tests/faults). Only a
-#: re-publication after a crash or rebalance lacks the body: the first
-#: publication always carries it, and `source` locates the event anyway.
-OUTBOX_EVENT_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,10 +104,11 @@ class Session:
 
     `partition`, `created_offset` and `last_offset` locate the events this
     session has accounted for, so Kafka re-delivering them changes nothing.
-    `outbox` holds outputs not yet confirmed by the broker; they are re-sent
-    after recovery until a `Confirm` command removes them.
     `extended_at` is the `occurred_at` of the extension in force, so a re-sent
     older extension does not roll the TTL back.
+    `owed` is only ever non-empty for a value read from a v1 changelog: the
+    outputs its outbox still waited to have confirmed. `apply` and
+    `settle_owed` hand them out once, and a stored state never holds them.
     """
 
     record: SessionRecord
@@ -118,8 +119,8 @@ class Session:
     partition: int
     created_offset: int
     last_offset: int
-    outbox: tuple[Output, ...] = ()
     extended_at: Micros | None = None
+    owed: tuple[Output, ...] = ()
 
     @property
     def state(self) -> State:

@@ -60,8 +60,6 @@ class Closure:
     reason: CloseReason
     missing_rounds: int
 
-    output_id = "closure"
-
     @property
     def session_id(self) -> str:
         return self.record.session_id
@@ -87,12 +85,9 @@ class Rejection:
     event: Any
     raw: bytes | None
     source: Source
-    #: The outbox copy of a rejection dropped `event` (see OUTBOX_EVENT_BYTES).
+    #: Owed by a v1 changelog value whose outbox had dropped `event` to stay
+    #: small; published with `"event_omitted": true` so readers know.
     event_omitted: bool = False
-
-    @property
-    def output_id(self) -> str:
-        return f"rejection:{self.source.topic}:{self.source.partition}:{self.source.offset}"
 
     @property
     def session_id(self) -> str | None:

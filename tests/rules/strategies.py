@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from app import rules
 from app.rules import (
     SECOND,
-    Confirm,
+    Command,
     Delivery,
     Expire,
     Outcome,
@@ -38,7 +38,6 @@ from app.rules import (
 
 T0 = parse_timestamp("2024-05-01T12:00:00Z")
 EVENTS_TOPIC = "session-events"
-COMMANDS_TOPIC = "accountant-session-commands"
 POLICY = Policy()
 
 # --------------------------------------------------------------------------
@@ -111,10 +110,6 @@ def event_delivery(body: Any, *, partition: int = 0, offset: int = 0, key: bytes
     return Delivery(Source(EVENTS_TOPIC, partition, offset), decode_event(kafka_key, encode(body), policy))
 
 
-def command_delivery(command: rules.Command, *, partition: int = 0, offset: int = 0) -> Delivery:
-    return Delivery(Source(COMMANDS_TOPIC, partition, offset), command)
-
-
 # --------------------------------------------------------------------------
 # Output helpers
 
@@ -144,16 +139,18 @@ def closure_content(closure: rules.Closure) -> bytes:
 # The driver: `apply` folded over deliveries, like the agent over its table
 
 
-def lookup_key(message: Any) -> str | None:
+def lookup_key(delivery: Delivery | Command) -> str | None:
     """The table key the agent reads for a delivery."""
-    if isinstance(message, rules.InvalidEvent):
-        return message.session_key
-    return message.session_id
+    if not isinstance(delivery, Delivery):
+        return delivery.session_id
+    if isinstance(delivery.message, rules.InvalidEvent):
+        return delivery.message.session_key
+    return delivery.message.session_id
 
 
 @dataclass(frozen=True)
 class Step:
-    delivery: Delivery
+    delivery: Delivery | Command
     now: int
 
 
@@ -171,10 +168,9 @@ class Driver:
     policy: Policy = POLICY
     states: dict[str, Session] = field(default_factory=dict)
     log: list[Logged] = field(default_factory=list)
-    command_offsets: dict[int, int] = field(default_factory=dict)
 
     def deliver(self, step: Step) -> tuple:
-        key = lookup_key(step.delivery.message)
+        key = lookup_key(step.delivery)
         before = self.states.get(key) if key is not None else None
         after, outputs = rules.apply(before, step.delivery, step.now, self.policy)
         if key is not None:
@@ -187,13 +183,9 @@ class Driver:
         self.log.append(Logged(step, key, before, after, outputs))
         return outputs
 
-    def command(self, command: rules.Command, now: int) -> tuple:
-        """Send a command to the partition the session's events arrive on."""
-        session = self.states.get(command.session_id)
-        partition = session.partition if session is not None else 0
-        offset = self.command_offsets.get(partition, 0)
-        self.command_offsets[partition] = offset + 1
-        return self.deliver(Step(command_delivery(command, partition=partition, offset=offset), now))
+    def command(self, command: Command, now: int) -> tuple:
+        """What the agent's timer does: deliver a command for one session."""
+        return self.deliver(Step(command, now))
 
     def timer(self, now: int) -> None:
         """What the scheduler does on a tick: expire open sessions that are due."""
@@ -201,11 +193,6 @@ class Driver:
         for due_at, session_id in due:
             if due_at <= now:
                 self.command(Expire(session_id), now)
-
-    def confirm_outbox(self, session_id: str, now: int) -> tuple:
-        session = self.states.get(session_id)
-        ids = tuple(o.output_id for o in session.outbox) if session is not None else ()
-        return self.command(Confirm(session_id, ids), now)
 
     def closures(self) -> list[rules.Closure]:
         return [c for entry in self.log for c in closures_in(entry.outputs)]
@@ -363,20 +350,16 @@ def histories(draw: st.DrawFn, max_sessions: int = 5, resends: bool = True) -> H
     return History(tuple(sent), tuple(offsets), tuple(f"sess-{i}" for i in range(n_sessions)))
 
 
-def run_history(history: History, lags: list[int] | None = None, policy: Policy = POLICY,
-                confirm: list[bool] | None = None) -> tuple[Driver, list[tuple[Logged, Sent]]]:
+def run_history(history: History, lags: list[int] | None = None,
+                policy: Policy = POLICY) -> tuple[Driver, list[tuple[Logged, Sent]]]:
     """Deliver the history with the scheduler's timer running before each
-    event, and (optionally) confirm a session's outbox after an event.
-    Returns the driver and the log entry of each gateway record."""
+    event. Returns the driver and the log entry of each gateway record."""
     driver = Driver(policy=policy)
     per_event: list[tuple[Logged, Sent]] = []
-    for index, (step, sent) in enumerate(history.steps(lags, policy)):
+    for step, sent in history.steps(lags, policy):
         driver.timer(step.now)
         driver.deliver(step)
         per_event.append((driver.log[-1], sent))
-        key = driver.log[-1].key
-        if confirm and confirm[index % len(confirm)] and key in driver.states:
-            driver.confirm_outbox(key, step.now)
     return driver, per_event
 
 

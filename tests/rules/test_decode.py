@@ -391,7 +391,7 @@ def test_metadata_too_deep_for_orjson_is_invalid_not_an_exception() -> None:
 
 def test_accepted_metadata_survives_every_encoding_it_goes_through() -> None:
     """A creation's metadata is nested in the closure, the stored session and,
-    when a clashing creation is rejected, in the outbox's copy of that event."""
+    when a clashing creation is rejected, in the rejection's copy of that event."""
     metadata = nested(rules.MAX_JSON_DEPTH)
     event = decode(created(metadata=metadata))
     assert isinstance(event, SessionCreated)
@@ -402,7 +402,7 @@ def test_accepted_metadata_survives_every_encoding_it_goes_through() -> None:
     [rejection] = rejections_in(outputs)
     orjson.dumps(rejection.to_json(T0))
     session, outputs = rules.apply(session, event_delivery(closed(at=T0 + SECOND), offset=3), T0)
-    assert rules.decode_session(rules.encode_session(session)) == session
+    assert rules.decode_state(rules.encode_state(session)) == session
     for closure in (o for o in outputs if isinstance(o, rules.Closure)):
         orjson.dumps(closure.to_json(T0))
     orjson.dumps(session.record.to_view())

@@ -17,7 +17,7 @@ from app import rules
 from app.rules import (
     MAX_COUNT,
     SECOND,
-    Confirm,
+    Delivery,
     Expire,
     InvalidEvent,
     Outcome,
@@ -25,8 +25,8 @@ from app.rules import (
     Result,
     SessionRecord,
     decode_event,
-    decode_session,
-    encode_session,
+    decode_state,
+    encode_state,
 )
 from tests.rules.strategies import (
     POLICY,
@@ -68,7 +68,7 @@ def closures_by_session(driver: Driver) -> dict[str, bytes]:
 
 
 def assert_round_trips(session: rules.Session) -> None:
-    assert decode_session(encode_session(session)) == session
+    assert decode_state(encode_state(session)) == session
     record = session.record
     assert SessionRecord.from_json(orjson.loads(orjson.dumps(record.to_json()))) == record
 
@@ -80,9 +80,8 @@ def assert_round_trips(session: rules.Session) -> None:
 @SETTINGS
 @given(data=st.data(), history=histories())
 def test_conservation(data: st.DataObject, history: History) -> None:
-    confirm = data.draw(st.lists(st.booleans(), min_size=1, max_size=8), label="confirm pattern")
     delays = data.draw(lags(len(history.sent)), label="lags")
-    driver, per_event = run_history(history, delays, confirm=confirm)
+    driver, per_event = run_history(history, delays)
     finish(driver)
 
     applied: dict[str, list] = defaultdict(list)  # session -> applied events, in order
@@ -97,18 +96,7 @@ def test_conservation(data: st.DataObject, history: History) -> None:
             assert len(rejections) == 1
             assert rejections[0].reason == outcome.reason
             assert rejections[0].source == logged.step.delivery.source
-            # A rejection is either kept in the outbox of the session it was
-            # judged against, or derived again on redelivery (state untouched).
-            # The outbox's copy may leave out the event body (OUTBOX_EVENT_BYTES).
-            [rejection] = rejections
-            assert not rejection.event_omitted
-            if logged.after is not logged.before:
-                copies = [o for o in logged.after.outbox if o.output_id == rejection.output_id]
-                assert copies in ([rejection], [replace(rejection, event=None, event_omitted=True)])
-            if logged.after is not None:
-                kept = sum(len(orjson.dumps(o.event)) for o in logged.after.outbox
-                           if isinstance(o, rules.Rejection) and o.event is not None)
-                assert kept <= rules.OUTBOX_EVENT_BYTES
+            assert not rejections[0].event_omitted
         else:
             assert rejections == [] and outcome.reason is None
         if outcome.result is Result.DUPLICATE:
@@ -122,11 +110,11 @@ def test_conservation(data: st.DataObject, history: History) -> None:
 
     for entry in driver.log:
         outcome = outcome_of(entry.outputs)
-        if isinstance(entry.step.delivery.message, (Expire, Purge, Confirm)):
+        if not isinstance(entry.step.delivery, Delivery):
             assert outcome.result is Result.COMMAND
             assert rejections_in(entry.outputs) == []
             if closures_in(entry.outputs):
-                assert isinstance(entry.step.delivery.message, Expire)
+                assert isinstance(entry.step.delivery, Expire)
         if entry.after is not None:
             assert_round_trips(entry.after)
 
@@ -181,31 +169,14 @@ def test_conservation(data: st.DataObject, history: History) -> None:
 
 
 # --------------------------------------------------------------------------
-# Outbox, confirmation and retention
+# Retention
 
 
 @SETTINGS
-@given(data=st.data(), history=histories())
-def test_outbox_until_confirmed_then_purged_after_retention(data: st.DataObject, history: History) -> None:
-    confirm = data.draw(st.lists(st.booleans(), min_size=1, max_size=8), label="confirm pattern")
-    driver, _ = run_history(history, confirm=confirm)
+@given(history=histories())
+def test_closed_sessions_are_purged_after_retention_and_not_before(history: History) -> None:
+    driver, _ = run_history(history)
     now = finish(driver)
-
-    # While running: a closure stays in the outbox until a Confirm names it.
-    confirmed: dict[str, set[str]] = defaultdict(set)
-    for entry in driver.log:
-        message = entry.step.delivery.message
-        if isinstance(message, Confirm):
-            confirmed[message.session_id].update(message.output_ids)
-        for closure in closures_in(entry.outputs):
-            if not isinstance(message, Purge):
-                assert closure in entry.after.outbox
-        if entry.after is not None and entry.after.close_reason is not None:
-            in_outbox = entry.after.closure() in entry.after.outbox
-            assert in_outbox == ("closure" not in confirmed[entry.key])
-        if entry.after is not None:
-            for output in entry.after.outbox:
-                assert output.output_id not in confirmed[entry.key]
 
     # Before retention is over, Purge keeps every record and emits nothing.
     for session_id in sorted(driver.states):
@@ -215,30 +186,17 @@ def test_outbox_until_confirmed_then_purged_after_retention(data: st.DataObject,
         assert outputs == (Outcome(Result.COMMAND, "purge"),)
         assert driver.states[session_id] is session
 
-    # After retention: records with an empty outbox go; the others stay and
-    # their outbox is emitted again.
+    # After it, the record goes and nothing is emitted.
     for session_id in sorted(driver.states):
         session = driver.states[session_id]
         outputs = driver.command(Purge(session_id), session.purge_at(POLICY))
-        assert outputs[-1] == Outcome(Result.COMMAND, "purge")
-        if session.outbox:
-            assert outputs[:-1] == session.outbox
-            assert driver.states[session_id] is session
-        else:
-            assert outputs[:-1] == ()
-            assert session_id not in driver.states
-
-    # Confirm everything: the next purge deletes the rest.
-    late = max([now] + [s.purge_at(POLICY) for s in driver.states.values()]) + POLICY.retention
-    for session_id in sorted(driver.states):
-        driver.confirm_outbox(session_id, late)
-        assert driver.states[session_id].outbox == ()
-        driver.command(Purge(session_id), late)
+        assert outputs == (Outcome(Result.COMMAND, "purge"),)
         assert session_id not in driver.states
     assert driver.states == {}
     # Commands for a deleted session are harmless.
+    late = now + 10 * POLICY.retention
     for session_id in history.sessions:
-        for command in (Expire(session_id), Purge(session_id), Confirm(session_id, ("closure",))):
+        for command in (Expire(session_id), Purge(session_id)):
             assert driver.command(command, late) == (Outcome(Result.COMMAND, type(command).__name__.lower()),)
             assert session_id not in driver.states
 
@@ -255,10 +213,10 @@ def same_verdict(original: tuple, again: tuple) -> bool:
 @SETTINGS
 @given(data=st.data(), history=histories())
 def test_redelivering_one_event_changes_nothing(data: st.DataObject, history: History) -> None:
-    driver, _ = run_history(history, confirm=[True, False, False])
+    driver, _ = run_history(history)
     finish(driver)
     log = [entry.step for entry in driver.log]
-    gateway = [i for i, step in enumerate(log) if step.delivery.source.topic == "session-events"]
+    gateway = [i for i, step in enumerate(log) if isinstance(step.delivery, Delivery)]
     i = data.draw(st.sampled_from(gateway), label="redelivered index")
     p = data.draw(st.integers(i + 1, len(log)), label="redelivered before position")
     steps = log[:p] + [Step(log[i].delivery, log[p - 1].now)] + log[p:]
@@ -272,31 +230,44 @@ def test_redelivering_one_event_changes_nothing(data: st.DataObject, history: Hi
         assert again.log[p].after is again.log[p].before
 
 
+def without_closed_seen_at(states: dict[str, rules.Session]) -> dict[str, rules.Session]:
+    return {sid: replace(session, closed_seen_at=None) for sid, session in states.items()}
+
+
 @SETTINGS
 @given(data=st.data(), history=histories())
 def test_crash_and_replay_from_a_snapshot(data: st.DataObject, history: History) -> None:
-    driver, _ = run_history(history, confirm=data.draw(st.lists(st.booleans(), min_size=1, max_size=5)))
+    """The agent publishes a batch's outputs, then stores the states, then
+    commits the input offsets. A crash anywhere leaves outputs published up
+    to some point k of the log, the table stored as of m <= k, and offsets
+    committed up to j <= m; the restarted worker (`delay` later) loads the
+    table and applies the log again from j. It ends with the same table and
+    publishes no closure that differs from the ones without the crash."""
+    driver, _ = run_history(history)
     finish(driver)
     log = [entry.step for entry in driver.log]
-    k = data.draw(st.integers(1, len(log)), label="crash after k deliveries")
-    j = data.draw(st.integers(0, k - 1), label="replay from j")
+    k = data.draw(st.integers(1, len(log)), label="outputs published up to k")
+    m = data.draw(st.integers(0, k), label="table stored as of m")
+    j = data.draw(st.integers(0, m), label="offsets committed up to j")
     delay = data.draw(st.integers(0, POLICY.grace - 1), label="restart delay")
 
-    # The table as the changelog restores it after k deliveries.
-    before_crash = replay({}, log[:k])
-    recovered = {sid: decode_session(encode_session(s)) for sid, s in before_crash.states.items()}
-    republished = [o for s in recovered.values() for o in s.outbox if isinstance(o, rules.Closure)]
-    after = replay(recovered, [shift(step, delay) for step in log[j:k]] + log[k:])
+    published_before = replay({}, log[:k]).closures()
+    stored = {sid: decode_state(encode_state(s)) for sid, s in replay({}, log[:m]).states.items()}
+    after = replay(stored, [shift(step, delay) for step in log[j:]])
 
-    assert after.states == driver.states
-    published = before_crash.closures() + republished + after.closures()
+    # Closing again after the restart sees a later clock; nothing else differs.
+    assert without_closed_seen_at(after.states) == without_closed_seen_at(driver.states)
+    for sid, session in after.states.items():
+        original = driver.states[sid].closed_seen_at
+        assert session.closed_seen_at in (original, None if original is None else original + delay)
+    published = published_before + after.closures()
     assert closure_set(published) == closure_set(driver.closures())
     for position, entry in enumerate(after.log):
         original = driver.log[j + position].outputs
-        if j + position < k:
+        if j + position < m:
             assert same_verdict(original, entry.outputs)
         else:
-            assert entry.outputs == original  # past the crash point, the run is the same
+            assert entry.outputs == original  # applied again to the same state: the same outputs
 
 
 def without_resends(history: History) -> History:
@@ -385,16 +356,7 @@ def test_record_and_session_round_trip(record: SessionRecord, data: st.DataObjec
         partition=data.draw(st.integers(0, 1000)), created_offset=data.draw(st.integers(0, 2**40)),
         last_offset=data.draw(st.integers(0, 2**40)), extended_at=data.draw(st.none() | micros),
     )
-    outbox = []
-    if reason is not None:
-        outbox.append(session.closure())
-    for n in range(data.draw(st.integers(0, 3))):
-        event = orjson.loads(orjson.dumps(data.draw(json_values)))
-        outbox.append(rules.Rejection(record.session_id, data.draw(st.sampled_from(list(rules.Reason))),
-                                      data.draw(st.text(st.characters(exclude_categories=("Cs",)), max_size=30)),
-                                      event, None, rules.Source("session-events", n, n * 7)))
-    session = replace(session, outbox=tuple(outbox))
-    assert decode_session(encode_session(session)) == session
+    assert decode_state(encode_state(session)) == session
 
 
 # Values that are wrong or at the edge for any field.
