@@ -402,7 +402,7 @@ def _session_template() -> bytes:
         session_id="@SID@", tenant_id="tenant-0", provider_id="provider-a", model="model-x", created_at=now,
         activated_at=now + 1000, closed_at=None, ttl_secs=7200, round_count=12, initial_token_count=1200,
         delta_token_count=3900, metadata={"team": "search", "env": "prod"})
-    session = Session(record=record, created_ttl_secs=7200, missing_rounds=0, close_reason=None,
+    session = Session(record=record, created_ttl_secs=7200, close_reason=None,
                       closed_seen_at=None, partition=987654321, created_offset=11, last_offset=25)
     return encode_state(session)
 

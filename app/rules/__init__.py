@@ -7,8 +7,9 @@ and exhaustively; agents, timers and web views are thin adapters around
 (tests/rules/test_imports.py holds that).
 
 Read in this order: `limits` and `timestamps` (units and bounds), `model`
-(what is kept per session), `events` and `decode` (what comes in), `outputs`
-(what goes out), `apply` (the transitions), `codec` (the changelog bytes).
+(what is kept per session) with `rounds` (missing round numbers), `events`
+and `decode` (what comes in), `outputs` (what goes out), `apply` (the
+transitions), `codec` (the changelog bytes).
 """
 
 from app.rules.apply import Transition, apply, settle_owed
@@ -34,11 +35,23 @@ from app.rules.limits import (
     MAX_ID_CHARS,
     MAX_JSON_DEPTH,
     MAX_NAME_CHARS,
+    MAX_REJECTION_BYTES,
     MAX_TTL_SECS,
+    RAW_PREFIX_BYTES,
     Policy,
 )
-from app.rules.model import CloseReason, Session, SessionRecord, State
-from app.rules.outputs import Closure, Outcome, Output, Reason, Rejection, Result, Source
+from app.rules.model import (
+    CloseReason,
+    Session,
+    SessionRecord,
+    State,
+    Stored,
+    Tombstone,
+    creation_digest,
+    creation_horizon,
+)
+from app.rules.outputs import Closure, Outcome, Output, Reason, Rejection, Result, Source, encode_output
+from app.rules.rounds import NO_MISSING_ROUNDS, MissingRounds
 from app.rules.timestamps import SECOND, Micros, format_timestamp, parse_timestamp
 
 __all__ = [
@@ -47,7 +60,9 @@ __all__ = [
     "MAX_ID_CHARS",
     "MAX_JSON_DEPTH",
     "MAX_NAME_CHARS",
+    "MAX_REJECTION_BYTES",
     "MAX_TTL_SECS",
+    "NO_MISSING_ROUNDS",
     "SECOND",
     "CloseReason",
     "Closure",
@@ -57,10 +72,12 @@ __all__ = [
     "Expire",
     "InvalidEvent",
     "Micros",
+    "MissingRounds",
     "Outcome",
     "Output",
     "Policy",
     "Purge",
+    "RAW_PREFIX_BYTES",
     "Reason",
     "Rejection",
     "Result",
@@ -73,10 +90,15 @@ __all__ = [
     "SessionRecord",
     "Source",
     "State",
+    "Stored",
+    "Tombstone",
     "Transition",
     "apply",
+    "creation_digest",
+    "creation_horizon",
     "decode_event",
     "decode_state",
+    "encode_output",
     "encode_state",
     "event_to_json",
     "format_timestamp",

@@ -19,20 +19,21 @@ from app.rules.events import (
     event_to_json,
 )
 from app.rules.limits import DEFAULT_POLICY, MAX_COUNT, Policy
-from app.rules.model import CloseReason, Session, SessionRecord, State
+from app.rules.model import CloseReason, Session, SessionRecord, Stored, Tombstone, creation_digest, creation_horizon
 from app.rules.outputs import Outcome, Output, Reason, Rejection, Result, Source
 from app.rules.timestamps import SECOND, Micros
 
-Transition = tuple[Session | None, tuple[Output | Outcome, ...]]
+Transition = tuple[Stored | None, tuple[Output | Outcome, ...]]
 
 
-def apply(state: Session | None, delivery: Delivery | Command, now: Micros,
+def apply(state: Stored | None, delivery: Delivery | Command, now: Micros,
           policy: Policy = DEFAULT_POLICY) -> Transition:
-    """Apply one delivery (a consumed record, or a timer command) to a session's state.
+    """Apply one delivery (a consumed record, or a timer command) to what is
+    kept for its session.
 
-    Returns the new state (the same object when nothing changed, None when the
-    session is to be deleted) and the outputs: the closures and rejections to
-    publish, and exactly one `Outcome` (last).
+    Returns the new state (the same object when nothing changed, None when
+    the session is to be deleted) and the outputs: the closures and
+    rejections to publish, and exactly one `Outcome` (last).
 
     The caller must publish ALL outputs, and have the broker acknowledge
     them, before it stores the new state. The state therefore never runs
@@ -41,7 +42,7 @@ def apply(state: Session | None, delivery: Delivery | Command, now: Micros,
     state and yield the same outputs (a closure with the same `closure_id`
     and content; only `emitted_at` differs).
     """
-    if state is not None and state.owed:
+    if isinstance(state, Session) and state.owed:
         settled, owed = settle_owed(state)
         new_state, outputs = _apply(settled, delivery, now, policy)
         return new_state, (*owed, *outputs)
@@ -57,7 +58,7 @@ def settle_owed(session: Session) -> tuple[Session, tuple[Output, ...]]:
     return replace(session, owed=()), session.owed
 
 
-def _apply(state: Session | None, delivery: Delivery | Command, now: Micros, policy: Policy) -> Transition:
+def _apply(state: Stored | None, delivery: Delivery | Command, now: Micros, policy: Policy) -> Transition:
     if not isinstance(delivery, Delivery):
         return _apply_command(state, delivery, now, policy)
     message = delivery.message
@@ -81,6 +82,8 @@ def _apply(state: Session | None, delivery: Delivery | Command, now: Micros, pol
     if state is None or (known is None and not isinstance(message, SessionCreated)):
         return _reject(None, state, message, source, Reason.UNKNOWN_SESSION,
                        f"field 'session_id' names no known session ({message.session_id!r})")
+    if isinstance(state, Tombstone):
+        return _apply_to_tombstone(state, message, source)
     return _apply_to_session(state, message, source, now, policy)
 
 
@@ -89,25 +92,34 @@ def _type_of(parsed: Any) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
-def _apply_command(state: Session | None, command: Command, now: Micros, policy: Policy) -> Transition:
+def _apply_command(state: Stored | None, command: Command, now: Micros, policy: Policy) -> Transition:
     outcome = Outcome(Result.COMMAND, type(command).__name__.lower())
-    if state is None:
-        return None, (outcome,)
     if isinstance(command, Expire):
-        if state.state is State.CLOSED or now < state.record.expires_at + policy.grace:
+        if not isinstance(state, Session) or state.close_reason is not None \
+                or now < state.record.expires_at + policy.grace:
             return state, (outcome,)
         closed = _close(state, CloseReason.TTL_EXPIRED, state.record.expires_at, now)
         return closed, (closed.closure(), outcome)
-    if state.closed_seen_at is None or now < state.purge_at(policy):
+    # Purge (SPEC §5.10): a closed record goes after retention, leaving a
+    # tombstone while a re-send could still open the session again.
+    if state is None or now < state.due_at(policy):
         return state, (outcome,)
-    return None, (outcome,)
+    if isinstance(state, Tombstone):
+        return None, (outcome,)
+    if state.close_reason is None:
+        return state, (outcome,)  # open: only Expire closes it
+    until = state.tombstone_until(policy)
+    if now >= until:
+        return None, (outcome,)
+    return Tombstone(state.creation_digest(), state.partition, state.created_offset, state.last_offset, until), \
+        (outcome,)
 
 
 def _create(event: SessionCreated, source: Source, now: Micros, policy: Policy) -> Transition:
-    expires_at = event.occurred_at + event.ttl_secs * SECOND
-    if expires_at + policy.grace + policy.retention < now:
-        # Its record would already have been closed and purged: this can only
-        # be a re-send of a session that is gone, and must not open it again.
+    if now >= creation_horizon(event.occurred_at, event.ttl_secs, policy):
+        # Its record would already have been closed and purged, and its
+        # tombstone deleted: this can only be a re-send of a session that is
+        # gone, and must not open it again.
         return _reject(None, None, event, source, Reason.SESSION_EXPIRED,
                        "field 'occurred_at' plus 'ttl_secs' lies before the retention horizon")
     record = SessionRecord(
@@ -116,33 +128,41 @@ def _create(event: SessionCreated, source: Source, now: Micros, policy: Policy) 
         ttl_secs=event.ttl_secs, round_count=0, initial_token_count=0, delta_token_count=0,
         metadata=event.metadata,
     )
-    session = Session(record=record, created_ttl_secs=event.ttl_secs, missing_rounds=0, close_reason=None,
-                      closed_seen_at=None, partition=source.partition, created_offset=source.offset,
-                      last_offset=source.offset)
+    session = Session(record=record, created_ttl_secs=event.ttl_secs, close_reason=None, closed_seen_at=None,
+                      partition=source.partition, created_offset=source.offset, last_offset=source.offset)
     return session, (Outcome(Result.APPLIED, event.type),)
+
+
+def _same_creation(event: SessionCreated, creation: bytes) -> bool:
+    return creation_digest(event.tenant_id, event.provider_id, event.model, event.ttl_secs, event.occurred_at,
+                           event.metadata) == creation
+
+
+def _apply_to_tombstone(tombstone: Tombstone, event: Event, source: Source) -> Transition:
+    if isinstance(event, SessionCreated) and _same_creation(event, tombstone.creation):
+        return tombstone, (Outcome(Result.DUPLICATE, event.type),)
+    return _reject(tombstone, tombstone, event, source, Reason.SESSION_CLOSED,
+                   f"field 'session_id' names a closed session ({event.session_id!r})")
 
 
 def _is_duplicate(session: Session, event: Event) -> bool:
     """Whether the event repeats what the session already holds (SPEC §5)."""
     record = session.record
     if isinstance(event, SessionCreated):
-        return (event.tenant_id, event.provider_id, event.model, event.ttl_secs, event.metadata,
-                event.occurred_at) == (record.tenant_id, record.provider_id, record.model,
-                                       session.created_ttl_secs, record.metadata, record.created_at)
+        return _same_creation(event, session.creation_digest())
     if isinstance(event, SessionActivated):
         return record.activated_at is not None and event.initial_token_count == record.initial_token_count
     if isinstance(event, RoundCompleted):
-        return record.activated_at is not None and event.round <= record.round_count and (
-            event.model is None or event.model == record.model)
+        # Applied already, or given up (SPEC §5.3): never billed again.
+        return (record.activated_at is not None and event.round <= record.round_count
+                and not session.missing.holds(event.round) and (event.model is None or event.model == record.model))
     if isinstance(event, SessionClosed):
         return record.closed_at is not None
-    if isinstance(event, SessionExtended):
-        # The extension in force, or one it superseded (a re-send, or an older
-        # extension arriving late): the latest by (occurred_at, ttl_secs) wins
-        # whatever the arrival order.
-        return session.extended_at is not None and (
-            (event.occurred_at, event.ttl_secs) <= (session.extended_at, record.ttl_secs))
-    return False
+    # An extension: the one in force, or one it superseded (a re-send, or an
+    # older extension arriving late): the latest by (occurred_at, ttl_secs)
+    # wins whatever the arrival order.
+    return session.extended_at is not None and (
+        (event.occurred_at, event.ttl_secs) <= (session.extended_at, record.ttl_secs))
 
 
 def _apply_to_session(session: Session, event: Event, source: Source, now: Micros, policy: Policy) -> Transition:
@@ -157,17 +177,16 @@ def _apply_to_session(session: Session, event: Event, source: Source, now: Micro
     if event.tenant_id != record.tenant_id:
         return _reject(session, session, event, source, Reason.TENANT_MISMATCH,
                        f"field 'tenant_id' differs from the session's tenant ({record.tenant_id!r})")
-    if isinstance(event, SessionActivated) and record.activated_at is not None:
-        # SPEC §5.2 names this case, closed sessions included.
-        if _is_duplicate(session, event):
-            return session, (Outcome(Result.DUPLICATE, event.type),)
-        return _reject(session, session, event, source, Reason.INVALID_TRANSITION,
-                       "field 'initial_token_count' differs from the activation already applied")
     if record.closed_at is not None:
         if _is_duplicate(session, event):
             return session, (Outcome(Result.DUPLICATE, event.type),)
         return _reject(session, session, event, source, Reason.SESSION_CLOSED,
                        f"field 'session_id' names a closed session ({record.session_id!r})")
+    if isinstance(event, SessionActivated) and record.activated_at is not None:
+        if _is_duplicate(session, event):
+            return session, (Outcome(Result.DUPLICATE, event.type),)
+        return _reject(session, session, event, source, Reason.INVALID_TRANSITION,
+                       "field 'initial_token_count' differs from the activation already applied")
     if event.occurred_at > record.expires_at:
         return _reject(session, session, event, source, Reason.SESSION_EXPIRED,
                        "field 'occurred_at' is after the session's expires_at")
@@ -175,7 +194,7 @@ def _apply_to_session(session: Session, event: Event, source: Source, now: Micro
         updated = replace(record, activated_at=event.occurred_at, initial_token_count=event.initial_token_count)
         return _applied(session, updated, event, source)
     if isinstance(event, RoundCompleted):
-        return _apply_round(session, event, source)
+        return _apply_round(session, event, source, policy)
     if isinstance(event, SessionExtended):
         if _is_duplicate(session, event):
             return session, (Outcome(Result.DUPLICATE, event.type),)
@@ -185,7 +204,7 @@ def _apply_to_session(session: Session, event: Event, source: Source, now: Micro
     return closed, (closed.closure(), Outcome(Result.APPLIED, event.type))
 
 
-def _apply_round(session: Session, event: RoundCompleted, source: Source) -> Transition:
+def _apply_round(session: Session, event: RoundCompleted, source: Source, policy: Policy) -> Transition:
     record = session.record
     if record.activated_at is None:
         return _reject(session, session, event, source, Reason.INVALID_TRANSITION,
@@ -193,16 +212,20 @@ def _apply_round(session: Session, event: RoundCompleted, source: Source) -> Tra
     if event.model is not None and event.model != record.model:
         return _reject(session, session, event, source, Reason.MODEL_MISMATCH,
                        f"field 'model' differs from the session's model ({record.model!r})")
-    if event.round <= record.round_count:
+    late = event.round <= record.round_count
+    if late and not session.missing.holds(event.round):
         return session, (Outcome(Result.DUPLICATE, event.type),)
     delta = record.delta_token_count + event.delta_token_count
     if delta > MAX_COUNT or record.initial_token_count + delta > MAX_COUNT:
         return _reject(session, session, event, source, Reason.OVERFLOW,
                        "field 'delta_token_count' would take the session's token count past 2^63-1")
-    skipped = event.round - record.round_count - 1
-    updated = replace(record, round_count=event.round, delta_token_count=delta)
-    session = replace(session, missing_rounds=session.missing_rounds + skipped)
-    return _applied(session, updated, event, source)
+    if late:
+        missing = session.missing.after_late(event.round, policy.max_missing_ranges)
+        updated = replace(record, delta_token_count=delta)
+    else:
+        missing = session.missing.after_jump(record.round_count, event.round, policy.max_missing_ranges)
+        updated = replace(record, round_count=event.round, delta_token_count=delta)
+    return _applied(replace(session, missing=missing), updated, event, source)
 
 
 def _applied(session: Session, record: SessionRecord, event: Event, source: Source) -> Transition:
@@ -214,12 +237,12 @@ def _close(session: Session, reason: CloseReason, closed_at: Micros, now: Micros
                    closed_seen_at=now)
 
 
-def _reject(session: Session | None, state: Session | None, event: Event, source: Source, reason: Reason,
+def _reject(known: Stored | None, state: Stored | None, event: Event, source: Source, reason: Reason,
             detail: str) -> Transition:
-    """Reject against `session`, or, when None, without touching `state`."""
+    """Reject against `known`, or, when None, without touching `state`."""
     rejection = Rejection(event.session_id, reason, detail, event_to_json(event), None, source)
     outcome = Outcome(Result.REJECTED, event.type, reason)
-    if session is None:
+    if known is None:
         return state, (rejection, outcome)
     # Remember the offset, so a re-delivery is not judged against a later state.
-    return replace(session, last_offset=source.offset), (rejection, outcome)
+    return replace(known, last_offset=source.offset), (rejection, outcome)

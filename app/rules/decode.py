@@ -146,16 +146,17 @@ def _build_event(obj: Any, session_key: str | None, policy: Policy) -> Event:
         event = SessionExtended(event_id, session_id, tenant_id, occurred_at,
                                 ttl_secs=_integer(obj, "ttl_secs", 1, MAX_TTL_SECS))
     elif kind == "session.closed":
-        reason = obj.get("reason")
-        if reason is not None and not isinstance(reason, str):
-            raise _Invalid("field 'reason' must be a string")
-        if reason is not None and len(reason) > MAX_NAME_CHARS:
-            raise _Invalid(f"field 'reason' must be at most {MAX_NAME_CHARS} characters")
+        # Optional (absent or null), but when given 1..1024 characters like the other names (SPEC §3).
+        reason = _name(obj, "reason") if obj.get("reason") is not None else None
         event = SessionClosed(event_id, session_id, tenant_id, occurred_at, reason=reason)
     else:
         raise _Invalid("field 'type' must be one of session.created, session.activated, "
                        "round.completed, session.extended, session.closed")
-    if session_key is not None and session_key != event.session_id:
+    # A keyless record lands on any partition, away from the session's state
+    # and its order (SPEC §2): it cannot be accounted.
+    if session_key is None:
+        raise _Invalid("the record has no Kafka key; it must be keyed by field 'session_id'", Reason.KEY_MISMATCH)
+    if session_key != event.session_id:
         raise _Invalid("field 'session_id' differs from the Kafka key", Reason.KEY_MISMATCH)
     return event
 

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
+from app.rules.limits import MAX_REJECTION_BYTES, RAW_PREFIX_BYTES
 from app.rules.timestamps import Micros, format_timestamp
 
 if TYPE_CHECKING:  # only annotations: model.py imports this module
@@ -118,3 +121,22 @@ class Outcome:
     result: Result
     event_type: str | None
     reason: Reason | None = None
+
+
+def encode_output(output: Output, stamped_at: Micros, original: bytes | None = None) -> bytes:
+    """The bytes to publish: a closure with `emitted_at`, or a rejection with
+    `rejected_at`, both `stamped_at`.
+
+    A rejection whose JSON passes MAX_REJECTION_BYTES carries, instead of
+    its event, the first RAW_PREFIX_BYTES of the original record in `raw`,
+    with `raw_truncated` and `raw_size` (SPEC §7). The original is the
+    rejection's own `raw`, else `original` (the consumed record's value),
+    else the event re-encoded (a rejection owed by a v1 changelog value).
+    """
+    body = output.to_json(stamped_at)
+    data = orjson.dumps(body)
+    if len(data) <= MAX_REJECTION_BYTES or isinstance(output, Closure):
+        return data
+    raw = output.raw if output.raw is not None else original if original is not None else orjson.dumps(output.event)
+    return orjson.dumps({**body, "event": None, "raw": base64.b64encode(raw[:RAW_PREFIX_BYTES]).decode("ascii"),
+                         "raw_truncated": True, "raw_size": len(raw)})

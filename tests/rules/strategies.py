@@ -2,14 +2,15 @@
 
 * Builders (`created`, `activated`, `round_`, `extended`, `closed`) make event
   dicts as a gateway would send them; `encode` turns them into Kafka bytes.
-* `Driver` folds `rules.apply` over deliveries, keeping `session_id -> Session`
+* `Driver` folds `rules.apply` over deliveries, keeping `session_id -> Stored`
   the way the agent keeps its table, and logs every step so a run can be
   replayed (Kafka redelivery after a crash).
 * `histories()` generates realistic gateway traffic for several sessions over a
-  few partitions: creations, activations, rounds with gaps and re-numbered
-  repeats, extensions, closes, malformed bytes, tenant and model clashes,
-  events for unknown sessions, clock-skewed events, and gateway re-sends (the
-  same bytes again at a later offset).
+  few partitions: creations, activations, rounds with gaps, swapped and late
+  rounds (a skipped number sent later) and re-numbered repeats, extensions,
+  closes, malformed bytes, tenant and model clashes, events for unknown
+  sessions, clock-skewed events, and gateway re-sends (the same bytes again
+  at a later offset).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from app.rules import (
     Expire,
     Outcome,
     Policy,
+    Purge,
     Session,
     Source,
+    Stored,
     decode_event,
     format_timestamp,
     parse_timestamp,
@@ -139,6 +142,10 @@ def closure_content(closure: rules.Closure) -> bytes:
 # The driver: `apply` folded over deliveries, like the agent over its table
 
 
+def is_open(state: Stored) -> bool:
+    return isinstance(state, Session) and state.close_reason is None
+
+
 def lookup_key(delivery: Delivery | Command) -> str | None:
     """The table key the agent reads for a delivery."""
     if not isinstance(delivery, Delivery):
@@ -158,15 +165,15 @@ class Step:
 class Logged:
     step: Step
     key: str | None
-    before: Session | None
-    after: Session | None
+    before: Stored | None
+    after: Stored | None
     outputs: tuple
 
 
 @dataclass
 class Driver:
     policy: Policy = POLICY
-    states: dict[str, Session] = field(default_factory=dict)
+    states: dict[str, Stored] = field(default_factory=dict)
     log: list[Logged] = field(default_factory=list)
 
     def deliver(self, step: Step) -> tuple:
@@ -188,17 +195,18 @@ class Driver:
         return self.deliver(Step(command, now))
 
     def timer(self, now: int) -> None:
-        """What the scheduler does on a tick: expire open sessions that are due."""
-        due = sorted((s.due_at(self.policy), sid) for sid, s in self.states.items() if s.closed_seen_at is None)
+        """What the agent's timer does on a tick: expire the open sessions that
+        are due, purge the closed ones and tombstones whose time has come."""
+        due = sorted((s.due_at(self.policy), sid) for sid, s in self.states.items())
         for due_at, session_id in due:
             if due_at <= now:
-                self.command(Expire(session_id), now)
+                self.command(Expire(session_id) if is_open(self.states[session_id]) else Purge(session_id), now)
 
     def closures(self) -> list[rules.Closure]:
         return [c for entry in self.log for c in closures_in(entry.outputs)]
 
 
-def replay(states: dict[str, Session], steps: list[Step], policy: Policy = POLICY) -> Driver:
+def replay(states: dict[str, Stored], steps: list[Step], policy: Policy = POLICY) -> Driver:
     driver = Driver(policy=policy, states=dict(states))
     for step in steps:
         driver.deliver(step)
@@ -238,7 +246,7 @@ class History:
         lags = lags or [0] * len(self.sent)
         now = 0
         result = []
-        for sent, offset, lag in zip(self.sent, self.offsets, lags):
+        for sent, offset, lag in zip(self.sent, self.offsets, lags, strict=True):
             now = max(now, sent.send_time + lag)
             assert now < sent.send_time + policy.grace
             delivery = Delivery(Source(EVENTS_TOPIC, sent.partition, offset),
@@ -254,8 +262,8 @@ def lags(n: int, policy: Policy = POLICY) -> st.SearchStrategy[list[int]]:
 
 TENANTS = ("acme", "globex")
 MODELS = ("gpt-x", "claude-y")
-ROUND_MOVES = ("next", "next", "next", "next", "gap", "renumbered", "wrong_model", "right_model",
-               "wrong_tenant", "extend", "extend", "skew", "malformed", "key_mismatch", "huge")
+ROUND_MOVES = ("next", "next", "next", "next", "gap", "gap", "swap", "late", "late", "renumbered", "wrong_model",
+               "right_model", "wrong_tenant", "extend", "extend", "skew", "malformed", "key_mismatch", "huge")
 
 
 @st.composite
@@ -292,18 +300,33 @@ def histories(draw: st.DrawFn, max_sessions: int = 5, resends: bool = True) -> H
             initial = rules.MAX_COUNT - 10 if near_max else draw(st.integers(0, 100_000))
             emit(sid, partition, activated(sid, at=t, tenant=tenant, initial=initial), t, "activated")
         n = 0
-        for _ in range(draw(st.integers(0, 7))):
+        skipped: list[int] = []  # round numbers jumped over, not sent yet
+        for _ in range(draw(st.integers(0, 9))):
             t += later(1, 25)
             move = draw(st.sampled_from(ROUND_MOVES))
             delta = draw(st.integers(0, 50_000))
+            if move == "gap":
+                jump = draw(st.integers(1, 3))
+                skipped.extend(range(n + 1, n + 1 + jump))
+                n += jump
             if move in ("next", "gap", "wrong_model", "right_model", "huge"):
-                n += 1 + (draw(st.integers(1, 3)) if move == "gap" else 0)
+                n += 1
                 use_model = {"wrong_model": "other-model", "right_model": model}.get(move)
                 if move == "huge":
                     delta = 2**62
                 emit(sid, partition, round_(sid, n=n, delta=delta, at=t, tenant=tenant, model=use_model), t, move)
+            elif move == "swap":
+                # Two new rounds, the later one first (a retried round landing late).
+                for number in (n + 2, n + 1):
+                    emit(sid, partition, round_(sid, n=number, delta=draw(st.integers(0, 50_000)), at=t,
+                                                tenant=tenant), t, move)
+                n += 2
+            elif move == "late" and skipped:
+                number = skipped.pop(draw(st.integers(0, len(skipped) - 1)))
+                emit(sid, partition, round_(sid, n=number, delta=delta, at=t, tenant=tenant), t, move)
             elif move == "renumbered":
-                # A round number already used, under a new event id: a duplicate.
+                # A round number already sent, under a new event id: a duplicate,
+                # unless that round was rejected and is still missing.
                 emit(sid, partition, round_(sid, n=max(n, 1), delta=delta, at=t, tenant=tenant), t, move)
             elif move == "wrong_tenant":
                 other = TENANTS[1 - TENANTS.index(tenant)]
@@ -367,7 +390,7 @@ def finish(driver: Driver) -> int:
     """Let every open session expire: deliver Expire once it is due.  Returns
     the time after the last expiry."""
     now = max([e.step.now for e in driver.log], default=T0)
-    open_due = [s.due_at(driver.policy) for s in driver.states.values() if s.closed_seen_at is None]
+    open_due = [s.due_at(driver.policy) for s in driver.states.values() if is_open(s)]
     now = max([now, *open_due])
     driver.timer(now)
     return now

@@ -16,6 +16,7 @@ from app.rules import (
     Closure,
     Delivery,
     Expire,
+    MissingRounds,
     Outcome,
     Reason,
     Rejection,
@@ -23,6 +24,7 @@ from app.rules import (
     Session,
     SessionRecord,
     Source,
+    Tombstone,
     apply,
     decode_state,
     encode_state,
@@ -169,16 +171,34 @@ def test_a_redelivery_or_a_command_also_hands_out_what_is_owed() -> None:
 
 
 def test_v2_is_the_documented_array() -> None:
-    session = Session(record(activated_at=T0 + SECOND, closed_at=T0 + 9 * SECOND, round_count=3,
+    session = Session(record(activated_at=T0 + SECOND, closed_at=T0 + 9 * SECOND, round_count=9,
                              initial_token_count=100, delta_token_count=20, metadata={"team": "search"}),
-                      created_ttl_secs=300, missing_rounds=1, close_reason=CloseReason.TTL_EXPIRED,
+                      created_ttl_secs=300, close_reason=CloseReason.TTL_EXPIRED,
                       closed_seen_at=T0 + 10 * SECOND, partition=3, created_offset=17, last_offset=23,
-                      extended_at=T0 + 2 * SECOND)
+                      extended_at=T0 + 2 * SECOND, missing=MissingRounds((3, 5, 7, 8), 1))
     assert orjson.loads(encode_state(session)) == [
-        2, "S", "s-1", "acme", "openai", "gpt-x", T0, T0 + SECOND, T0 + 9 * SECOND, 600, 3, 100, 20,
-        {"team": "search"}, 300, "ttl_expired", T0 + 10 * SECOND, 3, 17, 23, T0 + 2 * SECOND, 1,
+        2, "S", "s-1", "acme", "openai", "gpt-x", T0, T0 + SECOND, T0 + 9 * SECOND, 600, 9, 100, 20,
+        {"team": "search"}, 300, "ttl_expired", T0 + 10 * SECOND, 3, 17, 23, T0 + 2 * SECOND, 1, [3, 5, 7, 8],
     ]
     assert decode_state(encode_state(session)) == session
+    assert session.closure().missing_rounds == 4
+
+
+def test_a_tombstone_is_the_documented_array() -> None:
+    tombstone = Tombstone(bytes(range(16)), 3, 17, 23, T0 + 7200 * SECOND)
+    assert orjson.loads(encode_state(tombstone)) == [
+        2, "T", 3, 17, 23, T0 + 7200 * SECOND, "000102030405060708090a0b0c0d0e0f"]
+    assert decode_state(encode_state(tombstone)) == tombstone
+
+
+def test_v1_missing_rounds_come_back_given_up_so_a_late_one_stays_a_duplicate() -> None:
+    """v1 kept how many rounds were missing, not which: a late number could
+    be one already applied, so all stay duplicates, as they were under v1."""
+    session, _ = settle_owed(v1("active_confirmed"))  # rounds 1 and 4 applied; 2 and 3 missing
+    assert session.missing == MissingRounds((), 2) and session.missing_rounds == 2
+    late = Delivery(Source("session-events", 5, 1006),
+                    event_delivery(round_(n=2, delta=3, at=T0 + 20 * SECOND)).message)
+    assert apply(session, late, T0 + 21 * SECOND) == (session, (Outcome(Result.DUPLICATE, "round.completed"),))
 
 
 @pytest.mark.parametrize("data", [b"[3,\"S\"]", b"[]", b"\"text\"", b"[2,\"Q\",1]"])

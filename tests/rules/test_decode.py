@@ -119,8 +119,26 @@ def test_ids_of_128_characters_are_accepted() -> None:
     assert isinstance(event, SessionActivated)
 
 
-def test_no_kafka_key_is_accepted() -> None:
-    assert isinstance(decode(activated(), key=None), SessionActivated)
+def test_a_record_without_a_kafka_key_is_key_mismatch() -> None:
+    """SPEC §2/§3 (revision 2): a keyless record lands on any partition, away
+    from its session's state and order, so it is never accounted."""
+    body = activated()
+    result = invalid(body, key=None, field="session_id", reason=Reason.KEY_MISMATCH)
+    assert result.parsed == body and result.raw is None and result.session_key is None
+    existing, _ = rules.apply(None, event_delivery(created(), offset=1), T0)
+    state, outputs = rules.apply(existing, event_delivery(body, key=None, offset=2), T0 + SECOND)
+    assert state is existing  # judged on the record alone, like any invalid one
+    [rejection] = rejections_in(outputs)
+    assert outcome_of(outputs).reason is Reason.KEY_MISMATCH
+    wire = rejection.to_json(T0)
+    assert wire["event"] == body and "raw" not in wire and rejection.session_key is None
+
+
+def test_a_keyless_record_that_is_not_a_valid_event_is_invalid_event() -> None:
+    # The body is judged first, as with a wrong key.
+    invalid(activated(initial=-1), key=None, field="initial_token_count")
+    result = decode(b"not json", key=None)
+    assert isinstance(result, InvalidEvent) and result.reason is Reason.INVALID_EVENT and result.raw == b"not json"
 
 
 def test_non_ascii_ids_round_trip() -> None:
@@ -336,6 +354,15 @@ def test_round_model_null_means_absent() -> None:
 @pytest.mark.parametrize("reason", [5, [], {}, True])
 def test_close_reason_must_be_a_string_when_given(reason) -> None:
     invalid(closed(at=T0) | {"reason": reason}, field="reason")
+
+
+def test_an_empty_close_reason_is_invalid_and_an_absent_or_null_one_is_not() -> None:
+    """SPEC §3 / issue 12: a close reason is 1..1024 characters when given."""
+    invalid(closed(at=T0, reason=""), field="reason")
+    assert decode(closed(at=T0, event_id="e")) == SessionClosed("e", "s-1", "acme", T0, None)
+    assert decode(closed(at=T0, event_id="e") | {"reason": None}) == SessionClosed("e", "s-1", "acme", T0, None)
+    assert decode(closed(at=T0, reason="x")).reason == "x"
+    assert decode(closed(at=T0, reason="r" * rules.MAX_NAME_CHARS)).reason == "r" * 1024
 
 
 # --------------------------------------------------------------------------

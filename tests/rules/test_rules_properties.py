@@ -22,31 +22,36 @@ from app.rules import (
     InvalidEvent,
     Outcome,
     Purge,
+    Reason,
     Result,
+    Session,
     SessionRecord,
+    Source,
+    Tombstone,
     decode_event,
     decode_state,
     encode_state,
 )
 from tests.rules.strategies import (
     POLICY,
-    activated,
-    closed,
-    created,
-    extended,
-    round_,
     T0,
     Driver,
     History,
     Step,
+    activated,
+    closed,
     closure_content,
     closures_in,
+    created,
+    event_delivery,
+    extended,
     finish,
     histories,
     lags,
     outcome_of,
     rejections_in,
     replay,
+    round_,
     run_history,
     shift,
 )
@@ -67,10 +72,11 @@ def closures_by_session(driver: Driver) -> dict[str, bytes]:
     return found
 
 
-def assert_round_trips(session: rules.Session) -> None:
-    assert decode_state(encode_state(session)) == session
-    record = session.record
-    assert SessionRecord.from_json(orjson.loads(orjson.dumps(record.to_json()))) == record
+def assert_round_trips(state: rules.Stored) -> None:
+    assert decode_state(encode_state(state)) == state
+    if isinstance(state, Session):
+        record = state.record
+        assert SessionRecord.from_json(orjson.loads(orjson.dumps(record.to_json()))) == record
 
 
 # --------------------------------------------------------------------------
@@ -147,7 +153,7 @@ def test_conservation(data: st.DataObject, history: History) -> None:
         assert record["delta_token_count"] == deltas
         assert record["round_count"] == last_round
         assert body["missing_rounds"] == last_round - len(rounds)
-        assert [r.round for r in rounds] == sorted({r.round for r in rounds}), "rounds applied twice or backwards"
+        assert len({r.round for r in rounds}) == len(rounds), "a round number applied twice"
         assert record["ttl_secs"] == ttl
         assert record["tenant_id"] == creation.tenant_id and record["model"] == creation.model
         assert record["created_at"] == rules.format_timestamp(creation.occurred_at)
@@ -172,26 +178,62 @@ def test_conservation(data: st.DataObject, history: History) -> None:
 # Retention
 
 
+def next_offsets(history: History) -> dict[int, int]:
+    """The next free offset of each partition after the history."""
+    ends: dict[int, int] = defaultdict(int)
+    for sent, offset in zip(history.sent, history.offsets, strict=True):
+        ends[sent.partition] = max(ends[sent.partition], offset + 1)
+    return ends
+
+
 @SETTINGS
 @given(history=histories())
-def test_closed_sessions_are_purged_after_retention_and_not_before(history: History) -> None:
-    driver, _ = run_history(history)
+def test_retention_then_a_tombstone_then_nothing_and_never_open_again(history: History) -> None:
+    """SPEC §5.10. A closed record stays for retention; then, while a re-send
+    of its creation could still be accepted, a tombstone that calls that
+    re-send a duplicate and anything else session_closed; then nothing, and
+    the re-send is refused as too late. At no point does it open again."""
+    driver, per_event = run_history(history)
     now = finish(driver)
+    creations = {logged.step.delivery.message.session_id: sent for logged, sent in per_event
+                 if outcome_of(logged.outputs) == Outcome(Result.APPLIED, "session.created")}
+    offsets = next_offsets(history)
 
-    # Before retention is over, Purge keeps every record and emits nothing.
+    def send(sent, at: int, body: bytes | None = None) -> tuple:
+        offset = offsets[sent.partition]
+        offsets[sent.partition] += 1
+        message = decode_event(sent.key, body if body is not None else sent.value)
+        return driver.deliver(Step(Delivery(Source("session-events", sent.partition, offset), message), at))
+
     for session_id in sorted(driver.states):
         session = driver.states[session_id]
-        just_before = session.purge_at(POLICY) - 1
-        outputs = driver.command(Purge(session_id), max(now, just_before))
-        assert outputs == (Outcome(Result.COMMAND, "purge"),)
-        assert driver.states[session_id] is session
-
-    # After it, the record goes and nothing is emitted.
-    for session_id in sorted(driver.states):
-        session = driver.states[session_id]
-        outputs = driver.command(Purge(session_id), session.purge_at(POLICY))
-        assert outputs == (Outcome(Result.COMMAND, "purge"),)
+        creation = creations[session_id]
+        retention_over = session.due_at(POLICY)
+        assert retention_over == session.closed_seen_at + POLICY.retention
+        kept = driver.command(Purge(session_id), max(now, retention_over - 1))
+        assert kept == (Outcome(Result.COMMAND, "purge"),) and driver.states[session_id] is session
+        driver.command(Purge(session_id), retention_over)
+        until = session.tombstone_until(POLICY)
+        if until > retention_over:
+            tombstone = driver.states[session_id]
+            assert tombstone == Tombstone(session.creation_digest(), session.partition, session.created_offset,
+                                          session.last_offset, until)
+            assert tombstone.due_at(POLICY) == until
+            assert outcome_of(send(creation, until - 1)) == Outcome(Result.DUPLICATE, "session.created")
+            clash = orjson.dumps(orjson.loads(creation.value) | {"model": "another"})
+            assert outcome_of(send(creation, until - 1, clash)).reason is Reason.SESSION_CLOSED
+            assert driver.states[session_id].last_offset == offsets[creation.partition] - 1
+            redelivered = Delivery(Source("session-events", session.partition, session.last_offset),
+                                   decode_event(creation.key, creation.value))
+            assert outcome_of(driver.deliver(Step(redelivered, until - 1))).result is Result.REDELIVERED
+            driver.command(Purge(session_id), until - 1)
+            assert isinstance(driver.states[session_id], Tombstone)
+            driver.command(Purge(session_id), until)
+        else:
+            until = retention_over
         assert session_id not in driver.states
+        assert outcome_of(send(creation, until)) == Outcome(Result.REJECTED, "session.created",
+                                                            Reason.SESSION_EXPIRED)
     assert driver.states == {}
     # Commands for a deleted session are harmless.
     late = now + 10 * POLICY.retention
@@ -199,6 +241,31 @@ def test_closed_sessions_are_purged_after_retention_and_not_before(history: Hist
         for command in (Expire(session_id), Purge(session_id)):
             assert driver.command(command, late) == (Outcome(Result.COMMAND, type(command).__name__.lower()),)
             assert session_id not in driver.states
+
+
+# --------------------------------------------------------------------------
+# Extensions (SPEC §3)
+
+
+@SETTINGS
+@given(data=st.data(), extensions=st.lists(st.tuples(st.integers(1, 100), st.integers(200, 3600)), min_size=1,
+                                           max_size=6))
+def test_the_latest_extension_stands_whatever_the_order_and_the_repeats(
+        data: st.DataObject, extensions: list[tuple[int, int]]) -> None:
+    """Of the extensions a session received, the one with the latest
+    occurred_at, then the larger ttl_secs, stands, in any arrival order and
+    with any of them re-sent (every TTL here outlives every occurred_at)."""
+    resent = data.draw(st.lists(st.sampled_from(extensions), max_size=4), label="re-sent")
+    arrival = data.draw(st.permutations(extensions + resent), label="arrival order")
+    now = T0 + 200 * SECOND
+    state, _ = rules.apply(None, event_delivery(created(ttl=600), offset=0), now)
+    for offset, (at, ttl) in enumerate(arrival, start=1):
+        state, outputs = rules.apply(state, event_delivery(extended(ttl=ttl, at=T0 + at * SECOND), offset=offset),
+                                     now)
+        assert outcome_of(outputs).result in (Result.APPLIED, Result.DUPLICATE)
+    at, ttl = max(extensions)
+    assert isinstance(state, Session)
+    assert (state.record.ttl_secs, state.extended_at, state.created_ttl_secs) == (ttl, T0 + at * SECOND, 600)
 
 
 # --------------------------------------------------------------------------
@@ -230,8 +297,13 @@ def test_redelivering_one_event_changes_nothing(data: st.DataObject, history: Hi
         assert again.log[p].after is again.log[p].before
 
 
-def without_closed_seen_at(states: dict[str, rules.Session]) -> dict[str, rules.Session]:
-    return {sid: replace(session, closed_seen_at=None) for sid, session in states.items()}
+def closed_seen_at(state: rules.Stored) -> int | None:
+    return state.closed_seen_at if isinstance(state, Session) else None
+
+
+def without_closed_seen_at(states: dict[str, rules.Stored]) -> dict[str, rules.Stored]:
+    return {sid: replace(state, closed_seen_at=None) if isinstance(state, Session) else state
+            for sid, state in states.items()}
 
 
 @SETTINGS
@@ -257,9 +329,9 @@ def test_crash_and_replay_from_a_snapshot(data: st.DataObject, history: History)
 
     # Closing again after the restart sees a later clock; nothing else differs.
     assert without_closed_seen_at(after.states) == without_closed_seen_at(driver.states)
-    for sid, session in after.states.items():
-        original = driver.states[sid].closed_seen_at
-        assert session.closed_seen_at in (original, None if original is None else original + delay)
+    for sid, state in after.states.items():
+        original = closed_seen_at(driver.states[sid])
+        assert closed_seen_at(state) in (original, None if original is None else original + delay)
     published = published_before + after.closures()
     assert closure_set(published) == closure_set(driver.closures())
     for position, entry in enumerate(after.log):
@@ -349,14 +421,19 @@ def test_record_and_session_round_trip(record: SessionRecord, data: st.DataObjec
     reason = data.draw(st.none() | st.sampled_from(list(rules.CloseReason)))
     if reason is not None and record.closed_at is None:
         record = replace(record, closed_at=record.created_at)
+    bounds = sorted(data.draw(st.sets(st.integers(1, MAX_COUNT), max_size=8)))
+    missing = rules.MissingRounds(tuple(bounds[:len(bounds) // 2 * 2]), data.draw(st.integers(0, MAX_COUNT)))
     session = rules.Session(
-        record=record, created_ttl_secs=data.draw(st.integers(1, rules.MAX_TTL_SECS)),
-        missing_rounds=data.draw(counts), close_reason=reason,
+        record=record, created_ttl_secs=data.draw(st.integers(1, rules.MAX_TTL_SECS)), close_reason=reason,
         closed_seen_at=None if reason is None else data.draw(micros),
         partition=data.draw(st.integers(0, 1000)), created_offset=data.draw(st.integers(0, 2**40)),
         last_offset=data.draw(st.integers(0, 2**40)), extended_at=data.draw(st.none() | micros),
+        missing=data.draw(st.sampled_from([missing, rules.NO_MISSING_ROUNDS])),
     )
     assert decode_state(encode_state(session)) == session
+    tombstone = rules.Tombstone(session.creation_digest(), session.partition, session.created_offset,
+                                session.last_offset, data.draw(micros))
+    assert decode_state(encode_state(tombstone)) == tombstone
 
 
 # Values that are wrong or at the edge for any field.
@@ -392,12 +469,13 @@ def test_no_bytes_stop_the_worker(base: dict, changes: dict, dropped: set, occur
     body = {k: v for k, v in (base | {"occurred_at": occurred} | changes).items() if k not in dropped}
     existing = rules.Session(
         record=SessionRecord("x", "x", "p", "x", T0, T0, None, 3600, 2, 10, 20, {}),
-        created_ttl_secs=3600, missing_rounds=0, close_reason=None, closed_seen_at=None,
-        partition=0, created_offset=5, last_offset=9,
+        created_ttl_secs=3600, close_reason=None, closed_seen_at=None,
+        partition=0, created_offset=5, last_offset=9, missing=rules.MissingRounds((1, 2), 0),
     )
+    tombstone = rules.Tombstone(existing.creation_digest(), 0, 5, 9, T0 + 3600 * SECOND)
     for value in (orjson.dumps(body), raw):
         message = decode_event(key, value)
-        for state in (None, existing):
+        for state in (None, existing, tombstone):
             for offset in (3, 7, 12):
                 delivery = rules.Delivery(rules.Source("session-events", 0, offset), message)
                 _, outputs = rules.apply(state, delivery, T0 + 60 * SECOND)
