@@ -6,7 +6,8 @@ and exhaustively; agents, timers and web views are thin adapters around
 `apply`.  Only the standard library and orjson are imported
 (tests/rules/test_imports.py holds that).
 
-Read in this order: `limits` and `timestamps` (units and bounds), `model`
+Read in this order: `values` (how data is declared: immutable values),
+`limits` and `timestamps` (units and bounds), `model`
 (what is kept per session) with `rounds` (missing round numbers), `events`
 and `decode` (what comes in), `outputs` (what goes out), `apply` (the
 transitions), `codec` (the changelog bytes).
@@ -50,7 +51,16 @@ from app.rules.model import (
     creation_digest,
     creation_horizon,
 )
-from app.rules.outputs import Closure, Outcome, Output, Reason, Rejection, Result, Source, encode_output
+from app.rules.outputs import (
+    Closure,
+    Outcome,
+    Output,
+    Reason,
+    Rejection,
+    Result,
+    Source,
+    encode_output,
+)
 from app.rules.rounds import NO_MISSING_ROUNDS, MissingRounds
 from app.rules.timestamps import SECOND, Micros, format_timestamp, parse_timestamp
 

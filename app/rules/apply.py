@@ -6,6 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 from app.rules.events import (
+    EVENT_TYPES,
     Command,
     Delivery,
     Event,
@@ -19,11 +20,24 @@ from app.rules.events import (
     event_to_json,
 )
 from app.rules.limits import DEFAULT_POLICY, MAX_COUNT, Policy
-from app.rules.model import CloseReason, Session, SessionRecord, Stored, Tombstone, creation_digest, creation_horizon
+from app.rules.model import (
+    CloseReason,
+    Session,
+    SessionRecord,
+    Stored,
+    Tombstone,
+    creation_digest,
+    creation_horizon,
+)
 from app.rules.outputs import Outcome, Output, Reason, Rejection, Result, Source
 from app.rules.timestamps import SECOND, Micros
 
 Transition = tuple[Stored | None, tuple[Output | Outcome, ...]]
+
+# Outcomes are values: built once per result and event type, not per delivery.
+_APPLIED = {kind: (Outcome(Result.APPLIED, kind),) for kind in EVENT_TYPES}
+_DUPLICATE = {kind: (Outcome(Result.DUPLICATE, kind),) for kind in EVENT_TYPES}
+_REDELIVERED = {kind: (Outcome(Result.REDELIVERED, kind),) for kind in EVENT_TYPES}
 
 
 def apply(state: Stored | None, delivery: Delivery | Command, now: Micros,
@@ -69,7 +83,7 @@ def _apply(state: Stored | None, delivery: Delivery | Command, now: Micros, poli
         return state, (rejection, Outcome(Result.REJECTED, _type_of(message.parsed), message.reason))
     if (state is not None and source.partition == state.partition
             and state.created_offset <= source.offset <= state.last_offset):
-        return state, (Outcome(Result.REDELIVERED, message.type),)
+        return state, _REDELIVERED[message.type]
     # An offset before the record's creation was consumed when the session did
     # not exist yet: judge it so again, or a re-delivery would change its fate.
     known = state if state is not None and source.offset > state.created_offset else None
@@ -130,7 +144,7 @@ def _create(event: SessionCreated, source: Source, now: Micros, policy: Policy) 
     )
     session = Session(record=record, created_ttl_secs=event.ttl_secs, close_reason=None, closed_seen_at=None,
                       partition=source.partition, created_offset=source.offset, last_offset=source.offset)
-    return session, (Outcome(Result.APPLIED, event.type),)
+    return session, _APPLIED[event.type]
 
 
 def _same_creation(event: SessionCreated, creation: bytes) -> bool:
@@ -140,7 +154,7 @@ def _same_creation(event: SessionCreated, creation: bytes) -> bool:
 
 def _apply_to_tombstone(tombstone: Tombstone, event: Event, source: Source) -> Transition:
     if isinstance(event, SessionCreated) and _same_creation(event, tombstone.creation):
-        return tombstone, (Outcome(Result.DUPLICATE, event.type),)
+        return tombstone, _DUPLICATE[event.type]
     return _reject(tombstone, tombstone, event, source, Reason.SESSION_CLOSED,
                    f"field 'session_id' names a closed session ({event.session_id!r})")
 
@@ -171,7 +185,7 @@ def _apply_to_session(session: Session, event: Event, source: Source, now: Micro
         # A creation that differs in anything, tenant included, is a clash of
         # ids rather than an event for this session (SPEC §5.1).
         if _is_duplicate(session, event):
-            return session, (Outcome(Result.DUPLICATE, event.type),)
+            return session, _DUPLICATE[event.type]
         return _reject(session, session, event, source, Reason.SESSION_EXISTS,
                        "a session with this 'session_id' exists with a different creation")
     if event.tenant_id != record.tenant_id:
@@ -179,12 +193,12 @@ def _apply_to_session(session: Session, event: Event, source: Source, now: Micro
                        f"field 'tenant_id' differs from the session's tenant ({record.tenant_id!r})")
     if record.closed_at is not None:
         if _is_duplicate(session, event):
-            return session, (Outcome(Result.DUPLICATE, event.type),)
+            return session, _DUPLICATE[event.type]
         return _reject(session, session, event, source, Reason.SESSION_CLOSED,
                        f"field 'session_id' names a closed session ({record.session_id!r})")
     if isinstance(event, SessionActivated) and record.activated_at is not None:
         if _is_duplicate(session, event):
-            return session, (Outcome(Result.DUPLICATE, event.type),)
+            return session, _DUPLICATE[event.type]
         return _reject(session, session, event, source, Reason.INVALID_TRANSITION,
                        "field 'initial_token_count' differs from the activation already applied")
     if event.occurred_at > record.expires_at:
@@ -197,11 +211,11 @@ def _apply_to_session(session: Session, event: Event, source: Source, now: Micro
         return _apply_round(session, event, source, policy)
     if isinstance(event, SessionExtended):
         if _is_duplicate(session, event):
-            return session, (Outcome(Result.DUPLICATE, event.type),)
+            return session, _DUPLICATE[event.type]
         extended_session = replace(session, extended_at=event.occurred_at)
         return _applied(extended_session, replace(record, ttl_secs=event.ttl_secs), event, source)
-    closed = _close(replace(session, last_offset=source.offset), CloseReason.CLOSED, event.occurred_at, now)
-    return closed, (closed.closure(), Outcome(Result.APPLIED, event.type))
+    closed = _close(session.at_offset(source.offset), CloseReason.CLOSED, event.occurred_at, now)
+    return closed, (closed.closure(), *_APPLIED[event.type])
 
 
 def _apply_round(session: Session, event: RoundCompleted, source: Source, policy: Policy) -> Transition:
@@ -214,22 +228,22 @@ def _apply_round(session: Session, event: RoundCompleted, source: Source, policy
                        f"field 'model' differs from the session's model ({record.model!r})")
     late = event.round <= record.round_count
     if late and not session.missing.holds(event.round):
-        return session, (Outcome(Result.DUPLICATE, event.type),)
+        return session, _DUPLICATE[event.type]
     delta = record.delta_token_count + event.delta_token_count
     if delta > MAX_COUNT or record.initial_token_count + delta > MAX_COUNT:
         return _reject(session, session, event, source, Reason.OVERFLOW,
                        "field 'delta_token_count' would take the session's token count past 2^63-1")
     if late:
         missing = session.missing.after_late(event.round, policy.max_missing_ranges)
-        updated = replace(record, delta_token_count=delta)
+        updated = record.with_rounds(record.round_count, delta)
     else:
         missing = session.missing.after_jump(record.round_count, event.round, policy.max_missing_ranges)
-        updated = replace(record, round_count=event.round, delta_token_count=delta)
-    return _applied(replace(session, missing=missing), updated, event, source)
+        updated = record.with_rounds(event.round, delta)
+    return session.advanced(updated, source.offset, missing), _APPLIED[event.type]
 
 
 def _applied(session: Session, record: SessionRecord, event: Event, source: Source) -> Transition:
-    return replace(session, record=record, last_offset=source.offset), (Outcome(Result.APPLIED, event.type),)
+    return session.advanced(record, source.offset, session.missing), _APPLIED[event.type]
 
 
 def _close(session: Session, reason: CloseReason, closed_at: Micros, now: Micros) -> Session:
@@ -245,4 +259,4 @@ def _reject(known: Stored | None, state: Stored | None, event: Event, source: So
     if known is None:
         return state, (rejection, outcome)
     # Remember the offset, so a re-delivery is not judged against a later state.
-    return replace(known, last_offset=source.offset), (rejection, outcome)
+    return known.at_offset(source.offset), (rejection, outcome)

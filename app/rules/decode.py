@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -38,7 +38,7 @@ class _Invalid(Exception):
 
 def _identifier(obj: dict[str, Any], name: str) -> str:
     value = obj.get(name)
-    if not isinstance(value, str):
+    if type(value) is not str:
         raise _Invalid(f"field '{name}' must be a string")
     if not 1 <= len(value) <= MAX_ID_CHARS:
         raise _Invalid(f"field '{name}' must be 1..{MAX_ID_CHARS} characters")
@@ -47,10 +47,8 @@ def _identifier(obj: dict[str, Any], name: str) -> str:
 
 def _integer(obj: dict[str, Any], name: str, low: int, high: int) -> int:
     value = obj.get(name)
-    # bool is an int subclass; JSON true is not a count.
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise _Invalid(f"field '{name}' must be an integer in {low}..{high}")
-    if not low <= value <= high:
+    # `type(...) is int`: JSON true decodes to bool, an int subclass, and is not a count.
+    if type(value) is not int or not low <= value <= high:
         raise _Invalid(f"field '{name}' must be an integer in {low}..{high}")
     return value
 
@@ -106,57 +104,78 @@ def _deeper_than(value: Any, limit: int) -> bool:
 
 
 def _build_event(obj: Any, session_key: str | None, policy: Policy) -> Event:
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:
         raise _Invalid("event must be a JSON object")
     event_id = _identifier(obj, "event_id")
     session_id = _identifier(obj, "session_id")
     tenant_id = _identifier(obj, "tenant_id")
     occurred = obj.get("occurred_at")
-    if not isinstance(occurred, str):
+    if type(occurred) is not str:
         raise _Invalid("field 'occurred_at' must be an RFC 3339 timestamp string")
     try:
         occurred_at = parse_timestamp(occurred)
     except (ValueError, OverflowError):
         raise _Invalid("field 'occurred_at' must be an RFC 3339 timestamp with offset") from None
     kind = obj.get("type")
-    if kind == "session.created":
-        metadata = obj.get("metadata", {})
-        if _deeper_than(metadata, MAX_JSON_DEPTH):
-            raise _Invalid(f"field 'metadata' nests deeper than {MAX_JSON_DEPTH} levels")
-        if len(orjson.dumps(metadata)) > policy.metadata_max_bytes:
-            raise _Invalid(f"field 'metadata' is larger than {policy.metadata_max_bytes} bytes encoded")
-        event: Event = SessionCreated(
-            event_id, session_id, tenant_id, occurred_at,
-            provider_id=_name(obj, "provider_id"),
-            model=_name(obj, "model"),
-            ttl_secs=_integer(obj, "ttl_secs", 1, MAX_TTL_SECS),
-            metadata=metadata,
-        )
-    elif kind == "session.activated":
-        event = SessionActivated(event_id, session_id, tenant_id, occurred_at,
-                                 initial_token_count=_integer(obj, "initial_token_count", 0, MAX_COUNT))
-    elif kind == "round.completed":
-        event = RoundCompleted(
-            event_id, session_id, tenant_id, occurred_at,
-            round=_integer(obj, "round", 1, MAX_COUNT),
-            delta_token_count=_integer(obj, "delta_token_count", 0, MAX_COUNT),
-            model=_name(obj, "model") if obj.get("model") is not None else None,
-        )
-    elif kind == "session.extended":
-        event = SessionExtended(event_id, session_id, tenant_id, occurred_at,
-                                ttl_secs=_integer(obj, "ttl_secs", 1, MAX_TTL_SECS))
-    elif kind == "session.closed":
-        # Optional (absent or null), but when given 1..1024 characters like the other names (SPEC §3).
-        reason = _name(obj, "reason") if obj.get("reason") is not None else None
-        event = SessionClosed(event_id, session_id, tenant_id, occurred_at, reason=reason)
-    else:
+    build = _BUILDERS.get(kind) if type(kind) is str else None
+    if build is None:
         raise _Invalid("field 'type' must be one of session.created, session.activated, "
                        "round.completed, session.extended, session.closed")
+    event = build(obj, event_id, session_id, tenant_id, occurred_at, policy)
     # A keyless record lands on any partition, away from the session's state
     # and its order (SPEC §2): it cannot be accounted.
     if session_key is None:
         raise _Invalid("the record has no Kafka key; it must be keyed by field 'session_id'", Reason.KEY_MISMATCH)
-    if session_key != event.session_id:
+    if session_key != session_id:
         raise _Invalid("field 'session_id' differs from the Kafka key", Reason.KEY_MISMATCH)
     return event
 
+
+# One builder per event type: the type-specific fields, checked in this order
+# (the first bad one is the one a rejection names).
+
+
+def _created(obj: dict[str, Any], event_id: str, session_id: str, tenant_id: str, occurred_at: int,
+             policy: Policy) -> SessionCreated:
+    metadata = obj.get("metadata", {})
+    if _deeper_than(metadata, MAX_JSON_DEPTH):
+        raise _Invalid(f"field 'metadata' nests deeper than {MAX_JSON_DEPTH} levels")
+    if len(orjson.dumps(metadata)) > policy.metadata_max_bytes:
+        raise _Invalid(f"field 'metadata' is larger than {policy.metadata_max_bytes} bytes encoded")
+    return SessionCreated(event_id, session_id, tenant_id, occurred_at, _name(obj, "provider_id"), _name(obj, "model"),
+                          _integer(obj, "ttl_secs", 1, MAX_TTL_SECS), metadata)
+
+
+def _activated(obj: dict[str, Any], event_id: str, session_id: str, tenant_id: str, occurred_at: int,
+               policy: Policy) -> SessionActivated:
+    return SessionActivated(event_id, session_id, tenant_id, occurred_at,
+                            _integer(obj, "initial_token_count", 0, MAX_COUNT))
+
+
+def _round(obj: dict[str, Any], event_id: str, session_id: str, tenant_id: str, occurred_at: int,
+           policy: Policy) -> RoundCompleted:
+    number = _integer(obj, "round", 1, MAX_COUNT)
+    delta = _integer(obj, "delta_token_count", 0, MAX_COUNT)
+    model = _name(obj, "model") if obj.get("model") is not None else None
+    return RoundCompleted(event_id, session_id, tenant_id, occurred_at, number, delta, model)
+
+
+def _extended(obj: dict[str, Any], event_id: str, session_id: str, tenant_id: str, occurred_at: int,
+              policy: Policy) -> SessionExtended:
+    return SessionExtended(event_id, session_id, tenant_id, occurred_at, _integer(obj, "ttl_secs", 1, MAX_TTL_SECS))
+
+
+def _closed(obj: dict[str, Any], event_id: str, session_id: str, tenant_id: str, occurred_at: int,
+            policy: Policy) -> SessionClosed:
+    # Optional (absent or null), but when given 1..1024 characters like the other names (SPEC §3).
+    reason = _name(obj, "reason") if obj.get("reason") is not None else None
+    return SessionClosed(event_id, session_id, tenant_id, occurred_at, reason)
+
+
+_BUILDERS: dict[str, Callable[[dict[str, Any], str, str, str, int, Policy], Event]] = {
+    SessionCreated.type: _created,
+    SessionActivated.type: _activated,
+    RoundCompleted.type: _round,
+    SessionExtended.type: _extended,
+    SessionClosed.type: _closed,
+}

@@ -3,14 +3,15 @@ SPEC §3, or bytes that are not one), or a timer `Command`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field, fields
 from typing import Any
 
 from app.rules.outputs import Reason, Source
 from app.rules.timestamps import Micros, format_timestamp
+from app.rules.values import value
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class SessionCreated:
     event_id: str
     session_id: str
@@ -23,7 +24,7 @@ class SessionCreated:
     type = "session.created"
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class SessionActivated:
     event_id: str
     session_id: str
@@ -33,7 +34,7 @@ class SessionActivated:
     type = "session.activated"
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class RoundCompleted:
     event_id: str
     session_id: str
@@ -45,7 +46,7 @@ class RoundCompleted:
     type = "round.completed"
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class SessionExtended:
     event_id: str
     session_id: str
@@ -55,7 +56,7 @@ class SessionExtended:
     type = "session.extended"
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class SessionClosed:
     event_id: str
     session_id: str
@@ -66,9 +67,11 @@ class SessionClosed:
 
 
 Event = SessionCreated | SessionActivated | RoundCompleted | SessionExtended | SessionClosed
+EVENT_TYPES = (SessionCreated.type, SessionActivated.type, RoundCompleted.type, SessionExtended.type,
+               SessionClosed.type)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class InvalidEvent:
     """Bytes that are not a valid event; `apply` turns it into a rejection."""
 
@@ -82,9 +85,9 @@ class InvalidEvent:
 def event_to_json(event: Event) -> dict[str, Any]:
     """The event as the gateway sent it (known fields only), for rejections."""
     data: dict[str, Any] = {"type": event.type}
-    for name in event.__slots__:
-        value = getattr(event, name)
-        data[name] = format_timestamp(value) if name == "occurred_at" else value
+    for known in fields(event):
+        given = getattr(event, known.name)
+        data[known.name] = format_timestamp(given) if known.name == "occurred_at" else given
     return data
 
 
@@ -92,14 +95,14 @@ def event_to_json(event: Event) -> dict[str, Any]:
 # `apply` too, so the rules alone say when a session closes or goes.
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Expire:
     """Close the session by TTL if it is due (SPEC §5.6)."""
 
     session_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Purge:
     """Delete the session if its retention is over (SPEC §5.10)."""
 
@@ -109,7 +112,7 @@ class Purge:
 Command = Expire | Purge
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Delivery:
     """One record as the agent consumed it: where it came from and what it says."""
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from app.rules.timestamps import SECOND, Micros
+from app.rules.values import value
 
 MAX_COUNT = 2**63 - 1
 MAX_TTL_SECS = 2**32
@@ -28,7 +27,7 @@ MAX_REJECTION_BYTES = 256 * 1024
 RAW_PREFIX_BYTES = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Policy:
     """The configurable knobs of the rules (SPEC §5)."""
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -12,7 +11,15 @@ import orjson
 from app.rules.limits import Policy
 from app.rules.outputs import Closure, Output
 from app.rules.rounds import NO_MISSING_ROUNDS, MissingRounds
-from app.rules.timestamps import SECOND, Micros, format_optional, format_timestamp, parse_optional, parse_timestamp
+from app.rules.timestamps import (
+    SECOND,
+    Micros,
+    format_optional,
+    format_timestamp,
+    parse_optional,
+    parse_timestamp,
+)
+from app.rules.values import value
 
 
 class State(StrEnum):
@@ -26,7 +33,7 @@ class CloseReason(StrEnum):
     TTL_EXPIRED = "ttl_expired"
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class SessionRecord:
     """The persisted record and the API's view of a session, field for field."""
 
@@ -58,6 +65,15 @@ class SessionRecord:
     @property
     def total_token_count(self) -> int:
         return self.initial_token_count + self.delta_token_count
+
+    def with_rounds(self, round_count: int, delta_token_count: int) -> SessionRecord:
+        """This record with new round totals. Positional rather than
+        `dataclasses.replace`, which costs several times more, and rounds
+        are most of the traffic (tests/rules/test_model.py checks it keeps
+        every other field)."""
+        return SessionRecord(self.session_id, self.tenant_id, self.provider_id, self.model, self.created_at,
+                             self.activated_at, self.closed_at, self.ttl_secs, round_count, self.initial_token_count,
+                             delta_token_count, self.metadata)
 
     def to_json(self) -> dict[str, Any]:
         """The exact JSON shape of SPEC §4."""
@@ -102,7 +118,7 @@ class SessionRecord:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Session:
     """The table value of a live or recently closed session: the §4 record
     plus what exactly-once accounting needs.
@@ -140,6 +156,15 @@ class Session:
         assert self.close_reason is not None, "only a closed session has a closure"
         return Closure(self.record, self.close_reason, self.missing.count)
 
+    def advanced(self, record: SessionRecord, last_offset: int, missing: MissingRounds) -> Session:
+        """This session with `record`, accounted up to `last_offset`. Positional,
+        as `SessionRecord.with_rounds` is, for the same reason."""
+        return Session(record, self.created_ttl_secs, self.close_reason, self.closed_seen_at, self.partition,
+                       self.created_offset, last_offset, self.extended_at, missing, self.owed)
+
+    def at_offset(self, last_offset: int) -> Session:
+        return self.advanced(self.record, last_offset, self.missing)
+
     def creation_digest(self) -> bytes:
         record = self.record
         return creation_digest(record.tenant_id, record.provider_id, record.model, self.created_ttl_secs,
@@ -161,7 +186,7 @@ class Session:
         return max(self.record.expires_at + policy.grace, horizon)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Tombstone:
     """What stays of a closed session after its retention, while it must
     still be recognised (SPEC §5.10): a re-sent creation is a duplicate,
@@ -180,6 +205,9 @@ class Tombstone:
 
     def due_at(self, policy: Policy) -> Micros:
         return self.until
+
+    def at_offset(self, last_offset: int) -> Tombstone:
+        return Tombstone(self.creation, self.partition, self.created_offset, last_offset, self.until)
 
 
 #: What the rules keep per session id; None means nothing (deleted).

@@ -4,7 +4,6 @@ per delivery for the counters."""
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +11,7 @@ import orjson
 
 from app.rules.limits import MAX_REJECTION_BYTES, RAW_PREFIX_BYTES
 from app.rules.timestamps import Micros, format_timestamp
+from app.rules.values import value
 
 if TYPE_CHECKING:  # only annotations: model.py imports this module
     from app.rules.model import CloseReason, SessionRecord
@@ -46,7 +46,7 @@ class Result(StrEnum):
     COMMAND = "command"
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Source:
     """Where a consumed record came from."""
 
@@ -55,7 +55,7 @@ class Source:
     offset: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Closure:
     """A closure without its `emitted_at`, which the sender stamps."""
 
@@ -78,7 +78,7 @@ class Closure:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Rejection:
     """A rejection without its `rejected_at`, which the sender stamps."""
 
@@ -114,7 +114,7 @@ class Rejection:
 Output = Closure | Rejection
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Outcome:
     """What happened to one delivery, for the counters."""
 

@@ -11,10 +11,11 @@ misbehaving gateway can then under-bill a session, but never bill it twice.
 from __future__ import annotations
 
 from bisect import bisect_right
-from dataclasses import dataclass
+
+from app.rules.values import value
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class MissingRounds:
     """The numbers in 1..round_count never applied.
 

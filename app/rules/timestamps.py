@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 Micros = int
 SECOND: Micros = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_FIRST_SECOND = int(datetime(1, 1, 1, tzinfo=UTC).timestamp())
+_LAST_SECOND = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp())
 
 # ASCII digits only, and `\Z` rather than `$` (which matches before a final newline).
 _RFC3339 = re.compile(
@@ -20,18 +22,21 @@ _RFC3339 = re.compile(
 
 
 def parse_timestamp(text: str) -> Micros:
-    """RFC 3339 with a mandatory offset; sub-microsecond digits are truncated."""
+    """RFC 3339 with a mandatory offset; sub-microsecond digits are truncated.
+    Instants outside years 1..9999 in UTC raise OverflowError, so that they
+    are refused here rather than when formatted."""
     match = _RFC3339.match(text)
     if match is None:
         raise ValueError("not an RFC 3339 timestamp with offset")
     day, clock, fraction, offset = match.groups()
-    offset = "+00:00" if offset in ("Z", "z") else offset
-    # In UTC, so an instant outside years 1..9999 UTC raises OverflowError here
-    # rather than later when it is formatted.
-    moment = datetime.fromisoformat(f"{day}T{clock}{offset}").astimezone(UTC)
-    micros = int((fraction or "0")[:6].ljust(6, "0"))
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * SECOND + micros
+    if offset in ("Z", "z"):
+        offset = "+00:00"
+    # datetime checks the calendar and the offset; whole seconds since the
+    # epoch are exact as a float (below 2**53).
+    seconds = int(datetime.fromisoformat(f"{day}T{clock}{offset}").timestamp())
+    if not _FIRST_SECOND <= seconds <= _LAST_SECOND:
+        raise OverflowError("outside years 1..9999 in UTC")
+    return seconds * SECOND + int(fraction[:6].ljust(6, "0")) if fraction else seconds * SECOND
 
 
 def format_timestamp(micros: Micros) -> str:

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -179,7 +180,10 @@ class Driver:
     def deliver(self, step: Step) -> tuple:
         key = lookup_key(step.delivery)
         before = self.states.get(key) if key is not None else None
+        unchanged = copy.deepcopy((before, step.delivery))
         after, outputs = rules.apply(before, step.delivery, step.now, self.policy)
+        # The rules' values are immutable for the type checker only (app/rules/values.py).
+        assert (before, step.delivery) == unchanged, "apply changed what it was given"
         if key is not None:
             if after is None:
                 self.states.pop(key, None)

@@ -4,9 +4,12 @@ rejections (§7) that come from the bytes alone."""
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app import rules
 from app.rules import (
@@ -189,6 +192,34 @@ def test_occurred_at_accepts_rfc3339_with_an_offset(text: str, expected: int) ->
 ])
 def test_occurred_at_rejects_anything_else(text: str) -> None:
     invalid(activated(at=text), field="occurred_at")
+
+
+def digits(n: int) -> st.SearchStrategy[str]:
+    # Often the edges of each field, to reach invalid days, hours and offsets.
+    return st.text(st.sampled_from("0123456789") | st.sampled_from("0129"), min_size=n, max_size=n)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(day=st.tuples(st.sampled_from(["0001", "9999"]) | digits(4), st.sampled_from(["01", "12"]) | digits(2),
+                    st.sampled_from(["01", "31"]) | digits(2)), separator=st.sampled_from("Tt "),
+       clock=st.tuples(digits(2), digits(2), digits(2)), fraction=st.none() | st.integers(1, 9).flatmap(digits),
+       offset=st.sampled_from(["Z", "z"]) | st.tuples(st.sampled_from("+-"), digits(2), digits(2)))
+def test_parse_timestamp_agrees_with_datetime(day: tuple, separator: str, clock: tuple, fraction: str | None,
+                                              offset: str | tuple) -> None:
+    """Any RFC 3339-shaped text, valid or not: the instant datetime computes
+    (in UTC, years 1..9999), or refused where datetime refuses it."""
+    zone = "+00:00" if offset in ("Z", "z") else f"{offset[0]}{offset[1]}:{offset[2]}"
+    iso = f"{'-'.join(day)}T{':'.join(clock)}{zone}"
+    text = f"{'-'.join(day)}{separator}{':'.join(clock)}{'' if fraction is None else '.' + fraction}" + (
+        offset if isinstance(offset, str) else zone)
+    try:
+        moment = datetime.fromisoformat(iso).astimezone(UTC)
+    except (ValueError, OverflowError):
+        with pytest.raises((ValueError, OverflowError)):
+            parse_timestamp(text)
+        return
+    micros = int((fraction or "0")[:6].ljust(6, "0"))
+    assert parse_timestamp(text) == (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) + micros
 
 
 @pytest.mark.parametrize("value", [None, 1714564800, 1714564800.0, ["2024-05-01T12:00:00Z"], {}])
