@@ -109,8 +109,7 @@ def _type_of(parsed: Any) -> str | None:
 def _apply_command(state: Stored | None, command: Command, now: Micros, policy: Policy) -> Transition:
     outcome = Outcome(Result.COMMAND, type(command).__name__.lower())
     if isinstance(command, Expire):
-        if not isinstance(state, Session) or state.close_reason is not None \
-                or now < state.record.expires_at + policy.grace:
+        if not isinstance(state, Session) or state.close_reason is not None or now < state.due_at(policy):
             return state, (outcome,)
         closed = _close(state, CloseReason.TTL_EXPIRED, state.record.expires_at, now)
         return closed, (closed.closure(), outcome)
@@ -125,8 +124,8 @@ def _apply_command(state: Stored | None, command: Command, now: Micros, policy: 
     until = state.tombstone_until(policy)
     if now >= until:
         return None, (outcome,)
-    return Tombstone(state.creation_digest(), state.partition, state.created_offset, state.last_offset, until), \
-        (outcome,)
+    tombstone = Tombstone(state.creation_digest(), state.partition, state.created_offset, state.last_offset, until)
+    return tombstone, (outcome,)
 
 
 def _create(event: SessionCreated, source: Source, now: Micros, policy: Policy) -> Transition:
