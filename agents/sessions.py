@@ -10,7 +10,6 @@ The timer only reads the table and sends commands.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from collections import defaultdict
@@ -18,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 import faust
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from faust.types import TP
@@ -28,7 +26,7 @@ from app.metrics import AccountingMetrics
 from app.partition_reader import plain_consumer, read_ranges
 from app.rules import (
     SECOND, Closure, Command, Confirm, Delivery, Expire, InvalidEvent, Outcome, Output, Policy, Purge, Reason,
-    Rejection, Result, Session, Source, State, apply, decode_command, decode_event, encode_command,
+    Rejection, Result, Session, Source, State, apply, decode_command, decode_event, encode_command, encode_output,
 )
 from app.settings import Settings
 
@@ -142,7 +140,7 @@ class SessionAccountant:
                 # Derived from the bytes or the session's absence, so a
                 # re-delivery derives it again: Faust publishes attachments
                 # before it commits the offset.
-                await self._topic_for(output).send(key=_key(output), value=_encode(output, now, record.value))
+                await self._topic_for(output).send(key=_key(output), value=encode_output(output, now, record.value))
 
     def _store(self, session_id: str | None, old: Session | None, new: Session | None) -> None:
         assert session_id is not None
@@ -272,7 +270,7 @@ class SessionAccountant:
             Reason.INTERNAL_ERROR, "the worker failed on this event; see its log", None, message.value,
             Source(message.topic, message.partition, message.offset))
         self.metrics.count(Outcome(Result.REJECTED, None, Reason.INTERNAL_ERROR))
-        await self.rejected_topic.send(key=_key(rejection), value=_encode(rejection, now_micros()))
+        await self.rejected_topic.send(key=_key(rejection), value=encode_output(rejection, now_micros()))
 
     # -- outputs that wait for the broker's word ----------------------------
 
@@ -286,7 +284,7 @@ class SessionAccountant:
                 self._acknowledged[(partition, session_id)].append(output.output_id)
 
         self.metrics.outputs_unconfirmed.inc()
-        self._topic_for(output).send_soon(key=_key(output), value=_encode(output, now), callback=acknowledged)
+        self._topic_for(output).send_soon(key=_key(output), value=encode_output(output, now), callback=acknowledged)
 
     def _send_confirmations(self) -> None:
         acknowledged, self._acknowledged = self._acknowledged, defaultdict(list)
@@ -385,24 +383,3 @@ class SessionAccountant:
 
 def _key(output: Output) -> bytes | None:
     return None if output.session_id is None else output.session_id.encode("utf-8")
-
-
-#: A rejection is published whole up to this size. A bigger one (of a record
-#: of about a megabyte) would pass Faust's `producer_max_request_size`
-#: (1,000,000 bytes) and the broker's ~1 MiB record limit: the send raised,
-#: the agent crashed and the event was dropped without a rejection (found by
-#: tests/faults, the poison corpus). So it carries the first RAW_PREFIX_BYTES
-#: of the record in `raw` instead of the event, with `raw_truncated` and
-#: `raw_size`.
-MAX_REJECTION_BYTES = 256 * 1024
-RAW_PREFIX_BYTES = 64 * 1024
-
-
-def _encode(output: Output, now: int, original: bytes | None = None) -> bytes:
-    data = orjson.dumps(output.to_json(now))
-    if len(data) <= MAX_REJECTION_BYTES or not isinstance(output, Rejection):
-        return data
-    raw = output.raw if output.raw is not None else original if original is not None else orjson.dumps(output.event)
-    return orjson.dumps({**output.to_json(now), "event": None,
-                         "raw": base64.b64encode(raw[:RAW_PREFIX_BYTES]).decode("ascii"),
-                         "raw_truncated": True, "raw_size": len(raw)})

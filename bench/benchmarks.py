@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from app.dev.kafka import pick_free_loopback_port
 from app.dev.partitioners import partition_for
-from app.rules import SECOND, Session, SessionRecord, encode_session, parse_timestamp
+from app.rules import SECOND, Session, SessionRecord, encode_state, parse_timestamp
 from bench.common import (
     PARTITIONS,
     new_deployment,
@@ -415,9 +415,9 @@ def _session_template() -> bytes:
         session_id="@SID@", tenant_id="tenant-0", provider_id="provider-a", model="model-x", created_at=now,
         activated_at=now + 1000, closed_at=None, ttl_secs=7200, round_count=12, initial_token_count=1200,
         delta_token_count=3900, metadata={"team": "search", "env": "prod"})
-    session = Session(record=record, created_ttl_secs=7200, missing_rounds=0, close_reason=None,
+    session = Session(record=record, created_ttl_secs=7200, close_reason=None,
                       closed_seen_at=None, partition=987654321, created_offset=11, last_offset=25)
-    return encode_session(session)
+    return encode_state(session)
 
 
 def _changelog_records(count: int) -> Any:

@@ -20,7 +20,7 @@ from faust.stores.memory import Store as MemoryStore
 from faust.types import TP
 
 from app.partition_reader import plain_consumer, read_ranges
-from app.rules import Session, decode_session, encode_session
+from app.rules import Session, decode_state, encode_state
 from app.settings import Settings
 
 KEY_CODEC = "session_id"
@@ -41,10 +41,10 @@ class SessionCodec(codecs.Codec):
     """`Session` <-> orjson bytes."""
 
     def _dumps(self, obj: Session) -> bytes:
-        return encode_session(obj)
+        return encode_state(obj)
 
     def _loads(self, data: bytes) -> Session:
-        return decode_session(data)
+        return decode_state(data)
 
 
 codecs.register(KEY_CODEC, SessionIdCodec())
@@ -138,7 +138,7 @@ class SessionMemoryStore(MemoryStore):
                 data.pop(key, None)
                 key_partition.pop(key, None)
             else:
-                data[key] = decode_session(record.value)
+                data[key] = decode_state(record.value)
                 key_partition[key] = partition
 
 

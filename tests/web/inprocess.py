@@ -33,7 +33,7 @@ def make_session(session_id: str, *, tenant: str = "acme", partition: int = 0, a
         ttl_secs=ttl_secs, round_count=rounds if activated else 0, initial_token_count=initial if activated else 0,
         delta_token_count=delta if activated else 0, metadata={"team": "search"},
     )
-    return Session(record=record, created_ttl_secs=ttl_secs, missing_rounds=0, close_reason=close,
+    return Session(record=record, created_ttl_secs=ttl_secs, close_reason=close,
                    closed_seen_at=T0 + 9 * SECOND if close else None, partition=partition, created_offset=0,
                    last_offset=3)
 
