@@ -27,7 +27,7 @@ def _run_worker(settings: Settings) -> None:
     """Create the topics, build the app and run its worker until stopped."""
     import faust
 
-    from app.faust_app import build_app
+    from app.service import build_app
     from app.topics import ensure_topics
 
     asyncio.run(ensure_topics(settings))

@@ -1,10 +1,8 @@
 """Reading a partition directly, with an aiokafka consumer outside Faust's.
 
-Faust hands records over one at a time through its consumer thread, drain
-loop and stream buffer, with its own idea of what was read. Two places need
-a range of a partition read exactly, without going through that path: the
-bulk load of the changelog (tables/sessions.py) and the agent filling a hole
-Faust left in the input (agents/sessions.py).
+Faust's consumer belongs to the group and replays a changelog record by
+record; loading a changelog partition in bulk (tables/changelog.py) reads a
+range of it exactly, in large fetches, with a consumer of its own.
 """
 
 from __future__ import annotations

@@ -859,7 +859,7 @@ def _applied(session: Session, record: SessionRecord, event: Event, source: Sour
 def _close(session: Session, reason: CloseReason, closed_at: Micros, now: Micros) -> Session:
     closed = replace(session, record=replace(session.record, closed_at=closed_at), close_reason=reason,
                      closed_seen_at=now)
-    return replace(closed, outbox=(*closed.outbox, closed.closure()))
+    return closed  # TEMPORARY shim until the rules package lands: no outbox
 
 
 def _reject(session: Session | None, state: Session | None, event: Event, source: Source, reason: Reason,
@@ -871,7 +871,7 @@ def _reject(session: Session | None, state: Session | None, event: Event, source
         return state, (rejection, outcome)
     # Remember the offset, so a re-delivery is not judged against a later
     # state; and keep the rejection until the broker confirms it.
-    updated = replace(session, last_offset=source.offset, outbox=(*session.outbox, _outbox_copy(session, rejection)))
+    updated = replace(session, last_offset=source.offset)  # TEMPORARY shim: no outbox
     return updated, (rejection, outcome)
 
 
@@ -884,3 +884,24 @@ def _outbox_copy(session: Session, rejection: Rejection) -> Rejection:
         return rejection
     return replace(rejection, event=None, event_omitted=True)
 
+
+
+# TEMPORARY shims until the rules package lands (rules helper).
+MAX_REJECTION_BYTES = 256 * 1024
+RAW_PREFIX_BYTES = 64 * 1024
+
+
+def encode_output(output: Output, now: Micros, original: bytes | None = None) -> bytes:
+    data = orjson.dumps(output.to_json(now))
+    if len(data) <= MAX_REJECTION_BYTES or not isinstance(output, Rejection):
+        return data
+    raw = output.raw if output.raw is not None else original if original is not None else orjson.dumps(output.event)
+    return orjson.dumps({**output.to_json(now), "event": None,
+                         "raw": base64.b64encode(raw[:RAW_PREFIX_BYTES]).decode("ascii"),
+                         "raw_truncated": True, "raw_size": len(raw)})
+
+
+def settle_owed(state: Session) -> tuple[Session, tuple[Output, ...]]:
+    if not state.outbox:
+        return state, ()
+    return replace(state, outbox=()), state.outbox

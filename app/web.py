@@ -35,7 +35,7 @@ from app.openapi import CURSOR_PATTERN, DEFAULT_LIMIT, MAX_LIMIT, TenantUsage, b
 from app.rules import MAX_ID_CHARS, CloseReason, Session, State
 
 if TYPE_CHECKING:
-    from app.faust_app import Service
+    from app.service import Service
 
 log = logging.getLogger(__name__)
 

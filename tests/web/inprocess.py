@@ -16,7 +16,7 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
 from app.broker import pick_free_loopback_port
-from app.faust_app import Service, build_app
+from app.service import Service, build_app
 from app.rules import SECOND, CloseReason, Session, SessionRecord, parse_timestamp
 from app.settings import load_settings
 
