@@ -154,7 +154,7 @@ class SessionAccountant:
                 session_id = body.session_id
                 state = changes.get(session_id)
             new_state, outputs = apply(state, Delivery(source, body), now, self.policy)
-            published = self._encode_outputs(outputs, now, record.value)
+            published = self._encode_outputs(outputs, changes, now, record.value)
         except Exception:
             # The rules never raise on data; if they do, the event is still
             # accounted: rejected internal_error, never skipped.
@@ -167,15 +167,18 @@ class SessionAccountant:
         for output in published:
             changes.publish(output)
 
-    def _encode_outputs(self, outputs: tuple[Any, ...], now: int, original: bytes | None = None) -> list[Record]:
-        records = []
+    def _encode_outputs(self, outputs: tuple[Any, ...], changes: BatchChanges, now: int,
+                        original: bytes | None = None) -> list[Record]:
+        """The outputs as records to publish; their outcome is tallied once all encoded."""
+        records, outcomes = [], []
         for output in outputs:
             if isinstance(output, Outcome):
-                self.metrics.count(output)
+                outcomes.append(output)
                 continue
             topic = self.settings.closures_topic if isinstance(output, Closure) else self.settings.rejected_topic
             key = None if output.session_id is None else output.session_id.encode("utf-8")
             records.append(Record(topic, key, encode_output(output, now, original)))
+        changes.outcomes.update(outcomes)
         return records
 
     def _reject_internal(self, record: Any, changes: BatchChanges, now: int) -> None:
@@ -183,8 +186,8 @@ class SessionAccountant:
             record.key.decode("utf-8", "replace") if record.key is not None else None,
             Reason.INTERNAL_ERROR, "the worker failed on this event; see its log", None, record.value,
             Source(record.topic, record.partition, record.offset))
-        self.metrics.count(Outcome(Result.REJECTED, None, Reason.INTERNAL_ERROR))
-        for output in self._encode_outputs((rejection,), now, record.value):
+        for output in self._encode_outputs((rejection, Outcome(Result.REJECTED, None, Reason.INTERNAL_ERROR)),
+                                           changes, now, record.value):
             changes.publish(output)
 
     # -- writing: outputs, then changelog, then store -------------------------
@@ -193,6 +196,7 @@ class SessionAccountant:
         if self._failed is not None:
             raise self._failed
         if not changes:
+            self.metrics.count(changes.outcomes)
             return
         self.metrics.outputs_in_flight.set(len(changes.outputs))
         await self.sender.send_all(changes.outputs)
@@ -203,6 +207,7 @@ class SessionAccountant:
                    None if change.after is None else encode_session(change.after), change.partition)
             for session_id, change in changes.states.items()])
         self._store(changes, acknowledged, changelog, now)
+        self.metrics.count(changes.outcomes)
 
     def _store(self, changes: BatchChanges, acknowledged: list[Any], changelog: str, now: int) -> None:
         by_partition: dict[int, dict[str, Any]] = {}
@@ -261,7 +266,7 @@ class SessionAccountant:
             return
         command = Expire(session_id) if _is_open(state) else Purge(session_id)
         new_state, outputs = apply(state, Delivery(None, command), now, self.policy)
-        for output in self._encode_outputs(outputs, now):
+        for output in self._encode_outputs(outputs, changes, now):
             changes.publish(output)
         if new_state is state:
             self.schedule.set(partition, session_id, max(state.due_at(self.policy), now + RETRY_DUE))
@@ -339,7 +344,7 @@ class SessionAccountant:
             settled, owed = settle_owed(state)
             if owed:
                 changes.put(session_id, state.partition, state, settled)
-                for output in self._encode_outputs(owed, now):
+                for output in self._encode_outputs(owed, changes, now):
                     changes.publish(output)
         await self._write(changes, now)
         log.info("scheduled partitions %s: %d sessions due-tracked", sorted(partitions), len(self.schedule))

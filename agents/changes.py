@@ -10,6 +10,7 @@ them, giving the same outputs again (docs/design.md, "Outputs before state").
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -34,6 +35,8 @@ class BatchChanges:
         self._store = store
         self.states: dict[str, Change] = {}
         self.outputs: list[Record] = []
+        #: How the batch's events ended, counted once the batch is written.
+        self.outcomes: Counter[Any] = Counter()
 
     def __bool__(self) -> bool:
         return bool(self.states or self.outputs)

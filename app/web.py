@@ -237,7 +237,7 @@ class LocalShard:
     def partitions(self) -> frozenset[int]:
         if not self.ready():
             return frozenset()
-        return frozenset(self.service.accountant._active_partitions())
+        return frozenset(self.service.accountant.active_partitions())
 
     def sessions(self, partitions: frozenset[int]) -> Iterator[Session]:
         for session in self.service.table.values():

@@ -71,10 +71,6 @@ class Deployment:
     def changelog_topic(self) -> str:
         return f"{self.app_id}-sessions-changelog"
 
-    @property
-    def commands_topic(self) -> str:
-        return f"{self.app_id}-session-commands"
-
     def env(self) -> dict[str, str]:
         return {**WORKER_SETTINGS, "ACCOUNTANT_BROKER": self.bootstrap, "ACCOUNTANT_APP_ID": self.app_id,
                 "ACCOUNTANT_TOPIC_PREFIX": self.prefix, **self.settings}
@@ -85,7 +81,7 @@ class Deployment:
         await admin.start()
         try:
             topics = [NewTopic(name, PARTITIONS, 1) for name in (
-                self.events_topic, self.commands_topic, self.closures_topic, f"{self.prefix}session-events-rejected")]
+                self.events_topic, self.closures_topic, f"{self.prefix}session-events-rejected")]
             if changelog:
                 topics.append(NewTopic(self.changelog_topic, PARTITIONS, 1,
                                        topic_configs={"cleanup.policy": "compact"}))
