@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -63,7 +66,8 @@ def policy_from(settings: Settings) -> Policy:
 class SessionAccountant:
     """Wires the rules to one Faust app: agent, timer, recovery hooks."""
 
-    def __init__(self, app: faust.App, table: faust.Table, settings: Settings, metrics: AccountingMetrics) -> None:
+    def __init__(self, app: faust.App, table: faust.Table, settings: Settings, metrics: AccountingMetrics,
+                 request_stop: Callable[[], None] = lambda: os.kill(os.getpid(), signal.SIGTERM)) -> None:
         self.app = app
         self.table = table
         self.settings = settings
@@ -77,8 +81,9 @@ class SessionAccountant:
         self.sender = AcknowledgedSender(app.producer)
         #: Held while a batch or a tick is applied and written: one writer.
         self._lock = asyncio.Lock()
-        #: Set when a write failed: nothing after it may be marked accounted.
-        self._failed: Exception | None = None
+        #: Set when a write failed: the worker is stopping and accounts nothing more.
+        self.failure: Exception | None = None
+        self._request_stop = request_stop
         self._scheduled_partitions: set[int] = set()
         #: Sessions not yet closed, per owned partition.
         self.open_sessions: dict[int, int] = {}
@@ -102,28 +107,30 @@ class SessionAccountant:
 
     async def _consume(self, stream: faust.StreamT) -> None:
         async for batch in stream:
+            if self.failure is not None:
+                continue  # stopping: nothing after the failure is accounted
             self.consumer.batch_started(batch)
             try:
                 async with self._lock:
                     await self._account_batch(batch)
             except Exception as error:
-                await self._stop_on(error)
-                raise
+                self._stop_on(error)
             finally:
                 self.consumer.batch_finished(batch)
 
-    async def _stop_on(self, error: Exception) -> None:
-        """A batch or tick could not be written whole: stop the worker. Faust
-        would restart the agent on the next batch and commit past this one."""
-        if self._failed is None:
-            self._failed = error
+    def _stop_on(self, error: Exception) -> None:
+        """A batch or tick could not be written whole: stop the worker, as an
+        operator's SIGTERM would, so Faust commits what was accounted before
+        it and nothing after. (Faust's crash path would restart the agent, or
+        hang committing through a consumer thread it has already crashed.)
+        The CLI then exits non-zero, naming `failure`."""
+        if self.failure is None:
+            self.failure = error
             log.critical("stopping the worker: %s. Nothing after the last commit is accounted; a restart "
                          "accounts it again.", error, exc_info=not isinstance(error, SendFailed))
-            await self.app.crash(error)
+            self._request_stop()
 
     async def _account_batch(self, batch: InputBatch) -> None:
-        if self._failed is not None:
-            raise self._failed
         now = now_micros()
         changes = BatchChanges(self.store)
         accounted = []
@@ -193,8 +200,6 @@ class SessionAccountant:
     # -- writing: outputs, then changelog, then store -------------------------
 
     async def _write(self, changes: BatchChanges, now: int) -> None:
-        if self._failed is not None:
-            raise self._failed
         if not changes:
             self.metrics.count(changes.outcomes)
             return
@@ -238,14 +243,13 @@ class SessionAccountant:
     # -- the timer: TTL closes and purges -------------------------------------
 
     async def _on_tick(self) -> None:
-        if not self.recovered or self.app.rebalancing or self._failed is not None:
+        if not self.recovered or self.app.rebalancing or self.failure is not None:
             return
         async with self._lock:
             try:
                 await self._close_and_purge_due()
             except Exception as error:
-                await self._stop_on(error)
-                raise
+                self._stop_on(error)
 
     async def _close_and_purge_due(self) -> None:
         now = now_micros()
@@ -307,7 +311,7 @@ class SessionAccountant:
         return None if committed_at is None else time.monotonic() - committed_at
 
     def stalled_seconds(self) -> float:
-        if self._failed is None and not any(self.lags().values()):
+        if self.failure is None and not any(self.lags().values()):
             return 0.0
         return time.monotonic() - self.last_progress
 

@@ -50,7 +50,11 @@ def _run_worker(settings: Settings) -> None:
     # log call of every library into a record: it sets the root logger to
     # DEBUG. That cost 15-25% of the worker's CPU; a service needs no spinner.
     worker.spinner = None
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        if service.accountant.failure is not None:
+            raise SystemExit(f"usage-accountant: the worker stopped because {service.accountant.failure}")
 
 
 @main.command()
