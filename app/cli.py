@@ -27,7 +27,7 @@ def _run_worker(settings: Settings) -> None:
     """Create the topics, build the app and run its worker until stopped."""
     import faust
 
-    from app.faust_app import build_app
+    from app.service import build_app
     from app.topics import ensure_topics
 
     asyncio.run(ensure_topics(settings))
@@ -50,7 +50,11 @@ def _run_worker(settings: Settings) -> None:
     # log call of every library into a record: it sets the root logger to
     # DEBUG. That cost 15-25% of the worker's CPU; a service needs no spinner.
     worker.spinner = None
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        if service.accountant.failure is not None:
+            raise SystemExit(f"usage-accountant: the worker stopped because {service.accountant.failure}")
 
 
 @main.command()

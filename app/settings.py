@@ -128,10 +128,6 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}session-events-rejected"
 
     @property
-    def commands_topic(self) -> str:
-        return f"{self.app_id}-session-commands"
-
-    @property
     def table_name(self) -> str:
         return "sessions"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import random
 import shutil
@@ -117,6 +118,14 @@ async def throughput(ctx: Context) -> dict[str, Any]:
         "-m", "bench.baseline", deployment.bootstrap, deployment.events_topic, f"{deployment.topic_prefix}baseline-out",
         str(loaded), timeout=600)
 
+    if importlib.util.find_spec("quixstreams") is None:
+        result["peer"] = {"skipped": "Quix Streams is not installed: pip install -e '.[bench]'"}
+    else:
+        ctx.log("throughput: peer (Quix Streams)")
+        result["peer"] = await _subprocess_json(
+            "-m", "bench.peer_quix", deployment.bootstrap, deployment.events_topic,
+            f"{deployment.topic_prefix}peer-out", str(loaded), str(ctx.workdir / "peer-state"), timeout=900)
+
     floor_events = min(scale.floor_events, loaded)
     ctx.log(f"throughput: Faust floor (counting agent, first {floor_events:,} events)")
     result["faust_floor"] = await _subprocess_json(
@@ -165,9 +174,12 @@ async def throughput(ctx: Context) -> dict[str, Any]:
     }
     worker.stop()
     result["worker"] = worker_result
-    for name in ("baseline", "faust_floor"):
-        result[name]["cpu_us_per_event"] = round(result[name]["cpu_secs"] / result[name]["events"] * 1e6, 1)
+    for name in ("baseline", "peer", "faust_floor"):
+        if "events" in result[name]:
+            result[name]["cpu_us_per_event"] = round(result[name]["cpu_secs"] / result[name]["events"] * 1e6, 1)
     result["ratio_to_baseline"] = round(worker_result["events_per_sec"] / result["baseline"]["events_per_sec"], 3)
+    if "events_per_sec" in result["peer"]:
+        result["ratio_to_peer"] = round(worker_result["events_per_sec"] / result["peer"]["events_per_sec"], 3)
     result["ratio_to_faust_floor"] = round(
         worker_result["events_per_sec"] / result["faust_floor"]["events_per_sec"], 3)
     return result

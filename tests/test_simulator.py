@@ -105,8 +105,8 @@ def fold(simulation: Simulation) -> Fold:
     result.open_before_expiry = {sid for sid, state in table.items() if state.record.closed_at is None}
     deadline = max((table[sid].record.expires_at for sid in result.open_before_expiry), default=now)
     expire_at = deadline + DEFAULT_POLICY.grace + SECOND
-    for offset, session_id in enumerate(sorted(result.open_before_expiry)):
-        deliver(session_id, Delivery(Source("commands", 0, offset), Expire(session_id)), expire_at)
+    for session_id in sorted(result.open_before_expiry):
+        deliver(session_id, Expire(session_id), expire_at)
     return result
 
 

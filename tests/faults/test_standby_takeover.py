@@ -1,7 +1,7 @@
 """Fault 2: two workers with standby replicas; one is killed, the other takes
 over its partitions; the killed one comes back and the group rebalances again.
 
-`table_standby_replicas=1` (app/faust_app.py): each worker keeps a standby copy
+`table_standby_replicas=1` with the RocksDB store (app/service.py): each worker keeps a standby copy
 of the other's table partitions, so the takeover need not replay the whole
 changelog.
 """

@@ -40,7 +40,7 @@ def test_a_worker_applies_an_event_and_writes_the_record(deployment: Deployment)
     produce_events(deployment.bootstrap, deployment.events_topic, [created])
 
     table = latest_sessions(deployment.bootstrap, deployment.changelog_topic, lambda t: "s-one" in t)
-    record = table["s-one"]["record"]
+    record = table["s-one"].record.to_json()
     assert record["session_id"] == "s-one" and record["provider_id"] == "prov" and record["closed_at"] is None
     assert record["created_at"] == created["occurred_at"]
     status, stats = worker.get("/stats")

@@ -92,7 +92,7 @@ def test_restart_recovers_the_table_from_the_changelog(deployment: Deployment, s
                                         deployment.partitions).values())
     second = deployment.worker("second").start().wait_ready()
     if store == "memory":
-        # tables/sessions.py: the changelog is read in bulk, not through Faust's replay.
+        # tables/changelog.py: the changelog is read in bulk, not through Faust's replay.
         loaded = re.findall(r"loaded changelog partitions \[0, 1, 2, 3\]: (\d+) records", second.log_path.read_text())
         assert loaded == [str(changelog_records)], loaded
     produce_events(deployment.bootstrap, deployment.events_topic, events[half:])
@@ -126,7 +126,7 @@ def test_a_takeover_before_the_first_commit_accounts_the_whole_input(deployment:
     is complete and quiet when the survivor starts. Faust's seek after
     recovery only seeks partitions with a committed offset, so the events it
     fetched and dropped during recovery were never handed over and the
-    survivor sat idle (app/faust_fixes.py, `seek_after_the_fetched_batch`)."""
+    survivor sat idle (app/faust_compat.py, `BatchConsumer.perform_seek`)."""
     events, expected = make_sessions("first-commit", 1500, seed=3)
     deployment.create_topics()
     produce_events(deployment.bootstrap, deployment.events_topic, events)

@@ -15,6 +15,8 @@ import orjson
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from app.rules import decode_state
+
 __all__ = [
     "committed_offsets", "consume", "consume_json", "end_offsets", "fetch_committed_offsets", "fetch_end_offsets",
     "group_lag", "latest_sessions", "partition_count", "produce", "produce_events",
@@ -83,13 +85,13 @@ def consume_json(bootstrap: str, topic: str, done: Callable[[list[dict]], bool],
 
 def latest_sessions(bootstrap: str, changelog_topic: str, done: Callable[[dict], bool],
                     timeout: float = 60) -> dict[str, Any]:
-    """The table as its changelog tells it: session_id -> stored value (None once deleted)."""
+    """The table as its changelog tells it: session_id -> stored state (None once deleted)."""
     table: dict[str, Any] = {}
 
     def fold(records: list[Any]) -> bool:
         table.clear()
         for record in records:
-            table[record.key.decode()] = None if record.value is None else orjson.loads(record.value)
+            table[record.key.decode()] = None if record.value is None else decode_state(record.value)
         return done(table)
 
     consume(bootstrap, changelog_topic, fold, timeout)

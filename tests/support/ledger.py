@@ -45,7 +45,7 @@ from aiokafka.structs import TopicPartition
 
 from app.dev.oracle import Expected, ExpectedClosure, check_closures
 from app.dev.simulator import PlannedEvent, Simulation, Stamper
-from app.rules import SECOND, CloseReason, Micros, Reason, Result, format_timestamp
+from app.rules import SECOND, CloseReason, Micros, Reason, Result, decode_state, format_timestamp
 
 __all__ = [
     "Ledger",
@@ -62,7 +62,6 @@ __all__ = [
     "session_of",
     "simulated",
     "split_points",
-    "unconfirmed_outputs",
 ]
 
 RECORD_FIELDS = {
@@ -304,14 +303,7 @@ async def changelog_table(bootstrap: str, changelog_topic: str) -> dict[str, Any
             latest[record.key] = record.value
     finally:
         await consumer.stop()
-    return {key.decode(): None if value is None else orjson.loads(value) for key, value in latest.items()}
-
-
-async def unconfirmed_outputs(bootstrap: str, changelog_topic: str) -> dict[str, list[Any]]:
-    """session_id -> its outbox, for every session whose latest changelog value
-    still holds outputs the broker has not been confirmed to hold."""
-    table = await changelog_table(bootstrap, changelog_topic)
-    return {session_id: value["outbox"] for session_id, value in table.items() if value and value["outbox"]}
+    return {key.decode(): None if value is None else decode_state(value) for key, value in latest.items()}
 
 
 # --------------------------------------------------------------------------

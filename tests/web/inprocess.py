@@ -16,8 +16,8 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
 from app.dev.kafka import pick_free_loopback_port
-from app.faust_app import Service, build_app
 from app.rules import SECOND, CloseReason, Session, SessionRecord, parse_timestamp
+from app.service import Service, build_app
 from app.settings import load_settings
 
 T0 = parse_timestamp("2026-01-05T10:00:00Z")
@@ -50,7 +50,7 @@ class InProcessWorker:
         self.table: dict[str, Session] = {}
         self.service.table = self.table  # type: ignore[assignment]  # get() and values() are all the views use
         self.owned = set(owned)
-        self.service.accountant._active_partitions = lambda: set(self.owned)  # type: ignore[method-assign]
+        self.service.accountant.active_partitions = lambda: set(self.owned)  # type: ignore[method-assign]
         self.service.accountant.recovered = True
         self.group: list[str] = [self.url]
         self.service.app.assignor.tables_metadata = lambda: {url: {} for url in self.group}  # type: ignore

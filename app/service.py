@@ -8,13 +8,13 @@ from dataclasses import dataclass
 import aiohttp
 import faust
 
-from agents.sessions import SessionAccountant
-from app.faust_fixes import drain_producer_buffer_on_flush, fast_message_handoff, seek_after_the_fetched_batch
+from agents.accountant import SessionAccountant
+from app.faust_compat import TRANSPORT_SCHEME, check_pinned_versions
 from app.metrics import AccountingMetrics
 from app.rules import Session
 from app.settings import Settings
 from app.web import register_views
-from tables.sessions import define_sessions_table, store_url
+from tables.table import define_sessions_table, store_url
 
 
 @dataclass
@@ -34,13 +34,15 @@ class Service:
         return self.accountant.recovered and not self.app.rebalancing
 
     def active_partitions(self) -> Collection[int]:
-        return self.accountant._active_partitions()
+        return self.accountant.active_partitions()
 
     def stored_session(self, session_id: str) -> Session | None:
-        return self.table.get(session_id)
+        # A tombstone is what is left of a purged session: its record is gone.
+        state = self.table.get(session_id)
+        return state if isinstance(state, Session) else None
 
     def stored_sessions(self) -> Iterator[Session]:
-        return (session for session in self.table.values() if session is not None)
+        return (state for state in self.table.values() if isinstance(state, Session))
 
     def live_sessions(self) -> int:
         return sum(self.accountant.open_sessions.values())
@@ -56,9 +58,10 @@ class Service:
 
 
 def build_app(settings: Settings) -> Service:
+    check_pinned_versions()
     app = faust.App(
         settings.app_id,
-        broker=[f"kafka://{server}" for server in settings.bootstrap_servers],
+        broker=[f"{TRANSPORT_SCHEME}://{server}" for server in settings.bootstrap_servers],
         store=store_url(settings),
         datadir=settings.data_dir,
         autodiscover=False,
@@ -72,14 +75,13 @@ def build_app(settings: Settings) -> Service:
         broker_heartbeat_interval=max(settings.session_timeout_secs / 5, 0.5),
         broker_rebalance_timeout=max(settings.session_timeout_secs * 2, 20.0),
         producer_acks=-1,
-        # Every event writes a changelog record; at 5 ms of linger the producer
-        # sent a request per few records, and each request costs the event
-        # loop more than the records in it. 20 ms (at most 20 ms more before a
-        # closure is visible) and 256 KiB batches: -13% CPU per event
-        # (docs/benchmarks.md).
-        producer_linger=0.02,
+        # The agent awaits every send of a batch before the next step, so
+        # linger is pure delay: a batch already fills the producer's batches.
+        producer_linger=0.005,
         producer_max_batch_size=256 * 1024,
-        table_standby_replicas=1,
+        # A standby only helps a store that keeps its data across restarts:
+        # Faust's memory store drops standby data when recovery completes.
+        table_standby_replicas=1 if settings.store == "rocksdb" else 0,
         stream_wait_empty=True,
         web_enabled=True,
         # Faust's /table/ and /router/ pages route keys by murmur2, not by
@@ -93,9 +95,6 @@ def build_app(settings: Settings) -> Service:
         key_serializer="raw",
         value_serializer="raw",
     )
-    drain_producer_buffer_on_flush(app)
-    fast_message_handoff()
-    seek_after_the_fetched_batch(app, (settings.events_topic, settings.commands_topic))
     metrics = AccountingMetrics()
     table = define_sessions_table(app, settings)
     accountant = SessionAccountant(app, table, settings, metrics)
