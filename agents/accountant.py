@@ -252,10 +252,10 @@ class SessionAccountant:
             self.schedule.discard(session_id)
         else:
             self.schedule.set(partition, session_id, max(after.due_at(self.policy), now))
-        was_open, is_open = _is_open(before), _is_open(after)
         if partition in self.open_sessions:
-            self.open_sessions[partition] += is_open - was_open
-        if was_open and isinstance(after, Session) and after.close_reason is not None:
+            self.open_sessions[partition] += _is_open(after) - _is_open(before)
+        # Closed now and not before: one batch may create and close a session.
+        if isinstance(after, Session) and after.close_reason is not None and (before is None or _is_open(before)):
             self.metrics.count_closure(after.close_reason.value)
 
     # -- the timer: TTL closes and purges -------------------------------------

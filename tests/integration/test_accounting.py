@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from typing import Any
 
 import orjson
 import pytest
@@ -14,6 +15,7 @@ from tests.support.clock import now_rfc3339
 from tests.support.deployment import Deployment
 from tests.support.events import event, session_events
 from tests.support.kafka import consume_json, latest_sessions, produce, produce_events
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -155,7 +157,12 @@ def test_every_rejection_reason_reaches_the_rejected_topic(deployment: Deploymen
     assert "ttl_secs" in got["r-invalid"]["detail"] and "raw" not in got["r-invalid"]
     assert "model" in got["r-model"]["detail"] and "tenant_id" in got["r-tenant"]["detail"]
     # Only the last event of each case is rejected, and nothing else.
-    stats = worker.stats()
+    # A batch's outcomes are counted once it is written, just after its rejections.
+    def counted() -> dict[str, Any] | None:
+        stats = worker.stats()
+        return stats if stats["rejected_total"] >= len(expected) else None
+
+    stats = wait_for("every rejection counted", counted, observed=worker.stats)
     assert {reason: n for reason, n in stats["rejected"].items() if n} == Counter(expected.values())
     assert stats["rejected_total"] == len(expected)
 
@@ -174,5 +181,6 @@ def test_a_transactional_gateway_is_accounted_in_full(deployment: Deployment) ->
     closures = wait_for_closures(deployment, set(deltas))
     assert {session_id: closures[session_id][0]["total_token_count"] for session_id in deltas} == {
         session_id: 100 + sum(rounds) for session_id, rounds in deltas.items()}
-    status, stats = worker.get("/stats")
-    assert status == 200 and stats["applied"] == len(events)
+    # A batch's outcomes are counted once it is written, just after its closures.
+    wait_for("every event counted applied", lambda: worker.stats()["applied"] == len(events),
+             observed=lambda: worker.stats())
