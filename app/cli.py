@@ -14,9 +14,9 @@ from pathlib import Path
 import click
 
 from app import logs
+from app.dev.simulator import simulate_command
 from app.preflight import KafkaCheckError, run_kafka_check
 from app.settings import Settings, SettingsError, load_settings
-from app.simulator import simulate_command
 
 # Named, not __name__: run as `python -m app.cli` that would be "__main__".
 log = logging.getLogger("app.cli")
@@ -34,7 +34,7 @@ def _run_worker(settings: Settings) -> None:
     """Check the cluster, create the topics, build the app and run its worker until stopped."""
     import faust
 
-    from app.faust_app import build_app
+    from app.service import build_app
     from app.topics import ensure_topics
 
     logs.configure(settings)
@@ -67,7 +67,11 @@ def _run_worker(settings: Settings) -> None:
     # log call of every library into a record: it sets the root logger to
     # DEBUG. That cost 15-25% of the worker's CPU; a service needs no spinner.
     worker.spinner = None
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        if service.accountant.failure is not None:
+            raise SystemExit(f"usage-accountant: the worker stopped because {service.accountant.failure}")
 
 
 @main.command()
@@ -88,7 +92,7 @@ def worker() -> None:
 def dev(data_dir: Path, secure: bool) -> None:
     """Run the service on a laptop: a local Kafka broker (unless ACCOUNTANT_BROKER is set),
     one worker and its web dashboard. Ctrl-C or SIGTERM stops all of it."""
-    from app.broker import LocalKafka
+    from app.dev.kafka import LocalKafka
 
     overrides = {} if "ACCOUNTANT_DATA_DIR" in os.environ else {"data_dir": str(data_dir / "worker")}
     settings = load_settings(**overrides)
@@ -133,7 +137,7 @@ def dev(data_dir: Path, secure: bool) -> None:
                                              "the ACCOUNTANT_KAFKA_* settings of a client.")
 def broker(data_dir: Path | None, port: int | None, secure: bool) -> None:
     """Run only the local Kafka broker, in the foreground."""
-    from app.broker import LocalKafka
+    from app.dev.kafka import LocalKafka
 
     with contextlib.ExitStack() as cleanup:
         security = None

@@ -31,7 +31,7 @@ import logging.config
 import sys
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -44,7 +44,8 @@ __all__ = ["LOG_FIELDS", "JsonFormatter", "TextFormatter", "configure", "log_fie
 #: Record attributes that go into the output when set (by extra= or log_fields).
 LOG_FIELDS = ("topic", "partition", "offset", "session_id")
 
-_fields: ContextVar[Mapping[str, Any]] = ContextVar("accountant_log_fields", default={})
+_NO_FIELDS: Mapping[str, Any] = MappingProxyType({})
+_fields: ContextVar[Mapping[str, Any]] = ContextVar("accountant_log_fields", default=_NO_FIELDS)
 
 
 @contextlib.contextmanager
@@ -149,5 +150,5 @@ def _log_uncaught(kind: type[BaseException], error: BaseException, traceback: Tr
 
 
 def _utc_time(created: float) -> str:
-    moment = datetime.datetime.fromtimestamp(created, datetime.timezone.utc)
+    moment = datetime.datetime.fromtimestamp(created, datetime.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"

@@ -113,7 +113,7 @@ async def _advertised_brokers(options: dict[str, Any], deadline: float) -> list[
     try:
         await asyncio.wait_for(client.bootstrap(), _step(deadline))
         return sorted({(broker.host, broker.port) for broker in client.cluster.brokers()})
-    except (KafkaError, OSError, asyncio.TimeoutError):
+    except (TimeoutError, KafkaError, OSError):
         # Every bootstrap server just passed the same steps; a failure now is
         # a race with a restarting broker, which the clients themselves retry.
         return []
@@ -131,7 +131,7 @@ async def _diagnose(host: str, port: int, settings: Settings, options: dict[str,
         await _close(await asyncio.wait_for(asyncio.open_connection(host, port), _step(deadline)))
     except socket.gaierror:
         return Finding("BROKER", f"{where}: the host name does not resolve", transient=True)
-    except (OSError, asyncio.TimeoutError) as error:
+    except (TimeoutError, OSError) as error:
         return Finding("BROKER", f"{where}: cannot connect ({_describe(error)})", transient=True)
 
     security = {key: value for key, value in options.items() if key != "bootstrap_servers"}
@@ -151,7 +151,7 @@ async def _diagnose(host: str, port: int, settings: Settings, options: dict[str,
         return Finding("KAFKA_SECURITY_PROTOCOL",
                        f"{where} does not use SASL, but ACCOUNTANT_KAFKA_SECURITY_PROTOCOL is {protocol}; "
                        f"try {'SSL' if protocol == 'SASL_SSL' else 'PLAINTEXT'}")
-    except (KafkaError, OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as error:
+    except (TimeoutError, KafkaError, OSError, asyncio.IncompleteReadError) as error:
         return await _failed_handshake(host, port, where, error, settings, deadline)
 
     try:
@@ -163,7 +163,7 @@ async def _diagnose(host: str, port: int, settings: Settings, options: dict[str,
                        f"{where} closed the connection at the first request: the listener expects a SASL "
                        f"login, but ACCOUNTANT_KAFKA_SECURITY_PROTOCOL is {protocol}; "
                        f"try {'SASL_SSL' if protocol == 'SSL' else 'SASL_PLAINTEXT'}")
-    except (KafkaError, asyncio.TimeoutError) as error:
+    except (TimeoutError, KafkaError) as error:
         return Finding("BROKER", f"{where} did not answer a metadata request ({_describe(error)})", transient=True)
     finally:
         conn.close()
@@ -217,7 +217,7 @@ async def _speaks_tls(host: str, port: int, deadline: float) -> bool:
     context.verify_mode = ssl.CERT_NONE
     try:
         await _close(await asyncio.wait_for(asyncio.open_connection(host, port, ssl=context), _step(deadline)))
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     return True
 

@@ -11,7 +11,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
@@ -132,7 +132,7 @@ class Settings(BaseSettings):
         if url.scheme not in ("http", "https") or not url.hostname or url.path not in ("", "/") or url.query:
             raise ValueError("must be an http(s) URL with a host and no path, e.g. http://10.0.0.5:6066")
         try:
-            url.port
+            _ = url.port  # reading it checks it
         except ValueError:
             raise ValueError("has an invalid port") from None
         return value.rstrip("/")
@@ -160,10 +160,6 @@ class Settings(BaseSettings):
     @property
     def rejected_topic(self) -> str:
         return f"{self.topic_prefix}session-events-rejected"
-
-    @property
-    def commands_topic(self) -> str:
-        return f"{self.app_id}-session-commands"
 
     @property
     def table_name(self) -> str:
@@ -295,7 +291,7 @@ def unknown_variable_problems(environ: Mapping[str, str]) -> list[str]:
     return problems
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Read and validate the settings, or stop with a message naming the variable."""
     lines = unknown_variable_problems(os.environ)
     try:

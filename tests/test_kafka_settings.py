@@ -82,9 +82,9 @@ def test_an_encrypted_client_key_needs_its_password(tls: BrokerSecurity, tmp_pat
     tls.ca.issue(key, cert, "client", client=True, key_password="s3cret")
     common = {"broker": "127.0.0.1:9093", "kafka_security_protocol": "SSL", "kafka_ssl_ca_file": str(tls.ca.cert),
               "kafka_ssl_cert_file": str(cert), "kafka_ssl_key_file": str(key)}
-    with pytest.raises(SettingsError, match="ACCOUNTANT_KAFKA_SSL_KEY_PASSWORD: .* is encrypted"):
+    with pytest.raises(SettingsError, match=r"ACCOUNTANT_KAFKA_SSL_KEY_PASSWORD: .* is encrypted"):
         load_settings(**common)
-    with pytest.raises(SettingsError, match="ACCOUNTANT_KAFKA_SSL_KEY_PASSWORD: does not decrypt"):
+    with pytest.raises(SettingsError, match=r"ACCOUNTANT_KAFKA_SSL_KEY_PASSWORD: does not decrypt"):
         load_settings(**common, kafka_ssl_key_password="wrong")
     password_file = tmp_path / "key.password"
     password_file.write_text("s3cret\n")
@@ -127,7 +127,7 @@ def test_a_security_setting_that_cannot_work_is_named(overrides: dict[str, str],
 def test_an_empty_password_file_is_refused(tmp_path: Path) -> None:
     empty = tmp_path / "password"
     empty.write_text("\n")
-    with pytest.raises(SettingsError, match="ACCOUNTANT_KAFKA_SASL_PASSWORD_FILE: .* is empty"):
+    with pytest.raises(SettingsError, match=r"ACCOUNTANT_KAFKA_SASL_PASSWORD_FILE: .* is empty"):
         load_settings(broker="127.0.0.1:9093", kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="PLAIN",
                       kafka_sasl_username="u", kafka_sasl_password_file=str(empty))
 
@@ -135,13 +135,13 @@ def test_an_empty_password_file_is_refused(tmp_path: Path) -> None:
 def test_tls_files_that_do_not_load_are_named(tls: BrokerSecurity, tmp_path: Path) -> None:
     not_pem = tmp_path / "not.pem"
     not_pem.write_text("hello\n")
-    with pytest.raises(SettingsError, match="ACCOUNTANT_KAFKA_SSL_CA_FILE: .*no usable PEM CA certificate"):
+    with pytest.raises(SettingsError, match=r"ACCOUNTANT_KAFKA_SSL_CA_FILE: .*no usable PEM CA certificate"):
         load_settings(broker="127.0.0.1:9093", kafka_security_protocol="SSL", kafka_ssl_ca_file=str(not_pem))
-    with pytest.raises(SettingsError, match="ACCOUNTANT_KAFKA_SSL_CERT_FILE: .*holds no PEM certificate"):
+    with pytest.raises(SettingsError, match=r"ACCOUNTANT_KAFKA_SSL_CERT_FILE: .*holds no PEM certificate"):
         load_settings(broker="127.0.0.1:9093", kafka_security_protocol="SSL", kafka_ssl_cert_file=str(not_pem),
                       kafka_ssl_key_file=str(tls.client_key))
     other = write_certificate_authority(tmp_path / "other")  # a key that is not the certificate's
-    with pytest.raises(SettingsError, match="ACCOUNTANT_KAFKA_SSL_KEY_FILE: .*is not the key of the certificate"):
+    with pytest.raises(SettingsError, match=r"ACCOUNTANT_KAFKA_SSL_KEY_FILE: .*is not the key of the certificate"):
         load_settings(broker="127.0.0.1:9093", kafka_security_protocol="SSL",
                       kafka_ssl_cert_file=str(tls.client_cert), kafka_ssl_key_file=str(other.key))
 

@@ -93,9 +93,8 @@ def test_a_value_json_cannot_hold_is_written_as_text(captured) -> None:
 
 
 def test_only_known_fields_can_be_attached() -> None:
-    with pytest.raises(TypeError, match="not log fields"):
-        with log_fields(tenant="t"):
-            pass
+    with pytest.raises(TypeError, match="not log fields"), log_fields(tenant="t"):
+        pass
 
 
 def test_text_puts_the_known_fields_after_the_message(captured) -> None:

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 
-from tests.integration.workers import REPO
+from tests.support import REPO
 
 
 def test_an_unreachable_broker_names_the_setting_and_what_was_tried() -> None:

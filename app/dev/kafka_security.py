@@ -232,7 +232,7 @@ class BrokerSecurity:
 
 
 def _certificate_builder(common_name: str, key: rsa.RSAPrivateKey) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     return (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
@@ -262,7 +262,7 @@ def _valid_for_a_day(cert_path: Path, issuer: Path | None = None) -> bool:
     if not cert_path.is_file():
         return False
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    tomorrow = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)
+    tomorrow = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)
     if cert.not_valid_after_utc < tomorrow:
         return False
     if issuer is not None:

@@ -87,7 +87,7 @@ def test_docker_compose_config_accepts_the_file() -> None:
 class _Health(http.server.BaseHTTPRequestHandler):
     status = 200
 
-    def do_GET(self) -> None:  # noqa: N802 (the http.server interface)
+    def do_GET(self) -> None:
         self.send_response(self.status if self.path == "/healthz" else 404)
         self.end_headers()
 

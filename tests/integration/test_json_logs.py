@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from tests.integration.workers import Deployment
+from tests.support.deployment import Deployment
 
 pytestmark = pytest.mark.integration
 

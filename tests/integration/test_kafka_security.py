@@ -19,12 +19,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from app.broker import LocalKafka
+from app.dev.kafka import LocalKafka
 from app.dev.kafka_security import SASL_MECHANISMS, BrokerSecurity, write_certificate_authority
 from app.kafka_config import client_options
 from app.preflight import KafkaCheckError, check_kafka
 from app.settings import Settings, load_settings
-from tests.integration.workers import REPO
+from tests.support import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,8 @@ def sasl_settings(kafka: LocalKafka, mechanism: str = "SCRAM-SHA-512", **overrid
 
 def mutual_tls_settings(security: BrokerSecurity, **overrides: object) -> Settings:
     return load_settings(**{"broker": f"127.0.0.1:{security.ssl_port}", "kafka_security_protocol": "SSL",
-                            "kafka_ssl_ca_file": str(security.ca.cert), "kafka_ssl_cert_file": str(security.client_cert),
+                            "kafka_ssl_ca_file": str(security.ca.cert),
+                            "kafka_ssl_cert_file": str(security.client_cert),
                             "kafka_ssl_key_file": str(security.client_key),
                             "kafka_connect_timeout_secs": CHECK_TIMEOUT_SECS, **overrides})
 
