@@ -7,6 +7,7 @@ ledger all reach a TLS/SASL cluster the same way:
     AIOKafkaProducer(**client_options(settings), acks="all")
     AIOKafkaAdminClient(**client_options(settings))
     faust.App(..., **faust_options(settings))
+    publish(events, servers, topic, security=security_options(settings))  # the simulator
 
 Faust hands `broker_credentials` to every aiokafka client it creates (its
 consumer, producers and topic admin) through
@@ -37,6 +38,7 @@ __all__ = [
     "faust_options",
     "read_secret_file",
     "sasl_password",
+    "security_options",
     "tls_context",
 ]
 
@@ -55,10 +57,13 @@ class TlsFileError(ValueError):
 def client_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for AIOKafkaProducer, AIOKafkaConsumer,
     AIOKafkaAdminClient and AIOKafkaClient: servers and security."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": settings.bootstrap_servers,
-        "security_protocol": settings.kafka_security_protocol,
-    }
+    return {"bootstrap_servers": settings.bootstrap_servers, **security_options(settings)}
+
+
+def security_options(settings: Settings) -> dict[str, Any]:
+    """The security part of `client_options`, for a client that is given its
+    servers apart (the simulator's `--broker`)."""
+    options: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
     if settings.kafka_security_protocol in TLS_PROTOCOLS:
         options["ssl_context"] = tls_context(settings)
     if settings.kafka_security_protocol in SASL_PROTOCOLS:
@@ -69,9 +74,13 @@ def client_options(settings: Settings) -> dict[str, Any]:
 
 
 def faust_options(settings: Settings) -> dict[str, Any]:
-    """Keyword arguments for faust.App: the broker URLs and credentials."""
+    """Keyword arguments for faust.App: the broker URLs and credentials. The
+    URLs use the service's transport (app/faust_compat.py), which hands the
+    input to the agent in whole fetches."""
+    from app.faust_compat import TRANSPORT_SCHEME  # imports Faust: see faust_credentials
+
     return {
-        "broker": [f"kafka://{server}" for server in settings.bootstrap_servers],
+        "broker": [f"{TRANSPORT_SCHEME}://{server}" for server in settings.bootstrap_servers],
         "broker_credentials": faust_credentials(settings),
     }
 

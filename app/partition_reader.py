@@ -11,17 +11,13 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
-from faust.types import AppT
 
 
-def plain_consumer(app: AppT, **options: Any) -> AIOKafkaConsumer:
-    """A consumer of the app's brokers that belongs to no group and commits nothing.
-    It logs in as Faust's own clients do (app/kafka_config.py's credentials)."""
-    servers = [f"{url.host}:{url.port}" for url in app.conf.broker]
-    return AIOKafkaConsumer(bootstrap_servers=servers, group_id=None, enable_auto_commit=False,
-                            auto_offset_reset="earliest",
-                            **credentials_to_aiokafka_auth(app.conf.broker_credentials, app.conf.ssl_context),
+def plain_consumer(kafka: Mapping[str, Any], **options: Any) -> AIOKafkaConsumer:
+    """A consumer that belongs to no group and commits nothing. `kafka` is
+    `app.kafka_config.client_options(settings)`: the servers and the login
+    the worker's own clients use."""
+    return AIOKafkaConsumer(**kafka, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
                             **options)
 
 

@@ -9,7 +9,8 @@ import aiohttp
 import faust
 
 from agents.accountant import SessionAccountant
-from app.faust_compat import TRANSPORT_SCHEME, check_pinned_versions
+from app.faust_compat import check_pinned_versions
+from app.kafka_config import faust_options
 from app.metrics import AccountingMetrics
 from app.rules import Session
 from app.settings import Settings
@@ -61,7 +62,6 @@ def build_app(settings: Settings) -> Service:
     check_pinned_versions()
     app = faust.App(
         settings.app_id,
-        broker=[f"{TRANSPORT_SCHEME}://{server}" for server in settings.bootstrap_servers],
         store=store_url(settings),
         datadir=settings.data_dir,
         autodiscover=False,
@@ -94,6 +94,8 @@ def build_app(settings: Settings) -> Service:
         canonical_url=settings.advertised_url,
         key_serializer="raw",
         value_serializer="raw",
+        # The broker URLs and the TLS/SASL login of every client Faust creates.
+        **faust_options(settings),
     )
     metrics = AccountingMetrics()
     table = define_sessions_table(app, settings)

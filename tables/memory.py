@@ -71,7 +71,7 @@ class SessionMemoryStore(MemoryStore):
             del self._complete[tp]
         missing = actives - self._complete.keys()
         if missing:
-            self._complete.update(await load_partitions(self.app, dict.fromkeys(missing), self._apply_records))
+            self._complete.update(await load_partitions(self.table, dict.fromkeys(missing), self._apply_records))
 
     def _apply_records(self, partition: int, records: list[Any]) -> None:
         changes: dict[str, StateValue | None] = {}

@@ -54,7 +54,7 @@ class SessionRocksDBStore(RocksDBStore):
             for tp in fresh:
                 persisted = self.persisted_offset(tp)
                 starts[tp] = None if persisted is None else persisted + 1
-            for tp, offset in (await load_partitions(self.app, starts, self._apply_records)).items():
+            for tp, offset in (await load_partitions(self.table, starts, self._apply_records)).items():
                 if offset >= 0:
                     self.set_persisted_offset(tp, offset)
 

@@ -10,6 +10,7 @@ import faust
 import pytest
 
 from app.dev.kafka_security import BrokerSecurity, write_certificate_authority
+from app.faust_compat import TRANSPORT_SCHEME
 from app.kafka_config import client_options, faust_options
 from app.settings import NOT_SETTINGS, SettingsError, load_settings, unknown_variable_problems
 
@@ -54,6 +55,22 @@ def test_faust_gets_the_same_login_as_sasl_ssl_credentials(sasl_ssl: dict[str, s
     assert auth["sasl_mechanism"] == "SCRAM-SHA-256"
     assert (auth["sasl_plain_username"], auth["sasl_plain_password"]) == (tls.username, tls.password)
     assert isinstance(auth["ssl_context"], ssl.SSLContext)
+
+
+def test_the_worker_app_is_built_with_the_service_transport_and_the_login(
+        sasl_ssl: dict[str, str], tls: BrokerSecurity, tmp_path: Path) -> None:
+    from app.service import build_app
+    from tables.table import table_settings
+
+    settings = load_settings(**{**sasl_ssl, "broker": "127.0.0.1:9093,127.0.0.2:9093"}, data_dir=str(tmp_path))
+    assert faust_options(settings)["broker"] == [f"{TRANSPORT_SCHEME}://127.0.0.1:9093",
+                                                 f"{TRANSPORT_SCHEME}://127.0.0.2:9093"]
+    service = build_app(settings)
+    assert [url.scheme for url in service.app.conf.broker] == [TRANSPORT_SCHEME, TRANSPORT_SCHEME]
+    credentials = service.app.conf.broker_credentials
+    assert isinstance(credentials, faust.SASLCredentials) and credentials.username == tls.username
+    # The stores' bulk loads (tables/changelog.py) log in with the same settings.
+    assert table_settings(service.table) is settings
 
 
 def test_sasl_plaintext_has_no_tls_context() -> None:
