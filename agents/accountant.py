@@ -104,7 +104,7 @@ class SessionAccountant:
         self._scheduled_partitions: set[int] = set()
         #: Sessions not yet closed, per owned partition.
         self.open_sessions: dict[int, int] = {}
-        #: Monotonic time of the last batch or tick the agent finished.
+        #: Monotonic time of the last batch, tick or recovery the agent finished.
         self.last_progress = time.monotonic()
         self.recovered = False
         metrics.live_sessions.set_function(lambda: sum(self.open_sessions.values()))
@@ -330,7 +330,11 @@ class SessionAccountant:
         return None if committed_at is None else time.monotonic() - committed_at
 
     def stalled_seconds(self) -> float:
-        if self.failure is None and not any(self.lags().values()):
+        # A rebalance and the table's recovery after it (app.rebalancing until
+        # the streams resume) hold the agent back, not a fault of its own: they
+        # can take minutes for a large table, and /healthz must not have the
+        # worker restarted for that. /readyz answers 503 meanwhile.
+        if self.failure is None and (self.app.rebalancing or not any(self.lags().values())):
             return 0.0
         return time.monotonic() - self.last_progress
 
@@ -353,6 +357,8 @@ class SessionAccountant:
         if fresh:
             async with self._lock:
                 await self._schedule_partitions(fresh)
+        # Progress is counted from here: not since before the rebalance.
+        self.last_progress = time.monotonic()
         self.recovered = True
 
     async def _schedule_partitions(self, partitions: set[int]) -> None:

@@ -48,6 +48,9 @@ class Service:
     def live_sessions(self) -> int:
         return sum(self.accountant.open_sessions.values())
 
+    def stalled_seconds(self) -> float:
+        return self.accountant.stalled_seconds()
+
     def own_url(self) -> str:
         return str(self.app.conf.canonical_url)
 

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: text (default, for people) or json (one object per line, for log collectors).
     log_format: Literal["text", "json"] = "text"
+    #: /healthz answers 503 once the agent has made no progress for this long
+    #: while input waits (or since a write failed): a stuck worker gets restarted.
+    stall_timeout_secs: float = Field(120.0, gt=0, le=86_400)
 
     # Kafka security (app/kafka_config.py turns these into client options).
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
