@@ -34,8 +34,9 @@ from faust.types import TP
 from agents.changes import BatchChanges
 from agents.cursors import InputCursors
 from agents.scheduler import DeadlineSchedule
-from agents.sender import AcknowledgedSender, Record, SendFailed
+from agents.sender import AcknowledgedSender, Record, SendFailed, record_log_fields
 from app.faust_compat import BatchConsumer, InputBatch, enable_batches
+from app.logs import log_fields
 from app.metrics import AccountingMetrics
 from app.rules import (
     SECOND,
@@ -144,8 +145,10 @@ class SessionAccountant:
         The CLI then exits non-zero, naming `failure`."""
         if self.failure is None:
             self.failure = error
-            log.critical("stopping the worker: %s. Nothing after the last commit is accounted; a restart "
-                         "accounts it again.", error, exc_info=not isinstance(error, SendFailed))
+            fields = record_log_fields(error.record) if isinstance(error, SendFailed) else {}
+            with log_fields(**fields):
+                log.critical("stopping the worker: %s. Nothing after the last commit is accounted; a restart "
+                             "accounts it again.", error, exc_info=not isinstance(error, SendFailed))
             self._request_stop()
 
     async def _account_batch(self, batch: InputBatch) -> None:
@@ -183,7 +186,10 @@ class SessionAccountant:
         except Exception:
             # The rules never raise on data; if they do, the event is still
             # accounted: rejected internal_error, never skipped.
-            log.exception("internal error on %s[%s]@%s", record.topic, record.partition, record.offset)
+            with log_fields(topic=record.topic, partition=record.partition, offset=record.offset,
+                            session_id=_key_text(record)):
+                log.exception("internal error on %s[%s]@%s; the event is rejected internal_error",
+                              record.topic, record.partition, record.offset)
             self._reject_internal(record, changes, now)
             return
         if new_state is not state:
@@ -208,7 +214,7 @@ class SessionAccountant:
 
     def _reject_internal(self, record: Any, changes: BatchChanges, now: int) -> None:
         rejection = Rejection(
-            record.key.decode("utf-8", "replace") if record.key is not None else None,
+            _key_text(record),
             Reason.INTERNAL_ERROR, "the worker failed on this event; see its log", None, record.value,
             Source(record.topic, record.partition, record.offset))
         for output in self._encode_outputs((rejection, Outcome(Result.REJECTED, None, Reason.INTERNAL_ERROR)),
@@ -385,6 +391,11 @@ class SessionAccountant:
         self.cursors.forget(partitions)
         for partition in partitions:
             self.open_sessions.pop(partition, None)
+
+
+def _key_text(record: Any) -> str | None:
+    """An input record's key as text: the session id it is published under."""
+    return None if record.key is None else record.key.decode("utf-8", "replace")
 
 
 def _is_open(state: Any) -> bool:

@@ -71,7 +71,9 @@ def _run_worker(settings: Settings) -> None:
         worker.execute_from_commandline()
     finally:
         if service.accountant.failure is not None:
-            raise SystemExit(f"usage-accountant: the worker stopped because {service.accountant.failure}")
+            # With json the failure is already a record ("stopping the worker"): no plain line after it.
+            raise SystemExit(1 if settings.log_format == "json" else
+                             f"usage-accountant: the worker stopped because {service.accountant.failure}")
 
 
 @main.command()
