@@ -9,12 +9,16 @@ certificate, and a PLAINTEXT listener for its own inter-broker traffic.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -23,8 +27,13 @@ from app.dev.kafka import LocalKafka
 from app.dev.kafka_security import SASL_MECHANISMS, BrokerSecurity, write_certificate_authority
 from app.kafka_config import client_options
 from app.preflight import KafkaCheckError, check_kafka
-from app.settings import Settings, load_settings
+from app.settings import NOT_SETTINGS, Settings, load_settings
 from tests.support import REPO
+from tests.support.deployment import Deployment
+from tests.support.events import session_events
+from tests.support.fixtures import deployment_for_test
+from tests.support.waiting import wait_for
+from tests.support.workers import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +53,21 @@ def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafk
 def security(secure_kafka: LocalKafka) -> BrokerSecurity:
     assert secure_kafka.security is not None
     return secure_kafka.security
+
+
+@pytest.fixture
+def secure_deployment(secure_kafka: LocalKafka, security: BrokerSecurity, unique_name: Callable[[str], str],
+                      tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    """Workers on the SASL_SSL listener, logging in as the SCRAM user; their
+    logs and the broker's are shown when the test fails."""
+    def broker_log() -> str:
+        return "\n----- secure broker log -----\n" + "\n".join(
+            secure_kafka.log_path.read_text(errors="replace").splitlines()[-60:])
+
+    for deployment in deployment_for_test(secure_kafka.bootstrap, unique_name, tmp_path, request,
+                                          also_show=broker_log):
+        deployment.settings.update(security.settings_env("SCRAM-SHA-512"))
+        yield deployment
 
 
 def sasl_settings(kafka: LocalKafka, mechanism: str = "SCRAM-SHA-512", **overrides: object) -> Settings:
@@ -67,7 +91,11 @@ async def round_trip(settings: Settings, topic: str) -> None:
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-        assert topic in await admin.list_topics()
+        # The broker learns of a new topic from the controller a moment later.
+        deadline = time.monotonic() + 30
+        while topic not in await admin.list_topics():
+            assert time.monotonic() < deadline, f"{topic} is not listed 30 s after it was created"
+            await asyncio.sleep(0.1)
     finally:
         await admin.close()
     producer = AIOKafkaProducer(**client_options(settings), acks="all")
@@ -184,3 +212,86 @@ def test_the_worker_stops_at_start_naming_the_setting(secure_kafka: LocalKafka, 
     assert result.returncode == 1, result.stderr
     assert "ACCOUNTANT_KAFKA_SASL_PASSWORD_FILE: " in result.stderr, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
+
+
+async def produce_json(settings: Settings, topic: str, values: list[dict[str, Any]]) -> None:
+    producer = AIOKafkaProducer(**client_options(settings), acks="all")
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, orjson.dumps(value), key=value["session_id"].encode())
+    finally:
+        await producer.stop()
+
+
+async def read_json_until(settings: Settings, topic: str, done: Callable[[list[dict[str, Any]]], bool],
+                          timeout: float = 60) -> list[dict[str, Any]]:
+    consumer = AIOKafkaConsumer(topic, **client_options(settings), group_id=None, auto_offset_reset="earliest",
+                                enable_auto_commit=False)
+    await consumer.start()
+    values: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while not done(values) and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                values += [orjson.loads(record.value) for record in records]
+    finally:
+        await consumer.stop()
+    return values
+
+
+def test_a_worker_over_sasl_ssl_accounts_a_session_and_closes_it(secure_deployment: Deployment) -> None:
+    """A real worker logs in with SCRAM over TLS: its Faust consumer and
+    producers, its topic creation, and its stores' bulk loads of the
+    changelog (a restarted worker recovers the closed session through them)."""
+    config = secure_deployment.config
+    assert (config.kafka_security_protocol, config.kafka_sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
+    worker = secure_deployment.worker().start().wait_ready()
+    events = session_events("s-secure", [10, 20, 30], initial=100)
+    asyncio.run(produce_json(config, config.events_topic, events))
+
+    closures = asyncio.run(read_json_until(config, config.closures_topic,
+                                           lambda got: any(c["closure_id"] == "s-secure" for c in got)))
+    closure = next(c for c in closures if c["closure_id"] == "s-secure")
+    assert closure["reason"] == "closed" and closure["total_token_count"] == 160
+    assert closure["record"]["closed_at"] == events[-1]["occurred_at"]
+    wait_for("the worker's counts of the batch", lambda: worker.stats()["closures"] == {"closed": 1}, timeout=30,
+             observed=lambda: worker.stats())
+    assert worker.stats()["applied"] == len(events)
+
+    worker.stop()
+    restarted = secure_deployment.worker("restarted").start().wait_ready()
+    status, view = restarted.get("/sessions/s-secure")
+    assert status == 200, view
+    assert view["state"] == "closed" and view["total_token_count"] == 160
+
+
+def test_accountant_dev_secure_runs_the_local_stack_over_sasl_ssl(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the README offers anyone: `accountant dev --secure` (a broker with
+    a SASL_SSL listener and a worker logged in to it), and in a second shell,
+    with the variables it wrote to kafka.env, `accountant simulate`, whose
+    outputs check out."""
+    data_dir = tmp_path / "dev"
+    # Only the tools' own variables (the Kafka jar cache) pass: no broker, no settings.
+    for name in list(os.environ):
+        if name.startswith("ACCOUNTANT_") and name not in NOT_SETTINGS:
+            monkeypatch.delenv(name)
+    env = dict(os.environ)
+    dev = WorkerProcess("dev", {}, tmp_path, command=["-m", "app.cli", "dev", "--secure", "--data-dir", str(data_dir)])
+    dev.start()
+    try:
+        dev.wait_ready(timeout=240)
+        client_env = dict(line.split("=", 1) for line in (data_dir / "kafka.env").read_text().splitlines())
+        assert client_env["ACCOUNTANT_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+        simulate = subprocess.run(
+            [sys.executable, "-m", "app.cli", "simulate", "--sessions", "40", "--bad", "0", "--duplicates", "0",
+             "--idle", "0", "--json", "--timeout", "120"],
+            cwd=REPO, env={**env, **client_env}, capture_output=True, text=True, timeout=300)
+        assert simulate.returncode == 0, simulate.stdout + simulate.stderr
+        report = orjson.loads(simulate.stdout)
+        assert report["verify"]["ok"] and report["verify"]["complete"], report["verify"]
+        assert report["published"]["events"] > 40
+    finally:
+        dev.stop()
+    assert dev.process is not None and dev.process.returncode == 0, dev.log_tail()
