@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from app.dev.kafka import pick_free_loopback_port
 from app.dev.partitioners import partition_for
-from app.rules import SECOND, Session, SessionRecord, encode_state, parse_timestamp
+from app.rules import SECOND, Session, SessionRecord, decode_state, encode_state, parse_timestamp
 from bench.common import (
     PARTITIONS,
     new_deployment,
@@ -233,8 +233,8 @@ class Observer:
                     for message in messages:
                         if message.value is None:
                             continue
-                        value = orjson.loads(message.value)
-                        key = (value["partition"], value["last_offset"])
+                        state = decode_state(message.value)
+                        key = (state.partition, state.last_offset)
                         if key not in self.changelog:
                             self.changelog[key] = received
                             self.written[key] = message.timestamp / 1000
