@@ -11,16 +11,20 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import rocksdict
-from faust.stores.rocksdb import Store as RocksDBStore
 from faust.types import TP
 
-from app.faust_compat import rocksdb_get_any_partition, rocksdb_key_index, rocksdb_partition_db
+from app.faust_compat import (
+    AnyPartitionRocksDBStore,
+    rocksdb_get_any_partition,
+    rocksdb_key_index,
+    rocksdb_partition_db,
+)
 from app.rules import decode_state
 from tables.changelog import load_partitions
 from tables.store import StateValue
 
 
-class SessionRocksDBStore(RocksDBStore):
+class SessionRocksDBStore(AnyPartitionRocksDBStore):
     # -- the agent's store (tables/store.py) --------------------------------
 
     def get(self, session_id: str, default: Any = None) -> StateValue | None:
@@ -38,9 +42,6 @@ class SessionRocksDBStore(RocksDBStore):
                     yield key.decode("utf-8"), decode_state(value)
 
     # -- Faust's store ---------------------------------------------------------
-
-    def _get(self, key: bytes) -> bytes | None:
-        return rocksdb_get_any_partition(self, key)
 
     async def on_rebalance(self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP],
                            generation_id: int = 0) -> None:
