@@ -231,24 +231,26 @@ class SessionAccountant:
         await self.sender.send_all(changes.outputs)
         self.metrics.outputs_in_flight.set(0)
         changelog = self.table.changelog_topic.get_topic_name()
-        acknowledged = await self.sender.send_all([
-            Record(changelog, session_id.encode("utf-8"),
-                   None if change.after is None else encode_state(change.after), change.partition)
-            for session_id, change in changes.states.items()])
-        self._store(changes, acknowledged, changelog, now)
+        records = [Record(changelog, session_id.encode("utf-8"),
+                          None if change.after is None else encode_state(change.after), change.partition)
+                   for session_id, change in changes.states.items()]
+        acknowledged = await self.sender.send_all(records)
+        self._store(changes, records, acknowledged, now)
         self.metrics.count(changes.outcomes)
 
-    def _store(self, changes: BatchChanges, acknowledged: list[Any], changelog: str, now: int) -> None:
-        by_partition: dict[int, dict[str, Any]] = {}
-        for session_id, change in changes.states.items():
-            by_partition.setdefault(change.partition, {})[session_id] = change.after
+    def _store(self, changes: BatchChanges, records: list[Record], acknowledged: list[Any], now: int) -> None:
+        """The store takes the very bytes the changelog holds."""
+        by_partition: dict[int, dict[str, bytes | None]] = {}
+        for (session_id, change), record in zip(changes.states.items(), records, strict=True):
+            by_partition.setdefault(change.partition, {})[session_id] = record.value
             self._track(session_id, change.partition, change.before, change.after, now)
         store = self.store
-        for partition, states in by_partition.items():
-            store.write(partition, states)
+        for partition, values in by_partition.items():
+            store.write(partition, values)
         last_offsets: dict[int, int] = {}
         for metadata in acknowledged:
             last_offsets[metadata.partition] = max(metadata.offset, last_offsets.get(metadata.partition, -1))
+        changelog = records[0].topic if records else ""
         for partition, offset in last_offsets.items():
             store.set_persisted_offset(TP(changelog, partition), offset)
 

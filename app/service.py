@@ -39,11 +39,12 @@ class Service:
 
     def stored_session(self, session_id: str) -> Session | None:
         # A tombstone is what is left of a purged session: its record is gone.
-        state = self.table.get(session_id)
+        state = self.accountant.store.get(session_id)
         return state if isinstance(state, Session) else None
 
     def stored_sessions(self) -> Iterator[Session]:
-        return (state for state in self.table.values() if isinstance(state, Session))
+        states = self.accountant.store.items_in(self.active_partitions())
+        return (state for _, state in states if isinstance(state, Session))
 
     def live_sessions(self) -> int:
         return sum(self.accountant.open_sessions.values())

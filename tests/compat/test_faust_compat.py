@@ -251,3 +251,12 @@ async def test_faust_only_logs_a_changelog_send_that_failed(apps: tuple[faust.Ap
     failed.set_exception(RuntimeError("broker gone"))
     topic._on_published(failed, message, stock.producer, None)
     assert isinstance(message.exception(), RuntimeError)
+
+
+# -- one module ---------------------------------------------------------------------
+
+
+def test_no_private_faust_mode_or_aiokafka_part_is_used_outside_the_compat_module() -> None:
+    from tests.support.faust_privates import uses
+
+    assert list(uses()) == []
