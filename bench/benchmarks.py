@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import os
 import random
 import shutil
@@ -33,6 +32,7 @@ from bench.common import (
     worker_stats,
 )
 from bench.loadgen import TENANTS, bulk_produce, lifecycle, throughput_load
+from bench.peer_env import peer_python
 from tests.support import REPO
 from tests.support.clock import now_rfc3339
 from tests.support.deployment import Deployment
@@ -83,8 +83,8 @@ def _cpu_secs(process: psutil.Process) -> float:
     return times.user + times.system
 
 
-async def _subprocess_json(*args: str, timeout: float) -> dict:
-    process = await asyncio.create_subprocess_exec(sys.executable, *args, cwd=REPO, stdout=subprocess.PIPE,
+async def _subprocess_json(*args: str, timeout: float, python: Path | str = sys.executable) -> dict:
+    process = await asyncio.create_subprocess_exec(python, *args, cwd=REPO, stdout=subprocess.PIPE,
                                                    stderr=subprocess.PIPE)
     try:
         out, err = await asyncio.wait_for(process.communicate(), timeout)
@@ -118,13 +118,11 @@ async def throughput(ctx: Context) -> dict[str, Any]:
         "-m", "bench.baseline", deployment.bootstrap, deployment.events_topic, f"{deployment.topic_prefix}baseline-out",
         str(loaded), timeout=600)
 
-    if importlib.util.find_spec("quixstreams") is None:
-        result["peer"] = {"skipped": "Quix Streams is not installed: pip install -e '.[bench]'"}
-    else:
-        ctx.log("throughput: peer (Quix Streams)")
-        result["peer"] = await _subprocess_json(
-            "-m", "bench.peer_quix", deployment.bootstrap, deployment.events_topic,
-            f"{deployment.topic_prefix}peer-out", str(loaded), str(ctx.workdir / "peer-state"), timeout=900)
+    ctx.log("throughput: peer (Quix Streams)")
+    result["peer"] = await _subprocess_json(
+        "-m", "bench.peer_quix", deployment.bootstrap, deployment.events_topic,
+        f"{deployment.topic_prefix}peer-out", str(loaded), str(ctx.workdir / "peer-state"), timeout=900,
+        python=peer_python(ctx.log))
 
     floor_events = min(scale.floor_events, loaded)
     ctx.log(f"throughput: Faust floor (counting agent, first {floor_events:,} events)")
