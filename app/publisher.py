@@ -39,7 +39,16 @@ from aiokafka.errors import KafkaError
 from app.rules import DEFAULT_POLICY, Policy
 from app.schemas import FieldError, validate_event
 
-__all__ = ["DEFAULT_TOPIC", "InvalidEventError", "PublishError", "PublishedSession", "SessionPublisher", "event_id_for"]
+__all__ = [
+    "DEFAULT_TOPIC",
+    "RELIABILITY_OPTIONS",
+    "InvalidEventError",
+    "PublishError",
+    "PublishedSession",
+    "SessionPublisher",
+    "event_id_for",
+    "reliable_producer",
+]
 
 DEFAULT_TOPIC = "session-events"
 #: What makes the publisher safe to retry; client options may not change them.
@@ -61,6 +70,17 @@ class PublishError(Exception):
     """The broker did not acknowledge an event. It may or may not have it:
     the session sends it again (same event_id and bytes) before its next
     event, or on `resend()`."""
+
+
+def reliable_producer(bootstrap_servers: str | list[str],
+                      client_options: Mapping[str, Any] | None = None) -> AIOKafkaProducer:
+    """An aiokafka producer (not started) with `acks="all"` and idempotence,
+    and `client_options` (TLS, SASL, timeouts, ...) that may not change those two."""
+    options = dict(client_options or {})
+    for name, required in RELIABILITY_OPTIONS.items():
+        if name in options and options[name] != required:
+            raise ValueError(f"client option {name!r} must be {required!r}: retries rely on it")
+    return AIOKafkaProducer(bootstrap_servers=bootstrap_servers, **(options | RELIABILITY_OPTIONS))
 
 
 def event_id_for(session_id: str, step: str) -> str:
@@ -96,15 +116,11 @@ class SessionPublisher:
     def __init__(self, bootstrap_servers: str | list[str], *, topic: str = DEFAULT_TOPIC,
                  client_options: Mapping[str, Any] | None = None, delivery_timeout_secs: float = 30.0,
                  policy: Policy = DEFAULT_POLICY, clock: Callable[[], datetime] = _utc_now) -> None:
-        options = dict(client_options or {})
-        for name, required in RELIABILITY_OPTIONS.items():
-            if name in options and options[name] != required:
-                raise ValueError(f"client option {name!r} must be {required!r}: retries rely on it")
         self.topic = topic
         self.delivery_timeout_secs = delivery_timeout_secs
         self.policy = policy
         self.clock = clock
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, **(options | RELIABILITY_OPTIONS))
+        self._producer = reliable_producer(bootstrap_servers, client_options)
 
     async def start(self) -> None:
         await self._producer.start()

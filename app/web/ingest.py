@@ -1,0 +1,344 @@
+"""`POST /events`: gateways without a Kafka client send their session events over HTTP.
+
+Each event is checked with `app.schemas.validate_event` (the schemas, then
+what the worker would refuse `invalid_event`); refused events are listed in
+the answer by index, each with the fields at fault, and are not produced.
+The valid ones are produced to `session-events`, keyed by `session_id`, with
+the idempotent `acks="all"` producer given to `ingest_handler`. The answer
+is 202 only once the broker has acknowledged every one of them. When it does
+not within `delivery_timeout_secs`, or too many events already wait for an
+acknowledgement, the answer is 503 with Retry-After and nothing of the
+request is accepted: some of its events may still reach the topic (they were
+on their way), so the gateway sends the request again and the accountant
+counts each event once (SPEC §5). Bodies, the CloudEvents mapping and the
+answers are in docs/ingest.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from app.rules import DEFAULT_POLICY, Policy
+from app.schemas import FieldError, resolved_schema, validate_event
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+
+__all__ = ["CLOUDEVENT_FIELDS", "MEDIA_TYPES", "IngestSettings", "ingest_handler", "ingest_openapi"]
+
+JSON = "application/json"
+NDJSON = "application/x-ndjson"
+CLOUDEVENT = "application/cloudevents+json"
+CLOUDEVENT_BATCH = "application/cloudevents-batch+json"
+MEDIA_TYPES = (JSON, NDJSON, CLOUDEVENT, CLOUDEVENT_BATCH)
+#: CloudEvents attribute -> the event field it carries; every other event field comes from `data`.
+CLOUDEVENT_FIELDS = {"id": "event_id", "type": "type", "subject": "session_id", "time": "occurred_at"}
+_EVENT_TO_CLOUDEVENT = {event_field: attribute for attribute, event_field in CLOUDEVENT_FIELDS.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSettings:
+    topic: str = "session-events"
+    #: More events or bytes in one request: 413.
+    max_events: int = 1000
+    max_bytes: int = 1024 * 1024
+    #: How long a request waits for the broker's acknowledgements before 503.
+    delivery_timeout_secs: float = 10.0
+    #: Produced but unacknowledged events across all requests; beyond: 503 at once.
+    max_pending_events: int = 100_000
+    #: What a 503 tells the gateway to wait before sending again.
+    retry_after_secs: int = 5
+    policy: Policy = field(default=DEFAULT_POLICY)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IngestSettings:
+        return cls(
+            topic=settings.events_topic,
+            max_events=settings.ingest_max_events,
+            max_bytes=settings.ingest_max_bytes,
+            delivery_timeout_secs=settings.ingest_delivery_timeout_secs,
+            max_pending_events=settings.ingest_max_pending_events,
+            policy=Policy(metadata_max_bytes=settings.metadata_max_bytes),
+        )
+
+
+class _Refusal(Exception):
+    """An answer other than 202 for the whole request."""
+
+    def __init__(self, status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.response = _json(status, {"error": error, "detail": detail}, headers)
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type=JSON, headers=headers)
+
+
+def ingest_handler(producer: AIOKafkaProducer, settings: IngestSettings) -> Callable[[web.Request],
+                                                                                    Awaitable[web.Response]]:
+    """The `POST /events` handler. `producer` must be started, idempotent and
+    `acks="all"` (`app.publisher.reliable_producer` makes one); the API token
+    is the app's middleware's business, as for every other path."""
+    pending = _Pending(settings.max_pending_events)
+
+    async def post_events(request: web.Request) -> web.Response:
+        try:
+            items = _parse(request.content_type, await _read_body(request, settings.max_bytes))
+            if not items:
+                raise _Refusal(400, "bad_request", "the body holds no events")
+            if len(items) > settings.max_events:
+                raise _Refusal(413, "too_many_events", f"{len(items)} events in one request; at most "
+                                                       f"{settings.max_events} (ACCOUNTANT_INGEST_MAX_EVENTS)")
+            accepted: list[dict[str, Any]] = []
+            refused: list[dict[str, Any]] = []
+            for index, item in enumerate(items):
+                event, errors = _event_of(request.content_type, item, settings.policy)
+                if errors:
+                    refused.append({"index": index, "errors": [error.to_json() for error in errors]})
+                else:
+                    accepted.append(event)
+            await _produce(producer, settings, pending, accepted)
+        except _Refusal as refusal:
+            return refusal.response
+        body = {"accepted": len(accepted), "refused": refused}
+        return _json(202 if accepted or not refused else 422, body)
+
+    return post_events
+
+
+async def _read_body(request: web.Request, max_bytes: int) -> bytes:
+    too_large = _Refusal(413, "body_too_large", f"the body is larger than {max_bytes} bytes "
+                                                "(ACCOUNTANT_INGEST_MAX_BYTES)")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > max_bytes:
+            raise too_large
+    return bytes(body)
+
+
+def _parse(content_type: str, body: bytes) -> list[Any]:
+    """The body's items (events or CloudEvents), each decoded JSON, or `_Unparsed` for a bad NDJSON line."""
+    if content_type not in MEDIA_TYPES:
+        raise _Refusal(415, "unsupported_media_type", f"Content-Type {content_type!r}: send one of "
+                                                      + ", ".join(MEDIA_TYPES))
+    if content_type == NDJSON:
+        return [_ndjson_line(line) for line in body.splitlines() if line.strip()]
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise _Refusal(400, "bad_request", f"the body is not UTF-8 JSON: {error}") from None
+    if content_type == CLOUDEVENT:
+        return [document]
+    if content_type == CLOUDEVENT_BATCH and not isinstance(document, list):
+        raise _Refusal(400, "bad_request", f"a {CLOUDEVENT_BATCH} body must be a JSON array")
+    return document if isinstance(document, list) else [document]
+
+
+@dataclass(frozen=True, slots=True)
+class _Unparsed:
+    problem: str
+
+
+def _ndjson_line(line: bytes) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as error:
+        return _Unparsed(f"this line is not UTF-8 JSON: {error}")
+
+
+def _event_of(content_type: str, item: Any, policy: Policy) -> tuple[dict[str, Any], list[FieldError]]:
+    if isinstance(item, _Unparsed):
+        return {}, [FieldError("", item.problem)]
+    if content_type in (CLOUDEVENT, CLOUDEVENT_BATCH):
+        event, errors = _from_cloudevent(item)
+        if errors:
+            return event, errors
+        return event, [_as_cloudevent_error(error) for error in validate_event(event, policy)]
+    return item, validate_event(item, policy)
+
+
+def _from_cloudevent(item: Any) -> tuple[dict[str, Any], list[FieldError]]:
+    """The event a structured-mode CloudEvent carries (docs/ingest.md)."""
+    if not isinstance(item, dict):
+        return {}, [FieldError("", "a CloudEvent must be a JSON object")]
+    errors = []
+    if item.get("specversion") != "1.0":
+        errors.append(FieldError("specversion", "field 'specversion' must be \"1.0\""))
+    if not isinstance(item.get("source"), str) or not item["source"]:
+        errors.append(FieldError("source", "field 'source' must be a non-empty string (a URI-reference)"))
+    if "data_base64" in item:
+        errors.append(FieldError("data_base64", "field 'data_base64' is not accepted: send the event's fields "
+                                                "as a JSON object in 'data'"))
+    if item.get("datacontenttype", JSON) != JSON:
+        errors.append(FieldError("datacontenttype", f"field 'datacontenttype' must be {JSON!r} when given"))
+    data = item.get("data", {})
+    if not isinstance(data, dict):
+        errors.append(FieldError("data", "field 'data' must be a JSON object: the event's other fields"))
+        data = {}
+    event = dict(data)
+    for attribute, event_field in CLOUDEVENT_FIELDS.items():
+        if attribute not in item:
+            continue  # then data's own field, if any, is the event's
+        if event_field in data and data[event_field] != item[attribute]:
+            errors.append(FieldError(f"data.{event_field}", f"field 'data.{event_field}' differs from the "
+                                                            f"CloudEvent's '{attribute}'; give it once"))
+        event[event_field] = item[attribute]
+    return event, errors
+
+
+def _as_cloudevent_error(error: FieldError) -> FieldError:
+    """An event field's error, named as the CloudEvent spells the field."""
+    if not error.field:
+        return error
+    name = _EVENT_TO_CLOUDEVENT.get(error.field, f"data.{error.field}")
+    return FieldError(name, error.detail.replace(f"field '{error.field}'", f"field '{name}'", 1))
+
+
+class _Pending:
+    """Events produced but not yet acknowledged, across requests."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    def reserve(self, events: int) -> bool:
+        if self.count + events > self.limit:
+            return False
+        self.count += events
+        return True
+
+    def release(self, _delivery: object = None) -> None:
+        self.count -= 1
+
+
+async def _produce(producer: AIOKafkaProducer, settings: IngestSettings, pending: _Pending,
+                   events: list[dict[str, Any]]) -> None:
+    """Produce `events` and return once the broker acknowledged them all; else `_Refusal` 503."""
+    if not events:
+        return
+    unavailable = {"Retry-After": str(settings.retry_after_secs)}
+    if not pending.reserve(len(events)):
+        raise _Refusal(503, "unavailable", f"{pending.count} events already wait for the broker; none of this "
+                                           "request's events is accepted: send it again later", unavailable)
+    unclaimed = len(events)
+    deliveries: list[asyncio.Future] = []
+    try:
+        async with asyncio.timeout(settings.delivery_timeout_secs):
+            for event in events:
+                delivery = await producer.send(settings.topic, orjson.dumps(event),
+                                               key=event["session_id"].encode("utf-8"))
+                delivery.add_done_callback(pending.release)
+                unclaimed -= 1
+                deliveries.append(delivery)
+            # Shielded: a timeout must not cancel aiokafka's own futures.
+            await asyncio.gather(*(asyncio.shield(delivery) for delivery in deliveries))
+    except (KafkaError, TimeoutError) as error:
+        problem = ("the broker did not acknowledge every event within "
+                   f"{settings.delivery_timeout_secs:g} s" if isinstance(error, TimeoutError) else repr(error))
+        raise _Refusal(503, "unavailable", f"{problem}; none of this request's events is accepted: send it "
+                                           "again (each event is counted once)", unavailable) from None
+    finally:
+        pending.count -= unclaimed  # never handed to aiokafka, so no callback releases them
+
+
+# --------------------------------------------------------------------------
+# OpenAPI
+
+
+def ingest_openapi(token_required: bool) -> dict[str, Any]:
+    """`paths` and `components.schemas` to merge into the OpenAPI 3.1 document."""
+    event = _without_schema_uri(resolved_schema("event"))
+    cloudevent = {
+        "title": "CloudEvent",
+        "description": "A CloudEvents 1.0 structured-mode event carrying one session event: id -> event_id, "
+                       "type -> type, subject -> session_id, time -> occurred_at, data -> the other fields "
+                       "(docs/ingest.md).",
+        "type": "object",
+        "required": ["specversion", "id", "source", "type"],
+        "properties": {
+            "specversion": {"const": "1.0"},
+            "id": {"type": "string"},
+            "source": {"type": "string", "minLength": 1},
+            "type": {"type": "string"},
+            "subject": {"type": "string"},
+            "time": {"type": "string"},
+            "datacontenttype": {"const": JSON},
+            "data": {"type": "object"},
+        },
+    }
+    answer = {
+        "title": "IngestAnswer",
+        "type": "object",
+        "required": ["accepted", "refused"],
+        "properties": {
+            "accepted": {"type": "integer", "minimum": 0, "description": "Events acknowledged by the broker."},
+            "refused": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "errors"],
+                    "properties": {
+                        "index": {"type": "integer", "minimum": 0, "description": "Position in the request."},
+                        "errors": {"type": "array", "minItems": 1, "items": {
+                            "type": "object", "required": ["field", "detail"],
+                            "properties": {"field": {"type": "string"}, "detail": {"type": "string"}},
+                        }},
+                    },
+                },
+            },
+        },
+    }
+    error = {"type": "object", "required": ["error", "detail"],
+             "properties": {"error": {"type": "string"}, "detail": {"type": "string"}}}
+    ref = "#/components/schemas/{}".format
+    error_answer = {"content": {JSON: {"schema": {"$ref": ref("IngestError")}}}}
+    responses: dict[str, Any] = {
+        "202": {"description": "Every listed event not refused was acknowledged by the broker.",
+                "content": {JSON: {"schema": {"$ref": ref("IngestAnswer")}}}},
+        "400": {"description": "The body is not JSON, or holds no events.", **error_answer},
+        "413": {"description": "More events or bytes than the limits.", **error_answer},
+        "415": {"description": "An unsupported Content-Type.", **error_answer},
+        "422": {"description": "Every event was refused; nothing was produced.",
+                "content": {JSON: {"schema": {"$ref": ref("IngestAnswer")}}}},
+        "503": {"description": "The broker did not acknowledge in time (or too many events wait for it): "
+                               "nothing of the request is accepted; send it again after Retry-After.",
+                "headers": {"Retry-After": {"schema": {"type": "integer"}}}, **error_answer},
+    }
+    if token_required:
+        responses["401"] = {"description": "Missing or wrong API token.", **error_answer}
+    operation: dict[str, Any] = {
+        "operationId": "post_events",
+        "summary": "Publish session events (one, an array, NDJSON, or CloudEvents)",
+        "requestBody": {"required": True, "content": {
+            JSON: {"schema": {"oneOf": [{"$ref": ref("SessionEvent")},
+                                        {"type": "array", "items": {"$ref": ref("SessionEvent")}}]}},
+            NDJSON: {"schema": {"type": "string", "description": "One SessionEvent per line."}},
+            CLOUDEVENT: {"schema": {"$ref": ref("CloudEvent")}},
+            CLOUDEVENT_BATCH: {"schema": {"type": "array", "items": {"$ref": ref("CloudEvent")}}},
+        }},
+        "responses": responses,
+    }
+    if token_required:
+        operation["security"] = [{"bearerAuth": []}]
+    return {
+        "paths": {"/events": {"post": operation}},
+        "components": {"schemas": {"SessionEvent": event, "CloudEvent": cloudevent, "IngestAnswer": answer,
+                                   "IngestError": error}},
+    }
+
+
+def _without_schema_uri(schema: dict[str, Any]) -> dict[str, Any]:
+    # OpenAPI 3.1 components are 2020-12 by default (jsonSchemaDialect).
+    schema.pop("$schema", None)
+    return schema
