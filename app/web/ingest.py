@@ -206,20 +206,29 @@ def _as_cloudevent_error(error: FieldError) -> FieldError:
 
 
 class _Pending:
-    """Events produced but not yet acknowledged, across requests."""
+    """Events handed to the producer but not yet acknowledged, across requests.
+
+    `stalled` is set when a request timed out waiting for acknowledgements and
+    cleared once every outstanding event is settled (acknowledged or failed):
+    meanwhile requests are answered 503 without producing anything, so that
+    during an outage only the requests already on their way can reach the
+    topic after their 503, not every request that comes in."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.count = 0
+        self.stalled = False
 
     def reserve(self, events: int) -> bool:
-        if self.count + events > self.limit:
+        if self.stalled or self.count + events > self.limit:
             return False
         self.count += events
         return True
 
-    def release(self, _delivery: object = None) -> None:
-        self.count -= 1
+    def release(self, events: int = 1) -> None:
+        self.count -= events
+        if self.count == 0:
+            self.stalled = False
 
 
 async def _produce(producer: AIOKafkaProducer, settings: IngestSettings, pending: _Pending,
@@ -229,8 +238,10 @@ async def _produce(producer: AIOKafkaProducer, settings: IngestSettings, pending
         return
     unavailable = {"Retry-After": str(settings.retry_after_secs)}
     if not pending.reserve(len(events)):
-        raise _Refusal(503, "unavailable", f"{pending.count} events already wait for the broker; none of this "
-                                           "request's events is accepted: send it again later", unavailable)
+        waiting = ("the broker has not acknowledged earlier events yet" if pending.stalled
+                   else f"{pending.count} events already wait for the broker")
+        raise _Refusal(503, "unavailable", f"{waiting}; none of this request's events is accepted: send it "
+                                           "again later", unavailable)
     unclaimed = len(events)
     deliveries: list[asyncio.Future] = []
     try:
@@ -238,18 +249,21 @@ async def _produce(producer: AIOKafkaProducer, settings: IngestSettings, pending
             for event in events:
                 delivery = await producer.send(settings.topic, orjson.dumps(event),
                                                key=event["session_id"].encode("utf-8"))
-                delivery.add_done_callback(pending.release)
+                delivery.add_done_callback(lambda _: pending.release())
                 unclaimed -= 1
                 deliveries.append(delivery)
             # Shielded: a timeout must not cancel aiokafka's own futures.
             await asyncio.gather(*(asyncio.shield(delivery) for delivery in deliveries))
     except (KafkaError, TimeoutError) as error:
+        timed_out = isinstance(error, TimeoutError)
+        pending.stalled = pending.stalled or (timed_out and pending.count > unclaimed)
         problem = ("the broker did not acknowledge every event within "
-                   f"{settings.delivery_timeout_secs:g} s" if isinstance(error, TimeoutError) else repr(error))
+                   f"{settings.delivery_timeout_secs:g} s" if timed_out else repr(error))
         raise _Refusal(503, "unavailable", f"{problem}; none of this request's events is accepted: send it "
                                            "again (each event is counted once)", unavailable) from None
     finally:
-        pending.count -= unclaimed  # never handed to aiokafka, so no callback releases them
+        if unclaimed:
+            pending.release(unclaimed)  # never handed to aiokafka, so no callback releases them
 
 
 # --------------------------------------------------------------------------
