@@ -4,23 +4,20 @@ invalid events, limits, the token, and what the rules make of the result."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
 
 from app import rules
-from app.broker import create_topics
 from app.rules import parse_timestamp
 from app.web.ingest import IngestSettings
 from tests.gateway.examples import example_events
 from tests.gateway.ingest_app import IngestApi, ingest_api
-from tests.gateway.topics import account, read_topic
+from tests.gateway.topics import PARTITIONS, account, read_topic
 
 pytestmark = pytest.mark.integration
 
-PARTITIONS = 3
 NOW = parse_timestamp("2024-05-01T12:05:00Z")
 
 
@@ -36,13 +33,6 @@ async def produced(api: IngestApi, bootstrap: str) -> list[dict[str, Any]]:
     records = await read_topic(bootstrap, api.topic, PARTITIONS)
     assert all(record.key == orjson.loads(record.value)["session_id"].encode() for record in records)
     return [orjson.loads(record.value) for record in records]
-
-
-@pytest.fixture
-async def topic(kafka_bootstrap: str, unique_name: Callable[[str], str]) -> str:
-    name = unique_name("events")
-    await create_topics(kafka_bootstrap, {name: PARTITIONS})
-    return name
 
 
 async def test_one_json_event(kafka_bootstrap: str, topic: str) -> None:

@@ -21,11 +21,10 @@ from app.rules import parse_timestamp
 from app.web.ingest import IngestSettings
 from tests.gateway.examples import example_events
 from tests.gateway.ingest_app import IngestApi, ingest_api
-from tests.gateway.topics import account, read_topic
+from tests.gateway.topics import PARTITIONS, account, read_topic
 
 pytestmark = pytest.mark.integration
 
-PARTITIONS = 3
 NOW = parse_timestamp("2024-05-01T12:05:00Z")
 
 

@@ -15,9 +15,8 @@ from app.broker import LocalKafka, create_topics
 from app.publisher import InvalidEventError, PublishError, SessionPublisher, event_id_for
 from app.rules import parse_timestamp
 from tests.gateway.reference import reference_validator
-from tests.gateway.topics import account, read_topic
+from tests.gateway.topics import PARTITIONS, account, read_topic
 
-PARTITIONS = 3
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 NOW = parse_timestamp("2024-05-01T12:05:00Z")  # the rules' clock: after every event, before any TTL
 
@@ -51,10 +50,7 @@ def test_event_ids_are_stable_per_step_distinct_between_steps_and_fit_the_bound(
 
 
 @pytest.mark.integration
-async def test_a_session_is_published_keyed_numbered_and_accounted(kafka_bootstrap: str,
-                                                                   unique_name: Callable[[str], str]) -> None:
-    topic = unique_name("events")
-    await create_topics(kafka_bootstrap, {topic: PARTITIONS})
+async def test_a_session_is_published_keyed_numbered_and_accounted(kafka_bootstrap: str, topic: str) -> None:
     async with SessionPublisher(kafka_bootstrap, topic=topic) as publisher:
         session = await publisher.open_session("s-1", tenant_id="acme", provider_id="openai", model="gpt-x",
                                                ttl_secs=600, metadata={"team": "search"}, occurred_at=at(0))
@@ -87,10 +83,7 @@ async def test_a_session_is_published_keyed_numbered_and_accounted(kafka_bootstr
 
 
 @pytest.mark.integration
-async def test_a_bad_call_raises_naming_the_field_and_sends_nothing(kafka_bootstrap: str,
-                                                                   unique_name: Callable[[str], str]) -> None:
-    topic = unique_name("events")
-    await create_topics(kafka_bootstrap, {topic: PARTITIONS})
+async def test_a_bad_call_raises_naming_the_field_and_sends_nothing(kafka_bootstrap: str, topic: str) -> None:
     async with SessionPublisher(kafka_bootstrap, topic=topic) as publisher:
         with pytest.raises(InvalidEventError) as refused:
             await publisher.open_session("s-1", tenant_id="", provider_id="openai", model="gpt-x", ttl_secs=0)
@@ -121,11 +114,9 @@ async def test_a_bad_call_raises_naming_the_field_and_sends_nothing(kafka_bootst
 
 @pytest.mark.integration
 async def test_a_gateway_repeating_a_session_after_a_restart_gives_duplicates_counted_once(
-        kafka_bootstrap: str, unique_name: Callable[[str], str]) -> None:
+        kafka_bootstrap: str, topic: str) -> None:
     """The gateway does not know what reached the broker before it restarted,
     so it repeats the session's steps with the same arguments."""
-    topic = unique_name("events")
-    await create_topics(kafka_bootstrap, {topic: PARTITIONS})
 
     async def first_steps(publisher: SessionPublisher):
         session = await publisher.open_session("s-9", tenant_id="acme", provider_id="openai", model="gpt-x",

@@ -12,6 +12,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from app import rules
 from app.rules import Delivery, Source, decode_event
 
+#: Partitions of the topics the gateway tests create.
+PARTITIONS = 3
+
 
 async def read_topic(bootstrap: str, topic: str, partition_count: int, timeout: float = 30) -> list[ConsumerRecord]:
     """Every record of `topic` up to its end offsets as of the call, in
