@@ -7,6 +7,14 @@ library (1, 2, ...); every event is checked against the JSON Schemas
 (`app.schemas.validate_event`) before anything is sent, and a bad call raises
 `InvalidEventError` (a `ValueError`) naming the field.
 
+Layers: `build_event` makes one checked event (pure: no I/O, usable to
+prepare events ahead of sending); `SessionPublisher` owns the producer and
+sends records (`send_record`, not awaited, for callers that pipeline);
+`PublishedSession` numbers a session's steps and sends them in order,
+awaiting each acknowledgement. The simulator (`app.dev.simulator`) builds its
+gateway events with `build_event` and sends everything through
+`SessionPublisher.send_record`.
+
 Retries. Each event's `event_id` is derived from the session id and the
 step (`created`, `activated`, `round 3`, `extension 2`, `closed`), so it is the
 same however often the step is sent. When a send fails (`PublishError`: broker
@@ -29,8 +37,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -39,6 +47,9 @@ from aiokafka.errors import KafkaError
 from app.rules import DEFAULT_POLICY, Policy
 from app.schemas import FieldError, validate_event
 
+if TYPE_CHECKING:
+    from app.settings import Settings
+
 __all__ = [
     "DEFAULT_TOPIC",
     "RELIABILITY_OPTIONS",
@@ -46,7 +57,9 @@ __all__ = [
     "PublishError",
     "PublishedSession",
     "SessionPublisher",
+    "build_event",
     "event_id_for",
+    "producer_options",
     "reliable_producer",
 ]
 
@@ -83,6 +96,13 @@ def reliable_producer(bootstrap_servers: str | list[str],
     return AIOKafkaProducer(bootstrap_servers=bootstrap_servers, **(options | RELIABILITY_OPTIONS))
 
 
+def producer_options(settings: Settings, *, client_id: str) -> dict[str, Any]:
+    """The aiokafka options of every producer made from the service's settings
+    for gateway traffic: the ingest API's (`app.web.ingest_producer`) and the
+    simulator's. The one place to add the connection's TLS/SASL options."""
+    return {"client_id": client_id}
+
+
 def event_id_for(session_id: str, step: str) -> str:
     """The event id of one step of a session: a UUID (v5) of the two, 36
     characters whatever the session id's length, the same on every retry."""
@@ -90,7 +110,7 @@ def event_id_for(session_id: str, step: str) -> str:
 
 
 def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _rfc3339(moment: datetime | str, event_type: str) -> str:
@@ -100,6 +120,25 @@ def _rfc3339(moment: datetime | str, event_type: str) -> str:
         raise InvalidEventError(event_type, [FieldError(
             "occurred_at", "field 'occurred_at' must be timezone-aware (a naive datetime has no offset)")])
     return moment.isoformat()
+
+
+def build_event(event_type: str, *, session_id: str, tenant_id: str, occurred_at: datetime | str, event_id: str,
+                policy: Policy = DEFAULT_POLICY, **fields: Any) -> dict[str, Any]:
+    """One event of `event_type` with its type's `fields`, checked as the
+    worker would: raises `InvalidEventError` naming each field at fault.
+    A `datetime` must be timezone-aware; a string is taken as written."""
+    event = {
+        "event_id": event_id,
+        "type": event_type,
+        "session_id": session_id,
+        "tenant_id": tenant_id,
+        "occurred_at": _rfc3339(occurred_at, event_type),
+        **fields,
+    }
+    errors = validate_event(event, policy)
+    if errors:
+        raise InvalidEventError(event_type, errors)
+    return event
 
 
 class SessionPublisher:
@@ -143,18 +182,30 @@ class SessionPublisher:
         return PublishedSession(self, session_id, tenant_id, rounds_sent, extensions_sent)
 
     async def open_session(self, session_id: str, *, tenant_id: str, provider_id: str, model: str, ttl_secs: int,
-                           metadata: Any = None, occurred_at: datetime | str | None = None) -> PublishedSession:
+                           metadata: Any = None, occurred_at: datetime | str | None = None,
+                           event_id: str | None = None) -> PublishedSession:
         """Publish `session.created` and return the session's handle."""
         session = self.session(session_id, tenant_id)
         fields: dict[str, Any] = {"provider_id": provider_id, "model": model, "ttl_secs": ttl_secs}
         if metadata is not None:
             fields["metadata"] = metadata
-        await session._publish("session.created", "created", fields, occurred_at)
+        await session._publish("session.created", "created", fields, occurred_at, event_id)
         return session
+
+    async def send_record(self, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
+        """Hand one record, as given, to the producer, and return its delivery
+        (a future of the broker's acknowledgement) without waiting for it.
+
+        Nothing is checked: this is for tools that send bytes prepared
+        elsewhere (`build_event`), or must send what a broken gateway would
+        (the simulator). Records given in order to one partition land in that
+        order (idempotence keeps it across retries)."""
+        delivery: asyncio.Future[Any] = await self._producer.send(self.topic, value, key=key)
+        return delivery
 
     async def _send(self, key: bytes, value: bytes) -> None:
         try:
-            delivery = await self._producer.send(self.topic, value, key=key)
+            delivery = await self.send_record(key, value)
             # Shielded: on timeout aiokafka keeps the record and may still deliver it.
             await asyncio.wait_for(asyncio.shield(delivery), self.delivery_timeout_secs)
         except (KafkaError, TimeoutError) as error:
@@ -163,7 +214,11 @@ class SessionPublisher:
 
 class PublishedSession:
     """One session's events, sent in order (calls on one session wait for
-    each other). Made by `SessionPublisher.open_session` or `.session`."""
+    each other). Made by `SessionPublisher.open_session` or `.session`.
+
+    Every step takes an optional `event_id` for a gateway with ids of its own
+    (a request id, say); it must then be the same on every retry of the step.
+    By default it is `event_id_for(session_id, step)`."""
 
     def __init__(self, publisher: SessionPublisher, session_id: str, tenant_id: str, rounds_sent: int,
                  extensions_sent: int) -> None:
@@ -177,48 +232,47 @@ class PublishedSession:
         self.unacknowledged: list[bytes] = []
         self._in_order = asyncio.Lock()
 
-    async def activate(self, *, initial_token_count: int, occurred_at: datetime | str | None = None) -> None:
+    async def activate(self, *, initial_token_count: int, occurred_at: datetime | str | None = None,
+                       event_id: str | None = None) -> None:
         await self._publish("session.activated", "activated", {"initial_token_count": initial_token_count},
-                            occurred_at)
+                            occurred_at, event_id)
 
     async def record_round(self, *, delta_token_count: int, model: str | None = None,
-                           occurred_at: datetime | str | None = None) -> int:
+                           occurred_at: datetime | str | None = None, event_id: str | None = None) -> int:
         """Publish the next round (numbered by the library); returns its number."""
         number = self.rounds_sent + 1
         fields: dict[str, Any] = {"round": number, "delta_token_count": delta_token_count}
         if model is not None:
             fields["model"] = model
-        await self._publish("round.completed", f"round {number}", fields, occurred_at,
+        await self._publish("round.completed", f"round {number}", fields, occurred_at, event_id,
                             on_accepted=lambda: setattr(self, "rounds_sent", number))
         return number
 
-    async def extend(self, *, ttl_secs: int, occurred_at: datetime | str | None = None) -> None:
+    async def extend(self, *, ttl_secs: int, occurred_at: datetime | str | None = None,
+                     event_id: str | None = None) -> None:
         """Replace the session's TTL (counted from its creation)."""
         number = self.extensions_sent + 1
         await self._publish("session.extended", f"extension {number}", {"ttl_secs": ttl_secs}, occurred_at,
-                            on_accepted=lambda: setattr(self, "extensions_sent", number))
+                            event_id, on_accepted=lambda: setattr(self, "extensions_sent", number))
 
-    async def close(self, *, reason: str | None = None, occurred_at: datetime | str | None = None) -> None:
-        await self._publish("session.closed", "closed", {} if reason is None else {"reason": reason}, occurred_at)
+    async def close(self, *, reason: str | None = None, occurred_at: datetime | str | None = None,
+                    event_id: str | None = None) -> None:
+        await self._publish("session.closed", "closed", {} if reason is None else {"reason": reason}, occurred_at,
+                            event_id)
 
     async def resend(self) -> None:
         """Send the unacknowledged events again; raises PublishError if the broker still does not take them."""
         async with self._in_order:
             await self._drain()
 
-    async def _publish(self, event_type: str, step: str, fields: dict[str, Any],
-                       occurred_at: datetime | str | None, on_accepted: Callable[[], None] | None = None) -> None:
-        event = {
-            "event_id": event_id_for(self.session_id, step),
-            "type": event_type,
-            "session_id": self.session_id,
-            "tenant_id": self.tenant_id,
-            "occurred_at": _rfc3339(self.publisher.clock() if occurred_at is None else occurred_at, event_type),
-            **fields,
-        }
-        errors = validate_event(event, self.publisher.policy)
-        if errors:
-            raise InvalidEventError(event_type, errors)
+    async def _publish(self, event_type: str, step: str, fields: dict[str, Any], occurred_at: datetime | str | None,
+                       event_id: str | None, on_accepted: Callable[[], None] | None = None) -> None:
+        event = build_event(
+            event_type, session_id=self.session_id, tenant_id=self.tenant_id,
+            occurred_at=self.publisher.clock() if occurred_at is None else occurred_at,
+            event_id=event_id_for(self.session_id, step) if event_id is None else event_id,
+            policy=self.publisher.policy, **fields,
+        )
         async with self._in_order:
             # Numbered once valid: a failed send keeps the event, so its number stays taken.
             self.unacknowledged.append(orjson.dumps(event))

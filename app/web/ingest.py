@@ -4,7 +4,7 @@ Each event is checked with `app.schemas.validate_event` (the schemas, then
 what the worker would refuse `invalid_event`); refused events are listed in
 the answer by index, each with the fields at fault, and are not produced.
 The valid ones are produced to `session-events`, keyed by `session_id`, with
-the idempotent `acks="all"` producer given to `ingest_handler`. The answer
+the idempotent `acks="all"` producer of `app.web.ingest_producer`. The answer
 is 202 only once the broker has acknowledged every one of them. When it does
 not within `delivery_timeout_secs`, or too many events already wait for an
 acknowledgement, the answer is 503 with Retry-After and nothing of the
@@ -23,16 +23,19 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from app.rules import DEFAULT_POLICY, Policy
 from app.schemas import FieldError, resolved_schema, validate_event
+from app.web.errors import ApiError, json_response
+from app.web.ingest_producer import IngestProducer
 
 if TYPE_CHECKING:
     from app.settings import Settings
 
-__all__ = ["CLOUDEVENT_FIELDS", "MEDIA_TYPES", "IngestSettings", "ingest_handler", "ingest_openapi"]
+__all__ = ["CLOUDEVENT_FIELDS", "INGEST_PATH", "MEDIA_TYPES", "IngestSettings", "ingest_handler", "ingest_openapi"]
+
+INGEST_PATH = "/events"
 
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
@@ -70,52 +73,37 @@ class IngestSettings:
         )
 
 
-class _Refusal(Exception):
-    """An answer other than 202 for the whole request."""
-
-    def __init__(self, status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.response = _json(status, {"error": error, "detail": detail}, headers)
-
-
-def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type=JSON, headers=headers)
-
-
-def ingest_handler(producer: AIOKafkaProducer, settings: IngestSettings) -> Callable[[web.Request],
-                                                                                    Awaitable[web.Response]]:
-    """The `POST /events` handler. `producer` must be started, idempotent and
-    `acks="all"` (`app.publisher.reliable_producer` makes one); the API token
-    is the app's middleware's business, as for every other path."""
+def ingest_handler(producer: IngestProducer, settings: IngestSettings) -> Callable[[web.Request],
+                                                                                 Awaitable[web.Response]]:
+    """The `POST /events` handler. Its answers other than 202 and 422 are
+    `ApiError`s, for the `app.web.errors.json_errors` middleware; the API
+    token is the token middleware's business, as for every other path."""
     pending = _Pending(settings.max_pending_events)
 
     async def post_events(request: web.Request) -> web.Response:
-        try:
-            items = _parse(request.content_type, await _read_body(request, settings.max_bytes))
-            if not items:
-                raise _Refusal(400, "bad_request", "the body holds no events")
-            if len(items) > settings.max_events:
-                raise _Refusal(413, "too_many_events", f"{len(items)} events in one request; at most "
-                                                       f"{settings.max_events} (ACCOUNTANT_INGEST_MAX_EVENTS)")
-            accepted: list[dict[str, Any]] = []
-            refused: list[dict[str, Any]] = []
-            for index, item in enumerate(items):
-                event, errors = _event_of(request.content_type, item, settings.policy)
-                if errors:
-                    refused.append({"index": index, "errors": [error.to_json() for error in errors]})
-                else:
-                    accepted.append(event)
-            await _produce(producer, settings, pending, accepted)
-        except _Refusal as refusal:
-            return refusal.response
+        items = _parse(request.content_type, await _read_body(request, settings.max_bytes))
+        if not items:
+            raise ApiError(400, "bad_request", "the body holds no events")
+        if len(items) > settings.max_events:
+            raise ApiError(413, "too_many_events", f"{len(items)} events in one request; at most "
+                                                   f"{settings.max_events} (ACCOUNTANT_INGEST_MAX_EVENTS)")
+        accepted: list[dict[str, Any]] = []
+        refused: list[dict[str, Any]] = []
+        for index, item in enumerate(items):
+            event, errors = _event_of(request.content_type, item, settings.policy)
+            if errors:
+                refused.append({"index": index, "errors": [error.to_json() for error in errors]})
+            else:
+                accepted.append(event)
+        await _produce(producer, settings, pending, accepted)
         body = {"accepted": len(accepted), "refused": refused}
-        return _json(202 if accepted or not refused else 422, body)
+        return json_response(body, 202 if accepted or not refused else 422)
 
     return post_events
 
 
 async def _read_body(request: web.Request, max_bytes: int) -> bytes:
-    too_large = _Refusal(413, "body_too_large", f"the body is larger than {max_bytes} bytes "
+    too_large = ApiError(413, "body_too_large", f"the body is larger than {max_bytes} bytes "
                                                 "(ACCOUNTANT_INGEST_MAX_BYTES)")
     if request.content_length is not None and request.content_length > max_bytes:
         raise too_large
@@ -130,18 +118,18 @@ async def _read_body(request: web.Request, max_bytes: int) -> bytes:
 def _parse(content_type: str, body: bytes) -> list[Any]:
     """The body's items (events or CloudEvents), each decoded JSON, or `_Unparsed` for a bad NDJSON line."""
     if content_type not in MEDIA_TYPES:
-        raise _Refusal(415, "unsupported_media_type", f"Content-Type {content_type!r}: send one of "
+        raise ApiError(415, "unsupported_media_type", f"Content-Type {content_type!r}: send one of "
                                                       + ", ".join(MEDIA_TYPES))
     if content_type == NDJSON:
         return [_ndjson_line(line) for line in body.splitlines() if line.strip()]
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as error:
-        raise _Refusal(400, "bad_request", f"the body is not UTF-8 JSON: {error}") from None
+        raise ApiError(400, "bad_request", f"the body is not UTF-8 JSON: {error}") from None
     if content_type == CLOUDEVENT:
         return [document]
     if content_type == CLOUDEVENT_BATCH and not isinstance(document, list):
-        raise _Refusal(400, "bad_request", f"a {CLOUDEVENT_BATCH} body must be a JSON array")
+        raise ApiError(400, "bad_request", f"a {CLOUDEVENT_BATCH} body must be a JSON array")
     return document if isinstance(document, list) else [document]
 
 
@@ -231,23 +219,24 @@ class _Pending:
             self.stalled = False
 
 
-async def _produce(producer: AIOKafkaProducer, settings: IngestSettings, pending: _Pending,
+async def _produce(producer: IngestProducer, settings: IngestSettings, pending: _Pending,
                    events: list[dict[str, Any]]) -> None:
-    """Produce `events` and return once the broker acknowledged them all; else `_Refusal` 503."""
+    """Produce `events` and return once the broker acknowledged them all; else `ApiError` 503."""
     if not events:
         return
     unavailable = {"Retry-After": str(settings.retry_after_secs)}
     if not pending.reserve(len(events)):
         waiting = ("the broker has not acknowledged earlier events yet" if pending.stalled
                    else f"{pending.count} events already wait for the broker")
-        raise _Refusal(503, "unavailable", f"{waiting}; none of this request's events is accepted: send it "
-                                           "again later", unavailable)
+        raise ApiError(503, "unavailable", f"{waiting}; none of this request's events is accepted: send it "
+                                           "again later", headers=unavailable)
     unclaimed = len(events)
     deliveries: list[asyncio.Future] = []
     try:
         async with asyncio.timeout(settings.delivery_timeout_secs):
+            kafka = await producer.started()
             for event in events:
-                delivery = await producer.send(settings.topic, orjson.dumps(event),
+                delivery = await kafka.send(settings.topic, orjson.dumps(event),
                                                key=event["session_id"].encode("utf-8"))
                 delivery.add_done_callback(lambda _: pending.release())
                 unclaimed -= 1
@@ -259,8 +248,8 @@ async def _produce(producer: AIOKafkaProducer, settings: IngestSettings, pending
         pending.stalled = pending.stalled or (timed_out and pending.count > unclaimed)
         problem = ("the broker did not acknowledge every event within "
                    f"{settings.delivery_timeout_secs:g} s" if timed_out else repr(error))
-        raise _Refusal(503, "unavailable", f"{problem}; none of this request's events is accepted: send it "
-                                           "again (each event is counted once)", unavailable) from None
+        raise ApiError(503, "unavailable", f"{problem}; none of this request's events is accepted: send it "
+                                           "again (each event is counted once)", headers=unavailable) from None
     finally:
         if unclaimed:
             pending.release(unclaimed)  # never handed to aiokafka, so no callback releases them
@@ -270,9 +259,15 @@ async def _produce(producer: AIOKafkaProducer, settings: IngestSettings, pending
 # OpenAPI
 
 
-def ingest_openapi(token_required: bool) -> dict[str, Any]:
-    """`paths` and `components.schemas` to merge into the OpenAPI 3.1 document."""
-    event = _without_schema_uri(resolved_schema("event"))
+def ingest_openapi(ref: Callable[[str], dict[str, str]], error: dict[str, Any]) -> tuple[dict[str, Any],
+                                                                                      dict[str, Any]]:
+    """The `POST /events` operation and the component schemas it names, for
+    `app.web.openapi.build_openapi`, which adds the token's 401. `ref(name)`
+    points at a component; `error` is the response of an `ApiError`."""
+    event = resolved_schema("event")
+    # OpenAPI 3.1 components are 2020-12 by default (jsonSchemaDialect).
+    del event["$schema"]
+    event["description"] += " Inlined from the JSON Schema served at /schemas/event.json."
     cloudevent = {
         "title": "CloudEvent",
         "description": "A CloudEvents 1.0 structured-mode event carrying one session event: id -> event_id, "
@@ -313,46 +308,29 @@ def ingest_openapi(token_required: bool) -> dict[str, Any]:
             },
         },
     }
-    error = {"type": "object", "required": ["error", "detail"],
-             "properties": {"error": {"type": "string"}, "detail": {"type": "string"}}}
-    ref = "#/components/schemas/{}".format
-    error_answer = {"content": {JSON: {"schema": {"$ref": ref("IngestError")}}}}
-    responses: dict[str, Any] = {
-        "202": {"description": "Every listed event not refused was acknowledged by the broker.",
-                "content": {JSON: {"schema": {"$ref": ref("IngestAnswer")}}}},
-        "400": {"description": "The body is not JSON, or holds no events.", **error_answer},
-        "413": {"description": "More events or bytes than the limits.", **error_answer},
-        "415": {"description": "An unsupported Content-Type.", **error_answer},
-        "422": {"description": "Every event was refused; nothing was produced.",
-                "content": {JSON: {"schema": {"$ref": ref("IngestAnswer")}}}},
-        "503": {"description": "The broker did not acknowledge in time (or too many events wait for it): "
-                               "nothing of the request is accepted; send it again after Retry-After.",
-                "headers": {"Retry-After": {"schema": {"type": "integer"}}}, **error_answer},
-    }
-    if token_required:
-        responses["401"] = {"description": "Missing or wrong API token.", **error_answer}
+    answered = {"content": {JSON: {"schema": ref("IngestAnswer")}}}
     operation: dict[str, Any] = {
-        "operationId": "post_events",
-        "summary": "Publish session events (one, an array, NDJSON, or CloudEvents)",
+        "operationId": "postEvents",
+        "summary": "Publish session events (one, an array, NDJSON, or CloudEvents).",
+        "description": "Each event is checked against its JSON Schema (/schemas/{type}.json); the valid ones are "
+                       "produced to the events topic and the answer is 202 once the broker acknowledged them "
+                       "(docs/ingest.md).",
         "requestBody": {"required": True, "content": {
-            JSON: {"schema": {"oneOf": [{"$ref": ref("SessionEvent")},
-                                        {"type": "array", "items": {"$ref": ref("SessionEvent")}}]}},
+            JSON: {"schema": {"oneOf": [ref("SessionEvent"), {"type": "array", "items": ref("SessionEvent")}]}},
             NDJSON: {"schema": {"type": "string", "description": "One SessionEvent per line."}},
-            CLOUDEVENT: {"schema": {"$ref": ref("CloudEvent")}},
-            CLOUDEVENT_BATCH: {"schema": {"type": "array", "items": {"$ref": ref("CloudEvent")}}},
+            CLOUDEVENT: {"schema": ref("CloudEvent")},
+            CLOUDEVENT_BATCH: {"schema": {"type": "array", "items": ref("CloudEvent")}},
         }},
-        "responses": responses,
+        "responses": {
+            "202": {"description": "Every listed event not refused was acknowledged by the broker.", **answered},
+            "400": {**error, "description": "The body is not JSON, or holds no events."},
+            "413": {**error, "description": "More events or bytes than the limits."},
+            "415": {**error, "description": "An unsupported Content-Type."},
+            "422": {"description": "Every event was refused; nothing was produced.", **answered},
+            "503": {**error, "description": "The broker did not acknowledge in time (or too many events wait for "
+                                            "it): nothing of the request is accepted; send it again after "
+                                            "Retry-After.",
+                    "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
+        },
     }
-    if token_required:
-        operation["security"] = [{"bearerAuth": []}]
-    return {
-        "paths": {"/events": {"post": operation}},
-        "components": {"schemas": {"SessionEvent": event, "CloudEvent": cloudevent, "IngestAnswer": answer,
-                                   "IngestError": error}},
-    }
-
-
-def _without_schema_uri(schema: dict[str, Any]) -> dict[str, Any]:
-    # OpenAPI 3.1 components are 2020-12 by default (jsonSchemaDialect).
-    schema.pop("$schema", None)
-    return schema
+    return operation, {"SessionEvent": event, "CloudEvent": cloudevent, "IngestAnswer": answer}

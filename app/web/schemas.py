@@ -6,22 +6,20 @@ Served side by side under one path, their relative `$ref`s
 
 from __future__ import annotations
 
-import orjson
 from aiohttp import web
 
 from app.schemas import SCHEMA_NAMES, schema_bytes
+from app.web.errors import ApiError
 
-__all__ = ["SCHEMA_MEDIA_TYPE", "SCHEMAS_PATH", "get_schema"]
+__all__ = ["SCHEMAS_PATH", "SCHEMA_MEDIA_TYPE", "get_schema"]
 
-SCHEMAS_PATH = "/schemas/{name}"
+SCHEMAS_PATH = "/schemas/{name}.json"
 SCHEMA_MEDIA_TYPE = "application/schema+json"
 
 
 async def get_schema(request: web.Request) -> web.Response:
-    file_name = request.match_info["name"]
-    name = file_name.removesuffix(".json")
-    if not file_name.endswith(".json") or name not in SCHEMA_NAMES:
+    name = request.match_info["name"]
+    if name not in SCHEMA_NAMES:
         known = ", ".join(f"{known}.json" for known in SCHEMA_NAMES)
-        return web.Response(status=404, content_type="application/json", body=orjson.dumps(
-            {"error": "not_found", "detail": f"no schema {file_name!r}; there are {known}"}))
+        raise ApiError(404, "not_found", f"no schema {name + '.json'!r}; there are {known}")
     return web.Response(body=schema_bytes(name), content_type=SCHEMA_MEDIA_TYPE)

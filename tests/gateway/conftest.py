@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 import pytest
 
-from app.broker import create_topics
+from app.dev.kafka import create_topics
 from tests.faults.conftest import private_kafka  # noqa: F401  (re-exported: a broker a test may stop)
 from tests.gateway.topics import PARTITIONS
 
@@ -15,11 +15,3 @@ async def topic(kafka_bootstrap: str, unique_name: Callable[[str], str]) -> str:
     name = unique_name("events")
     await create_topics(kafka_bootstrap, {name: PARTITIONS})
     return name
-
-# Until app/web.py becomes the package app/web/ (house helper), app/web/ingest.py
-# is reached through the module's __path__. Remove once the package is merged.
-import app.web  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-if not hasattr(app.web, "__path__"):
-    app.web.__path__ = [str(Path(app.web.__file__).with_suffix(""))]

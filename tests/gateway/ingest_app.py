@@ -1,5 +1,6 @@
 """`POST /events` served on loopback for the tests: the real handler, the
-real token middleware, a real producer."""
+real error and token middleware, a real producer, on a topic of the test's
+own (the whole worker is in tests/gateway/test_reordered_rounds.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from app.publisher import reliable_producer
-from app.web import json_errors, token_middleware  # app.web.auth / app.web.errors once the package lands
-from app.web.ingest import IngestSettings, ingest_handler, ingest_openapi
+from app.web.auth import token_middleware
+from app.web.errors import json_errors
+from app.web.ingest import INGEST_PATH, IngestSettings, ingest_handler
+from app.web.ingest_producer import IngestProducer
+from app.web.openapi import build_openapi
 
 TOKEN = "ingest-secret"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -28,7 +32,7 @@ class IngestApi:
     async def post(self, body: Any, content_type: str = "application/json", *,
                    headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
         data = body if isinstance(body, bytes) else orjson.dumps(body)
-        response = await self.client.post("/events", data=data,
+        response = await self.client.post(INGEST_PATH, data=data,
                                           headers={"Content-Type": content_type, **BEARER, **(headers or {})})
         return response.status, await response.json(), dict(response.headers)
 
@@ -36,10 +40,11 @@ class IngestApi:
 @asynccontextmanager
 async def ingest_api(bootstrap: str, settings: IngestSettings, *, port: int | None = None,
                      client_options: dict[str, Any] | None = None) -> AsyncIterator[IngestApi]:
-    producer = reliable_producer(bootstrap, client_options)
-    await producer.start()
+    producer = IngestProducer(lambda: reliable_producer(bootstrap, client_options))
     app = web.Application(middlewares=[json_errors, token_middleware(TOKEN)])
-    app.router.add_post("/events", ingest_handler(producer, settings))
+    app.router.add_post(INGEST_PATH, ingest_handler(producer, settings))
+    app.on_startup.append(producer.on_startup)
+    app.on_cleanup.append(producer.on_cleanup)
     document = openapi_document()
 
     async def openapi(request: web.Request) -> web.Response:
@@ -52,16 +57,10 @@ async def ingest_api(bootstrap: str, settings: IngestSettings, *, port: int | No
         yield IngestApi(client, settings.topic)
     finally:
         await client.close()
-        await producer.stop()
 
 
-def openapi_document() -> dict[str, Any]:
-    """A document of the ingest operation alone, as the service's will merge it."""
-    fragment = ingest_openapi(token_required=True)
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "usage-accountant ingest", "version": "test"},
-        "paths": fragment["paths"],
-        "components": fragment["components"] | {
-            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
-    }
+def openapi_document(*, token_required: bool = True) -> dict[str, Any]:
+    """The service's document with `POST /events` as its only operation, for fuzzing this app."""
+    document = build_openapi(token_required=token_required)
+    document["paths"] = {INGEST_PATH: document["paths"][INGEST_PATH]}
+    return document

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from app import rules
-from app.broker import LocalKafka, create_topics
+from app.dev.kafka import LocalKafka, create_topics
 from app.rules import parse_timestamp
 from app.web.ingest import IngestSettings
 from tests.gateway.examples import example_events

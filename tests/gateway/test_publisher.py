@@ -5,19 +5,19 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
 
 from app import rules
-from app.broker import LocalKafka, create_topics
+from app.dev.kafka import LocalKafka, create_topics
 from app.publisher import InvalidEventError, PublishError, SessionPublisher, event_id_for
 from app.rules import parse_timestamp
 from tests.gateway.reference import reference_validator
 from tests.gateway.topics import PARTITIONS, account, read_topic
 
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 NOW = parse_timestamp("2024-05-01T12:05:00Z")  # the rules' clock: after every event, before any TTL
 
 

@@ -85,37 +85,18 @@ def test_rfc3339_timestamps_with_an_offset_are_valid(text: str) -> None:
 
 
 @pytest.mark.parametrize("kind, name, value", [
-    ("session.created", "ttl_secs", 1), ("session.created", "ttl_secs", 2**32),
-    ("session.extended", "ttl_secs", 2**32), ("session.activated", "initial_token_count", 0),
-    ("session.activated", "initial_token_count", 2**63 - 1), ("round.completed", "round", 2**63 - 1),
-    ("round.completed", "delta_token_count", 0), ("session.created", "provider_id", "p" * 1024),
-    ("session.created", "model", "m" * 1024), ("session.closed", "reason", "r" * 1024),
-    ("session.activated", "event_id", "e" * 128), ("session.activated", "tenant_id", "é" * 128),
-])
-def test_values_at_the_bounds_are_valid(kind: str, name: str, value: Any) -> None:
-    event = example_events()[kind] | {name: value}
-    assert reference_validator("event").is_valid(event) and validate_event(event) == []
-
-
-# --------------------------------------------------------------------------
-# Invalid events: refused by both validators, the field named
-
-
-@pytest.mark.parametrize("kind, name, value", [
-    ("session.created", "ttl_secs", 0), ("session.created", "ttl_secs", 2**32 + 1), ("session.created", "ttl_secs", "60"),
-    ("session.extended", "ttl_secs", True), ("session.activated", "initial_token_count", -1),
-    ("session.activated", "initial_token_count", 2**63), ("round.completed", "round", 0),
-    ("round.completed", "delta_token_count", 2.5), ("round.completed", "model", ""),
+    ("session.created", "ttl_secs", 0), ("session.created", "ttl_secs", 2**32 + 1),
+    ("session.created", "ttl_secs", "60"), ("session.extended", "ttl_secs", True),
+    ("session.activated", "initial_token_count", -1), ("session.activated", "initial_token_count", 2**63),
+    ("round.completed", "round", 0), ("round.completed", "delta_token_count", 2.5), ("round.completed", "model", ""),
     ("session.created", "provider_id", "p" * 1025), ("session.created", "model", 5),
     ("session.closed", "reason", "r" * 1025), ("session.closed", "reason", 5), ("session.activated", "event_id", ""),
     ("session.activated", "session_id", "s" * 129), ("session.activated", "tenant_id", None),
-    ("session.activated", "type", "session.updated"), ("session.activated", "occurred_at", "2024-05-01T12:00:00"),
-    ("session.activated", "occurred_at", "2024-02-30T12:00:00Z"), ("session.activated", "occurred_at", "2023-02-29T12:00:00Z"),
-    ("session.activated", "occurred_at", "2024-05-01T12:00:60Z"), ("session.activated", "occurred_at", "2024-05-01T12:00:00Z\n"),
-    ("session.activated", "occurred_at", "0000-01-01T00:00:00Z"), ("session.activated", "occurred_at", "2024-05-01T12:00:00.Z"),
-    ("session.activated", "occurred_at", "2024-05-01T12:00:00.1234567890Z"),
-    ("session.activated", "occurred_at", "2024-05-01T12:00:00+24:00"), ("session.activated", "occurred_at", 1714564800),
-    ("session.activated", "occurred_at", "\u0662\u0660\u0662\u0664-05-01T12:00:00Z"),
+    ("session.activated", "type", "session.updated"),
+    *(("session.activated", "occurred_at", value) for value in (
+        "2024-05-01T12:00:00", "2024-02-30T12:00:00Z", "2023-02-29T12:00:00Z", "2024-05-01T12:00:60Z",
+        "2024-05-01T12:00:00Z\n", "0000-01-01T00:00:00Z", "2024-05-01T12:00:00.Z", "2024-05-01T12:00:00.1234567890Z",
+        "2024-05-01T12:00:00+24:00", 1714564800, "\u0662\u0660\u0662\u0664-05-01T12:00:00Z")),
 ])
 def test_a_bad_field_is_refused_by_both_validators_and_named(kind: str, name: str, value: Any) -> None:
     event = example_events()[kind] | {name: value}
