@@ -33,7 +33,8 @@ from app.web.ingest_producer import IngestProducer
 if TYPE_CHECKING:
     from app.settings import Settings
 
-__all__ = ["CLOUDEVENT_FIELDS", "INGEST_PATH", "MEDIA_TYPES", "IngestSettings", "ingest_handler", "ingest_openapi"]
+__all__ = ["CLOUDEVENT_FIELDS", "INGEST_PATH", "MEDIA_TYPES", "NDJSON", "IngestSettings", "ingest_handler",
+           "ingest_openapi", "screen"]
 
 INGEST_PATH = "/events"
 
@@ -81,25 +82,35 @@ def ingest_handler(producer: IngestProducer, settings: IngestSettings) -> Callab
     pending = _Pending(settings.max_pending_events)
 
     async def post_events(request: web.Request) -> web.Response:
-        items = _parse(request.content_type, await _read_body(request, settings.max_bytes))
-        if not items:
-            raise ApiError(400, "bad_request", "the body holds no events")
-        if len(items) > settings.max_events:
-            raise ApiError(413, "too_many_events", f"{len(items)} events in one request; at most "
-                                                   f"{settings.max_events} (ACCOUNTANT_INGEST_MAX_EVENTS)")
-        accepted: list[dict[str, Any]] = []
-        refused: list[dict[str, Any]] = []
-        for index, item in enumerate(items):
-            event, errors = _event_of(request.content_type, item, settings.policy)
-            if errors:
-                refused.append({"index": index, "errors": [error.to_json() for error in errors]})
-            else:
-                accepted.append(event)
+        accepted, refused = screen(request.content_type, await _read_body(request, settings.max_bytes), settings)
         await _produce(producer, settings, pending, accepted)
         body = {"accepted": len(accepted), "refused": refused}
         return json_response(body, 202 if accepted or not refused else 422)
 
     return post_events
+
+
+def screen(content_type: str, body: bytes, settings: IngestSettings) -> tuple[list[dict[str, Any]],
+                                                                               list[dict[str, Any]]]:
+    """What `POST /events` makes of a body, before producing: the events to
+    produce, and the refused ones (`{"index", "errors"}`). Raises `ApiError`
+    for the body as a whole (400, 413, 415). Pure: the simulator's tests judge
+    events with it as the API would."""
+    items = _parse(content_type, body)
+    if not items:
+        raise ApiError(400, "bad_request", "the body holds no events")
+    if len(items) > settings.max_events:
+        raise ApiError(413, "too_many_events", f"{len(items)} events in one request; at most "
+                                               f"{settings.max_events} (ACCOUNTANT_INGEST_MAX_EVENTS)")
+    accepted: list[dict[str, Any]] = []
+    refused: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        event, errors = _event_of(content_type, item, settings.policy)
+        if errors:
+            refused.append({"index": index, "errors": [error.to_json() for error in errors]})
+        else:
+            accepted.append(event)
+    return accepted, refused
 
 
 async def _read_body(request: web.Request, max_bytes: int) -> bytes:
