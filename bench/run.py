@@ -23,10 +23,11 @@ import orjson
 from app.dev.kafka import LocalKafka, wait_for_broker
 from bench import report
 from bench.benchmarks import Context, Scale, latency_and_ttl, recovery_and_memory, throughput
+from bench.ingest import ingest
 from bench.machine import describe
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ALL = ("throughput", "latency", "recovery")
+ALL = ("throughput", "latency", "recovery", "ingest")
 
 
 def _log(message: str) -> None:
@@ -45,6 +46,8 @@ async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[
         results.update(await latency_and_ttl(ctx))
     if "recovery" in args.only:
         results["recovery"] = await recovery_and_memory(ctx, args.stores)
+    if "ingest" in args.only:
+        results["ingest"] = await ingest(bootstrap, workdir, _log, seconds=5.0 if args.quick else 10.0)
     results["machine"]["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
     results["total_secs"] = round(time.monotonic() - started, 1)
     return results

@@ -248,12 +248,16 @@ async def _produce(producer: IngestProducer, settings: IngestSettings, pending: 
             kafka = await producer.started()
             for event in events:
                 delivery = await kafka.send(settings.topic, orjson.dumps(event),
-                                               key=event["session_id"].encode("utf-8"))
+                                            key=event["session_id"].encode("utf-8"))
                 delivery.add_done_callback(lambda _: pending.release())
                 unclaimed -= 1
                 deliveries.append(delivery)
-            # Shielded: a timeout must not cancel aiokafka's own futures.
-            await asyncio.gather(*(asyncio.shield(delivery) for delivery in deliveries))
+            # asyncio.wait, unlike gather, never cancels the futures it waits
+            # for: a timeout must not cancel aiokafka's own.
+            await asyncio.wait(deliveries)
+            failed = next((delivery.exception() for delivery in deliveries if delivery.exception()), None)
+            if failed is not None:
+                raise failed
     except (KafkaError, TimeoutError) as error:
         timed_out = isinstance(error, TimeoutError)
         pending.stalled = pending.stalled or (timed_out and pending.count > unclaimed)

@@ -1,6 +1,6 @@
-"""`POST /events` served on loopback for the tests: the real handler, the
-real error and token middleware, a real producer, on a topic of the test's
-own (the whole worker is in tests/gateway/test_reordered_rounds.py)."""
+"""`POST /events` served on loopback for the tests (tests/support/ingest.py),
+on a topic of the test's own; the whole worker serves it in
+tests/gateway/test_reordered_rounds.py."""
 
 from __future__ import annotations
 
@@ -13,12 +13,9 @@ import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from app.publisher import reliable_producer
-from app.web.auth import token_middleware
-from app.web.errors import json_errors
-from app.web.ingest import INGEST_PATH, IngestSettings, ingest_handler
-from app.web.ingest_producer import IngestProducer
+from app.web.ingest import INGEST_PATH, IngestSettings
 from app.web.openapi import build_openapi
+from tests.support.ingest import ingest_application
 
 TOKEN = "ingest-secret"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -40,11 +37,7 @@ class IngestApi:
 @asynccontextmanager
 async def ingest_api(bootstrap: str, settings: IngestSettings, *, port: int | None = None,
                      client_options: dict[str, Any] | None = None) -> AsyncIterator[IngestApi]:
-    producer = IngestProducer(lambda: reliable_producer(bootstrap, client_options))
-    app = web.Application(middlewares=[json_errors, token_middleware(TOKEN)])
-    app.router.add_post(INGEST_PATH, ingest_handler(producer, settings))
-    app.on_startup.append(producer.on_startup)
-    app.on_cleanup.append(producer.on_cleanup)
+    app = ingest_application(bootstrap, settings, token=TOKEN, client_options=client_options)
     document = openapi_document()
 
     async def openapi(request: web.Request) -> web.Response:
