@@ -26,15 +26,25 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 
 from app.rules import DEFAULT_POLICY, Policy
-from app.schemas import FieldError, resolved_schema, validate_event
+from app.schemas import EVENT_TYPES, FieldError, resolved_schema, validate_event
 from app.web.errors import ApiError, json_response
 from app.web.ingest_producer import IngestProducer
 
 if TYPE_CHECKING:
     from app.settings import Settings
 
-__all__ = ["CLOUDEVENT_FIELDS", "INGEST_PATH", "MEDIA_TYPES", "NDJSON", "IngestSettings", "ingest_handler",
-           "ingest_openapi", "screen"]
+__all__ = [
+    "CLOUDEVENT",
+    "CLOUDEVENT_BATCH",
+    "CLOUDEVENT_FIELDS",
+    "INGEST_PATH",
+    "MEDIA_TYPES",
+    "NDJSON",
+    "IngestSettings",
+    "ingest_handler",
+    "ingest_openapi",
+    "screen",
+]
 
 INGEST_PATH = "/events"
 
@@ -274,6 +284,29 @@ async def _produce(producer: IngestProducer, settings: IngestSettings, pending: 
 # OpenAPI
 
 
+def _cloudevent_of(kind: str) -> dict[str, Any]:
+    """The CloudEvent carrying an event of type `kind`, written from its
+    JSON Schema: the mapped fields' rules on the attributes, the others in `data`."""
+    common, specific = resolved_schema(kind)["allOf"]
+    fields = common["properties"] | specific["properties"]
+    required = [*common["required"], *specific.get("required", ())]
+    attributes = {attribute: fields[field] for attribute, field in CLOUDEVENT_FIELDS.items()}
+    data_fields = {name: rule for name, rule in fields.items() if name not in _EVENT_TO_CLOUDEVENT}
+    return {
+        "title": f"CloudEvent carrying {kind}",
+        "type": "object",
+        "required": ["specversion", "source", "data", *attributes],
+        "properties": {
+            "specversion": {"const": "1.0"},
+            "source": {"type": "string", "minLength": 1},
+            "datacontenttype": {"const": JSON},
+            **attributes,
+            "data": {"type": "object", "properties": data_fields,
+                     "required": [name for name in required if name in data_fields]},
+        },
+    }
+
+
 def ingest_openapi(ref: Callable[[str], dict[str, str]], error: dict[str, Any]) -> tuple[dict[str, Any],
                                                                                       dict[str, Any]]:
     """The `POST /events` operation and the component schemas it names, for
@@ -287,19 +320,8 @@ def ingest_openapi(ref: Callable[[str], dict[str, str]], error: dict[str, Any]) 
         "title": "CloudEvent",
         "description": "A CloudEvents 1.0 structured-mode event carrying one session event: id -> event_id, "
                        "type -> type, subject -> session_id, time -> occurred_at, data -> the other fields "
-                       "(docs/ingest.md).",
-        "type": "object",
-        "required": ["specversion", "id", "source", "type"],
-        "properties": {
-            "specversion": {"const": "1.0"},
-            "id": {"type": "string"},
-            "source": {"type": "string", "minLength": 1},
-            "type": {"type": "string"},
-            "subject": {"type": "string"},
-            "time": {"type": "string"},
-            "datacontenttype": {"const": JSON},
-            "data": {"type": "object"},
-        },
+                       "(docs/ingest.md). An attribute left out may come from data instead.",
+        "oneOf": [_cloudevent_of(kind) for kind in EVENT_TYPES],
     }
     answer = {
         "title": "IngestAnswer",
@@ -324,6 +346,8 @@ def ingest_openapi(ref: Callable[[str], dict[str, str]], error: dict[str, Any]) 
         },
     }
     answered = {"content": {JSON: {"schema": ref("IngestAnswer")}}}
+    # An empty array or batch holds no events: 400.
+    several_events = {"type": "array", "minItems": 1, "items": ref("SessionEvent")}
     operation: dict[str, Any] = {
         "operationId": "postEvents",
         "summary": "Publish session events (one, an array, NDJSON, or CloudEvents).",
@@ -331,10 +355,10 @@ def ingest_openapi(ref: Callable[[str], dict[str, str]], error: dict[str, Any]) 
                        "produced to the events topic and the answer is 202 once the broker acknowledged them "
                        "(docs/ingest.md).",
         "requestBody": {"required": True, "content": {
-            JSON: {"schema": {"oneOf": [ref("SessionEvent"), {"type": "array", "items": ref("SessionEvent")}]}},
+            JSON: {"schema": {"oneOf": [ref("SessionEvent"), several_events]}},
             NDJSON: {"schema": {"type": "string", "description": "One SessionEvent per line."}},
             CLOUDEVENT: {"schema": ref("CloudEvent")},
-            CLOUDEVENT_BATCH: {"schema": {"type": "array", "items": ref("CloudEvent")}},
+            CLOUDEVENT_BATCH: {"schema": {"type": "array", "minItems": 1, "items": ref("CloudEvent")}},
         }},
         "responses": {
             "202": {"description": "Every listed event not refused was acknowledged by the broker.", **answered},
