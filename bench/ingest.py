@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
 import subprocess
 import sys
 import tempfile
@@ -42,9 +41,9 @@ import aiohttp
 import orjson
 import psutil
 
-from app.dev.kafka import LocalKafka, create_topics, pick_free_loopback_port, wait_for_broker
+from app.dev.kafka import create_topics, pick_free_loopback_port
 from app.publisher import reliable_producer
-from bench.common import PARTITIONS, summary_ms
+from bench.common import PARTITIONS, bench_broker, log, summary_ms
 from bench.loadgen import TENANTS, lifecycle
 from tests.support import REPO
 from tests.support.clock import now_rfc3339
@@ -181,25 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "ingest.json", help="where to write the figures")
     args = parser.parse_args(argv)
 
-    def log(message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-    with tempfile.TemporaryDirectory(prefix="usage-accountant-ingest-") as tmp:
-        workdir = Path(tmp)
-        broker = None
-        bootstrap = os.environ.get("ACCOUNTANT_BROKER", "").strip()
-        if bootstrap:
-            wait_for_broker(bootstrap, timeout=30)
-        else:
-            log("starting a local Kafka broker")
-            broker = LocalKafka(workdir=workdir / "kafka").start()
-            bootstrap = broker.bootstrap
-        try:
-            figures = asyncio.run(ingest(bootstrap, workdir, log, seconds=args.seconds, clients=args.clients,
-                                         batches=tuple(args.batches)))
-        finally:
-            if broker is not None:
-                broker.stop()
+    with tempfile.TemporaryDirectory(prefix="usage-accountant-ingest-") as tmp, bench_broker(Path(tmp)) as bootstrap:
+        figures = asyncio.run(ingest(bootstrap, Path(tmp), log, seconds=args.seconds, clients=args.clients,
+                                     batches=tuple(args.batches)))
     results = {"machine": describe(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ingest": figures}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
