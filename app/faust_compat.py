@@ -526,9 +526,17 @@ def rocksdb_key_index(store: RocksDBStore) -> MutableMapping[bytes, int]:
 
 
 def rocksdb_get_any_partition(store: RocksDBStore, key: bytes) -> bytes | None:
-    """A key's value from whichever partition database holds it.
-
-    Faust's `_get` reads only the partition of `current_event()`; in a batch
-    that is the first partition of the batch, not the key's."""
+    """A key's value from whichever partition database holds it."""
     found = store._get_bucket_for_key(key)
     return None if found is None else found.value
+
+
+class AnyPartitionRocksDBStore(RocksDBStore):
+    """Faust's RocksDB store, reading a key from whichever partition holds it.
+
+    Faust's `_get` reads only the partition of `current_event()`; in a batch
+    that is the first partition of the batch, not the key's (canary
+    test_faust_rocksdb_store_reads_only_the_current_events_partition)."""
+
+    def _get(self, key: bytes) -> bytes | None:
+        return rocksdb_get_any_partition(self, key)

@@ -44,6 +44,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from app.kafka_config import security_options
 from app.rules import DEFAULT_POLICY, Policy
 from app.schemas import FieldError, validate_event
 
@@ -97,10 +98,9 @@ def reliable_producer(bootstrap_servers: str | list[str],
 
 
 def producer_options(settings: Settings, *, client_id: str) -> dict[str, Any]:
-    """The aiokafka options of every producer made from the service's settings
-    for gateway traffic: the ingest API's (`app.web.ingest_producer`) and the
-    simulator's. The one place to add the connection's TLS/SASL options."""
-    return {"client_id": client_id}
+    """The aiokafka options of the ingest API's producer (`app.web`): the
+    connection's TLS/SASL options from `app.kafka_config`, and its client id."""
+    return {**security_options(settings), "client_id": client_id}
 
 
 def event_id_for(session_id: str, step: str) -> str:
@@ -186,10 +186,8 @@ class SessionPublisher:
                            event_id: str | None = None) -> PublishedSession:
         """Publish `session.created` and return the session's handle."""
         session = self.session(session_id, tenant_id)
-        fields: dict[str, Any] = {"provider_id": provider_id, "model": model, "ttl_secs": ttl_secs}
-        if metadata is not None:
-            fields["metadata"] = metadata
-        await session._publish("session.created", "created", fields, occurred_at, event_id)
+        await session.open(provider_id=provider_id, model=model, ttl_secs=ttl_secs, metadata=metadata,
+                           occurred_at=occurred_at, event_id=event_id)
         return session
 
     async def send_record(self, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
@@ -203,7 +201,9 @@ class SessionPublisher:
         delivery: asyncio.Future[Any] = await self._producer.send(self.topic, value, key=key)
         return delivery
 
-    async def _send(self, key: bytes, value: bytes) -> None:
+    async def send_and_wait(self, key: bytes, value: bytes) -> None:
+        """Send one record as given and wait for the broker's acknowledgement
+        (at most `delivery_timeout_secs`); `PublishError` when it does not come."""
         try:
             delivery = await self.send_record(key, value)
             # Shielded: on timeout aiokafka keeps the record and may still deliver it.
@@ -231,6 +231,14 @@ class PublishedSession:
         #: Events not acknowledged yet (a send failed), in order: sent again first.
         self.unacknowledged: list[bytes] = []
         self._in_order = asyncio.Lock()
+
+    async def open(self, *, provider_id: str, model: str, ttl_secs: int, metadata: Any = None,
+                   occurred_at: datetime | str | None = None, event_id: str | None = None) -> None:
+        """Publish `session.created` (`SessionPublisher.open_session` does, for a new session)."""
+        fields: dict[str, Any] = {"provider_id": provider_id, "model": model, "ttl_secs": ttl_secs}
+        if metadata is not None:
+            fields["metadata"] = metadata
+        await self._publish("session.created", "created", fields, occurred_at, event_id)
 
     async def activate(self, *, initial_token_count: int, occurred_at: datetime | str | None = None,
                        event_id: str | None = None) -> None:
@@ -283,5 +291,5 @@ class PublishedSession:
     async def _drain(self) -> None:
         key = self.session_id.encode("utf-8")
         while self.unacknowledged:
-            await self.publisher._send(key, self.unacknowledged[0])
+            await self.publisher.send_and_wait(key, self.unacknowledged[0])
             self.unacknowledged.pop(0)

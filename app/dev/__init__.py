@@ -4,7 +4,9 @@
   Maven Central, KRaft, loopback only), used by `accountant dev`, the tests
   and the benchmarks;
 - `simulator`: a gateway fleet publishing realistic sessions (`accountant simulate`);
-- `oracle`: what the service must conclude from a simulation, and the checks.
+- `oracle`: what the service must conclude from a simulation, and the checks;
+- `kafka_security`: a CA, certificates and a SCRAM user made at run time, and
+  the SASL_SSL/SSL listeners of a local broker (`accountant dev --secure`).
 
 The service (rules, agents, tables, web) never imports this package; only the
 CLI's `dev`, `broker` and `simulate` commands do.

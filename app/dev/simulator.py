@@ -64,7 +64,8 @@ from app.dev.oracle import (
     verify_outputs,
 )
 from app.dev.partitioners import Partitioner, partition_for
-from app.publisher import SessionPublisher, build_event, producer_options
+from app.kafka_config import security_options
+from app.publisher import SessionPublisher, build_event
 from app.rules import MAX_COUNT, SECOND, CloseReason, Micros, Reason, Result, format_timestamp
 from app.settings import load_settings
 
@@ -606,7 +607,7 @@ async def publish(
     stamper: Stamper | None = None,
     progress: TextIO | None = sys.stderr,
     topic_wait_secs: float = 30.0,
-    client_options: Mapping[str, Any] | None = None,
+    security: Mapping[str, Any] | None = None,
 ) -> PublishStats:
     """Send events to `topic` through the publisher library's
     `SessionPublisher` (idempotent, `acks="all"`), keyed by session, at
@@ -615,14 +616,15 @@ async def publish(
     The partition is chosen with `partitioner`, as the gateway's client
     would.  Pass the same `stamper` to publish one simulation in several
     pieces, so re-sends find the bytes sent before.  Raises `TopicMissing` if
-    the topic does not appear within `topic_wait_secs`.
+    the topic does not appear within `topic_wait_secs`. `security`:
+    `app.kafka_config.security_options(settings)` for a TLS/SASL cluster.
     """
     stamper = stamper or Stamper()
-    partitions = len((await _wait_for_topics(bootstrap, [topic], topic_wait_secs))[topic])
+    partitions = len((await _wait_for_topics(bootstrap, [topic], topic_wait_secs, security))[topic])
     # Idempotence matters here too: a retried batch must not add records at
     # new offsets, since the oracle counts every record once.
     publisher = SessionPublisher(bootstrap, topic=topic, client_options={
-        **(client_options or {}), "partitioner": _KeyPartitioner(partitioner),
+        **(security or {}), "partitioner": _KeyPartitioner(partitioner),
         "linger_ms": 5, "max_batch_size": 512 * 1024,
     })
     await publisher.start()
@@ -732,13 +734,14 @@ async def _post_until_taken(client: Any, endpoint: str, body: bytes) -> tuple[se
             await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
 
 
-async def _wait_for_topics(bootstrap: str | list[str], topics: list[str], wait_secs: float) -> dict[str, set[int]]:
+async def _wait_for_topics(bootstrap: str | list[str], topics: list[str], wait_secs: float,
+                           security: Mapping[str, Any] | None) -> dict[str, set[int]]:
     """The partitions of each topic, waiting for the service to create them.
 
     Asks for all topics' metadata: asking for one by name would let the
     broker auto-create it with its default partition count.
     """
-    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, **(security or {}))
     await client.bootstrap()
     try:
         deadline = time.monotonic() + wait_secs
@@ -784,10 +787,12 @@ async def collect_outputs(
     rejected_topic: str,
     timeout: float,
     progress: TextIO | None = sys.stderr,
+    security: Mapping[str, Any] | None = None,
 ) -> Collected:
     """Read the closures and rejections topics from the start until every
     expected closure and every expected rejection of this run is there, or
-    `timeout` seconds pass.  Outputs of other runs are skipped."""
+    `timeout` seconds pass.  Outputs of other runs are skipped. `security`: as
+    for `publish`."""
     deadline = time.monotonic() + timeout
     closures: list[dict[str, Any]] = []
     rejections: list[dict[str, Any]] = []
@@ -799,8 +804,9 @@ async def collect_outputs(
         return len(closure_ids) >= expected.sessions and len(rejection_sources) >= expected.rejected_total
 
     # The service creates its output topics when it starts.
-    partitions = await _wait_for_topics(bootstrap, [closures_topic, rejected_topic], timeout)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    partitions = await _wait_for_topics(bootstrap, [closures_topic, rejected_topic], timeout, security)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                **(security or {}))
     await consumer.start()
     try:
         assignment = [TopicPartition(topic, partition)
@@ -918,6 +924,7 @@ def simulate_command(broker: str | None, sessions: int, rounds: float, rate: flo
     ), rate)
     simulation = Simulation(config)
     expected = simulation.expected
+    security = security_options(settings)
 
     async def run() -> tuple[PublishStats, VerifyReport | None]:
         refusals = None
@@ -927,13 +934,13 @@ def simulate_command(broker: str | None, sessions: int, rounds: float, rate: flo
             refusals = check_refusals(expected, judged)
         else:
             stats = await publish(simulation.events(), settings.bootstrap_servers, settings.events_topic,
-                                  rate=rate, partitioner=partitioner,
-                                  client_options=producer_options(settings, client_id="accountant-simulate"))
+                                  rate=rate, partitioner=partitioner, security=security)
         if not verify:
             return stats, None
         collected = await collect_outputs(settings.bootstrap_servers, expected,
                                           closures_topic=settings.closures_topic,
-                                          rejected_topic=settings.rejected_topic, timeout=timeout)
+                                          rejected_topic=settings.rejected_topic, timeout=timeout,
+                                          security=security)
         return stats, verify_outputs(expected, collected, refusals)
 
     try:
