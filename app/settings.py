@@ -65,6 +65,13 @@ class Settings(BaseSettings):
     timer_interval_secs: float = Field(0.5, gt=0, le=60)
     #: Bearer token for the HTTP API; empty: no authentication.
     api_token: str = ""
+    #: POST /events: at most this many events, and bytes, per request (413 beyond).
+    ingest_max_events: int = Field(1000, ge=1, le=100_000)
+    ingest_max_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    #: POST /events waits this long for the broker's acknowledgements, then answers 503.
+    ingest_delivery_timeout_secs: float = Field(10.0, gt=0, le=300)
+    #: POST /events answers 503 at once while this many events already wait for the broker.
+    ingest_max_pending_events: int = Field(100_000, ge=1, le=10_000_000)
     #: Faust commit interval; each is the replay window after a crash.
     commit_interval_secs: float = Field(1.0, gt=0, le=60)
     #: Kafka consumer session timeout; a killed worker is evicted after it.

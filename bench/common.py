@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from app.dev.kafka import LocalKafka, wait_for_broker
 from tests.support.deployment import Deployment
 from tests.support.workers import WorkerProcess
 
@@ -26,6 +31,30 @@ WORKER_SETTINGS = {
     "ACCOUNTANT_LOG_LEVEL": "info",
 }
 PARTITIONS = int(WORKER_SETTINGS["ACCOUNTANT_PARTITIONS"])
+
+
+def log(message: str) -> None:
+    """A progress line on stderr, with the time."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def bench_broker(workdir: Path) -> Iterator[str]:
+    """The broker ACCOUNTANT_BROKER names, else a LocalKafka on loopback in
+    `workdir`, stopped afterwards; yields its address."""
+    bootstrap = os.environ.get("ACCOUNTANT_BROKER", "").strip()
+    if bootstrap:
+        wait_for_broker(bootstrap, timeout=30)
+        log(f"using the broker at {bootstrap} (ACCOUNTANT_BROKER)")
+        yield bootstrap
+        return
+    log("starting a local Kafka broker")
+    broker = LocalKafka(workdir=workdir / "kafka").start()
+    log(f"local Kafka at {broker.bootstrap}")
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
 
 
 def new_deployment(bootstrap: str, workdir: Path, **settings: str) -> Deployment:

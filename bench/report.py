@@ -79,6 +79,24 @@ def rows(results: dict[str, Any]) -> list[Row]:
                     f"{_num(_get(ttl, 'lag', 'p50_ms'), '', 0)} / {_num(p99, '', 0)} / "
                     f"{_num(_get(ttl, 'lag', 'max_ms'), 'ms', 0)}",
                     "p99 < 1,000 ms", _verdict(p99 < 1000 if p99 is not None else None)))
+    ingest = results.get("ingest")
+    if ingest:
+        clients = ingest["clients"]
+        for run in ingest["runs"]:
+            where = "POST /events" if run["path"] == "http" else "straight to Kafka"
+            label = f"ingest: {where}, batches of {run['batch']:,}, {clients} clients"
+            p50, p99 = _get(run, "latency", "p50_ms"), _get(run, "latency", "p99_ms")
+            rate = _num(run["events_per_sec"], "ev/s")
+            value = f"{rate} (request p50 / p99 {_num(p50, '', 1)} / {_num(p99, 'ms', 1)})"
+            if run.get("failures"):
+                value += f" failures {run['failures']}"
+            out.append((label, value, "", ""))
+            if run.get("ratio_to_kafka") is not None:
+                out.append((f"ingest: POST /events / straight to Kafka, batches of {run['batch']:,}",
+                            _num(run["ratio_to_kafka"], "", 3), "", ""))
+            if run.get("server_cpu_us_per_event") is not None:
+                out.append((f"ingest: API server CPU per event, batches of {run['batch']:,}",
+                            _num(run["server_cpu_us_per_event"], "us", 1), "", ""))
     rec = results.get("recovery")
     if rec:
         sessions = rec["sessions"]

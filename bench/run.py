@@ -20,22 +20,19 @@ from typing import Any
 
 import orjson
 
-from app.dev.kafka import LocalKafka, wait_for_broker
 from bench import report
 from bench.benchmarks import Context, Scale, latency_and_ttl, recovery_and_memory, throughput
+from bench.common import bench_broker, log
+from bench.ingest import ingest
 from bench.machine import describe
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ALL = ("throughput", "latency", "recovery")
-
-
-def _log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+ALL = ("throughput", "latency", "recovery", "ingest")
 
 
 async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[str, Any]:
     scale = Scale.quick() if args.quick else Scale()
-    ctx = Context(bootstrap, workdir, scale, _log)
+    ctx = Context(bootstrap, workdir, scale, log)
     results: dict[str, Any] = {"mode": "quick" if args.quick else "full", "machine": describe(),
                                "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     started = time.monotonic()
@@ -45,6 +42,8 @@ async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[
         results.update(await latency_and_ttl(ctx))
     if "recovery" in args.only:
         results["recovery"] = await recovery_and_memory(ctx, args.stores)
+    if "ingest" in args.only:
+        results["ingest"] = await ingest(bootstrap, workdir, log, seconds=5.0 if args.quick else 10.0)
     results["machine"]["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
     results["total_secs"] = round(time.monotonic() - started, 1)
     return results
@@ -60,23 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="latest", help="base name of the result files")
     args = parser.parse_args(argv)
 
-    with tempfile.TemporaryDirectory(prefix="usage-accountant-bench-") as tmp:
-        workdir = Path(tmp)
-        broker = None
-        bootstrap = os.environ.get("ACCOUNTANT_BROKER", "").strip()
-        if bootstrap:
-            wait_for_broker(bootstrap, timeout=30)
-            _log(f"using the broker at {bootstrap} (ACCOUNTANT_BROKER)")
-        else:
-            _log("starting a local Kafka broker")
-            broker = LocalKafka(workdir=workdir / "kafka").start()
-            bootstrap = broker.bootstrap
-            _log(f"local Kafka at {bootstrap}")
-        try:
-            results = asyncio.run(_run(args, bootstrap, workdir))
-        finally:
-            if broker is not None:
-                broker.stop()
+    with tempfile.TemporaryDirectory(prefix="usage-accountant-bench-") as tmp, bench_broker(Path(tmp)) as bootstrap:
+        results = asyncio.run(_run(args, bootstrap, Path(tmp)))
     results["broker"] = "external (ACCOUNTANT_BROKER)" if os.environ.get("ACCOUNTANT_BROKER") else "LocalKafka"
     args.out.mkdir(parents=True, exist_ok=True)
     previous = _load(args.out / "before.json")
@@ -84,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     markdown = report.render(results, previous)
     (args.out / f"{args.name}.md").write_text(markdown)
     print(report.table(results))
-    _log(f"wrote {args.out / (args.name + '.md')} and .json")
+    log(f"wrote {args.out / (args.name + '.md')} and .json")
     return 0
 
 

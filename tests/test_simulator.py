@@ -3,7 +3,9 @@
 `app.rules` is the independent judge: the simulated events are folded through
 `apply` exactly as a worker would (decode, deliver with increasing offsets per
 partition, expire idle sessions once their TTL and grace are over), and every
-verdict and closure must be the one the oracle claims.  No broker needed.
+verdict and closure must be the one the oracle claims (SPEC revision 2: rounds
+that land late are applied, lost ones stay missing).  Events sent through
+`POST /events` are first judged by the API's own `screen`.  No broker needed.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.dev.oracle import Expected, check_closures, check_rejections
+from app.dev.oracle import Expected, check_closures, check_refusals, check_rejections
 from app.dev.partitioners import partition_for
 from app.dev.simulator import (
     BAD_KINDS,
     CLOCK_SKEW_SECS,
+    KAFKA_ONLY_KINDS,
     Form,
     PlannedEvent,
     Simulation,
@@ -33,6 +36,7 @@ from app.dev.simulator import (
     fit_to_rate,
     simulate_command,
 )
+from app.publisher import InvalidEventError
 from app.rules import (
     DEFAULT_POLICY,
     SECOND,
@@ -41,6 +45,7 @@ from app.rules import (
     Expire,
     InvalidEvent,
     Outcome,
+    Reason,
     Rejection,
     Result,
     Session,
@@ -49,6 +54,7 @@ from app.rules import (
     decode_event,
     parse_timestamp,
 )
+from app.web.ingest import NDJSON, IngestSettings, screen
 
 EVENTS_TOPIC = "session-events"
 PARTITIONS = 4
@@ -65,6 +71,8 @@ class Fold:
     closures: list[dict] = field(default_factory=list)
     rejections: list[dict] = field(default_factory=list)
     open_before_expiry: set[str] = field(default_factory=set)
+    #: Over HTTP: (event, refused by the API) for every event the API refused or the plan says it must.
+    refusals: list[tuple[PlannedEvent, bool]] = field(default_factory=list)
 
 
 def fold(simulation: Simulation) -> Fold:
@@ -93,11 +101,19 @@ def fold(simulation: Simulation) -> Fold:
 
     for planned in simulation.events():
         now += SEND_INTERVAL
-        value = stamper.encode(planned, now)
-        partition = partition_for(planned.key, PARTITIONS, "crc32")
+        key, value = planned.key, stamper.encode(planned, now)
+        if simulation.config.via == "http":
+            accepted, refused = screen(NDJSON, value, IngestSettings())
+            if refused or planned.reason is Reason.INVALID_EVENT:
+                result.refusals.append((planned, bool(refused)))
+            if refused:
+                continue
+            # What the API produces: the event as it parsed it, keyed by its session_id.
+            key, value = accepted[0]["session_id"].encode(), orjson.dumps(accepted[0])
+        partition = partition_for(key, PARTITIONS, "crc32")
         source = Source(EVENTS_TOPIC, partition, next_offset[partition])
         next_offset[partition] += 1
-        message = decode_event(planned.key, value)
+        message = decode_event(key, value)
         session_id = message.session_key if isinstance(message, InvalidEvent) else message.session_id
         result.verdicts.append((planned, deliver(session_id, Delivery(source, message), now)))
 
@@ -111,7 +127,8 @@ def fold(simulation: Simulation) -> Fold:
 
 
 MIXED = SimulationConfig(sessions=400, rounds=6, duplicates=0.15, bad=0.15, idle=0.2, lost_rounds=0.05,
-                         seed=11, run_id="sim-test")
+                         late_rounds=0.1, seed=11, run_id="sim-test")
+MIXED_HTTP = replace(MIXED, via="http")
 
 
 @pytest.fixture(scope="module")
@@ -164,19 +181,55 @@ def test_plan_covers_every_outcome(mixed) -> None:
     assert set(expected.rejected) == {reason.value for reason, _ in BAD_KINDS.values()}
     assert expected.duplicate > 0
     assert all(count > 0 for count in expected.closures_by_reason().values())
-    assert any(closure.missing_rounds for closure in expected.closures.values())
+    assert expected.missing_rounds > 0 and expected.late_rounds > 0
+
+
+def test_rounds_land_swapped_late_after_several_and_missing_for_good(mixed) -> None:
+    """How many higher rounds of its session came before each late round: 1
+    (swapped with the next) and more (re-sent after several). Lost rounds
+    never come."""
+    simulation, _ = mixed
+    overtaken_by: Counter[int] = Counter()
+    for plan in simulation.sessions():
+        delivered: list[int] = []
+        for event in plan.events:
+            if event.form is Form.EVENT and event.body is not None and event.body["type"] == "round.completed":
+                number = event.body["round"]
+                higher = sum(1 for seen in delivered if seen > number)
+                assert event.late == (higher > 0)
+                if event.late:
+                    overtaken_by[min(higher, 2)] += 1
+                delivered.append(number)
+        assert plan.closure.round_count == max(delivered, default=0)
+        assert plan.closure.missing_rounds == plan.closure.round_count - len(delivered)
+    assert overtaken_by[1] > 0 and overtaken_by[2] > 0, overtaken_by
+    assert sum(overtaken_by.values()) == simulation.expected.late_rounds
+
+
+CLOSE = {"event_id": "s-e0", "type": "session.closed", "session_id": "s", "tenant_id": "acme"}
 
 
 def test_resend_is_the_same_bytes_and_stamps_are_the_send_time() -> None:
     stamper = Stamper()
-    original = PlannedEvent(b"s", "s-e0", {"event_id": "s-e0", "type": "session.closed"}, Result.APPLIED,
-                            resent_later=True)
+    original = PlannedEvent(b"s", "s-e0", CLOSE, Result.APPLIED, resent_later=True)
     value = stamper.encode(original, START)
     assert orjson.loads(value)["occurred_at"] == "2025-06-01T12:00:00Z"
     assert stamper.encode(PlannedEvent(b"s", "s-e0", None, Result.DUPLICATE), START + 60 * SECOND) == value
-    skewed = PlannedEvent(b"s", "s-e1", {"event_id": "s-e1"}, Result.REJECTED, skew_secs=CLOCK_SKEW_SECS)
+    skewed = PlannedEvent(b"s", "s-e1", {"event_id": "s-e1"}, Result.REJECTED, form=Form.JSON,
+                          skew_secs=CLOCK_SKEW_SECS)
     assert parse_timestamp(orjson.loads(stamper.encode(skewed, START))["occurred_at"]) == \
         START + CLOCK_SKEW_SECS * SECOND
+
+
+def test_gateway_events_are_built_by_the_publisher_library_broken_ones_sent_as_they_are() -> None:
+    stamper = Stamper()
+    assert orjson.loads(stamper.encode(PlannedEvent(b"s", "s-e0", CLOSE, Result.APPLIED), START)) == {
+        **CLOSE, "occurred_at": "2025-06-01T12:00:00Z"}
+    bad = {**CLOSE, "reason": ""}
+    with pytest.raises(InvalidEventError, match="field 'reason'"):
+        stamper.encode(PlannedEvent(b"s", "s-e0", bad, Result.APPLIED), START)
+    sent = stamper.encode(PlannedEvent(b"s", "s-e0", bad, Result.REJECTED, Reason.INVALID_EVENT, Form.JSON), START)
+    assert orjson.loads(sent)["reason"] == ""
 
 
 @pytest.mark.parametrize("form", [Form.TRUNCATED, Form.NON_UTF8])
@@ -243,16 +296,65 @@ def test_rejections_match_expected(mixed) -> None:
     bad=st.floats(0, 1),
     idle=st.floats(0, 1),
     lost_rounds=st.floats(0, 0.5),
+    late_rounds=st.floats(0, 1),
+    via=st.sampled_from(["kafka", "http"]),
     seed=st.integers(0, 2**32),
 )
-def test_any_config_folds_to_its_oracle(sessions, rounds, duplicates, bad, idle, lost_rounds, seed) -> None:
+def test_any_config_folds_to_its_oracle(sessions, rounds, duplicates, bad, idle, lost_rounds, late_rounds, via,
+                                        seed) -> None:
     simulation = Simulation(SimulationConfig(sessions=sessions, rounds=rounds, duplicates=duplicates, bad=bad,
-                                             idle=idle, lost_rounds=lost_rounds, seed=seed, run_id="sim-prop"))
+                                             idle=idle, lost_rounds=lost_rounds, late_rounds=late_rounds,
+                                             seed=seed, run_id="sim-prop", via=via))
     result = fold(simulation)
     assert all((outcome.result, outcome.reason) == (planned.result, planned.reason)
                for planned, outcome in result.verdicts)
     assert check_closures(simulation.expected, result.closures).ok
     assert check_rejections(simulation.expected, result.rejections).ok
+    assert check_refusals(simulation.expected, result.refusals).ok
+
+
+# --------------------------------------------------------------------------
+# Over HTTP
+
+
+@pytest.fixture(scope="module")
+def mixed_http() -> tuple[Simulation, Fold]:
+    simulation = Simulation(MIXED_HTTP)
+    return simulation, fold(simulation)
+
+
+def test_over_http_no_record_is_keyed_other_than_by_its_session_id() -> None:
+    kinds = {planned.reason for planned in Simulation(MIXED_HTTP).events() if planned.result is Result.REJECTED}
+    assert Reason.KEY_MISMATCH not in kinds
+    assert {reason for kind, (reason, _) in BAD_KINDS.items() if kind not in KAFKA_ONLY_KINDS} <= kinds
+
+
+def test_over_http_the_api_refuses_exactly_what_the_worker_would_reject_invalid_event(mixed_http) -> None:
+    simulation, result = mixed_http
+    expected = simulation.expected
+    report = check_refusals(expected, result.refusals)
+    assert report.ok, report
+    assert report.received == expected.refused > 0
+    assert Reason.INVALID_EVENT.value not in expected.rejected
+    assert len(result.verdicts) + expected.refused == expected.events_sent
+
+
+def test_over_http_the_rest_folds_to_the_oracle(mixed_http) -> None:
+    simulation, result = mixed_http
+    assert [(p.event_id, o.result) for p, o in result.verdicts if (o.result, o.reason) != (p.result, p.reason)] == []
+    assert check_closures(simulation.expected, result.closures).ok
+    assert check_rejections(simulation.expected, result.rejections).ok
+
+
+def test_the_refusal_checker_flags_both_ways(mixed_http) -> None:
+    simulation, result = mixed_http
+    expected = simulation.expected
+    refused_one = next(planned for planned, refused in result.refusals if refused)
+    accepted_one = next(planned for planned, _ in result.verdicts)
+    report = check_refusals(expected, [*((p, r) for p, r in result.refusals if p is not refused_one),
+                                       (refused_one, False), (accepted_one, True)])
+    assert not report.ok
+    assert report.missing == [refused_one.event_id] and report.unexpected == [accepted_one.event_id]
 
 
 # --------------------------------------------------------------------------
@@ -359,3 +461,9 @@ def test_simulate_without_a_broker_says_how_to_get_one(monkeypatch) -> None:
     result = CliRunner().invoke(simulate_command, ["--sessions", "1"])
     assert result.exit_code == 2
     assert "accountant dev" in result.output and "ACCOUNTANT_BROKER" in result.output
+
+
+def test_simulate_over_http_takes_the_api_partitioner(monkeypatch) -> None:
+    monkeypatch.setenv("ACCOUNTANT_BROKER", "127.0.0.1:9")
+    result = CliRunner().invoke(simulate_command, ["--sessions", "1", "--via", "http", "--partitioner", "crc32"])
+    assert result.exit_code == 2 and "murmur2" in result.output

@@ -2,10 +2,16 @@
 and the checks of what it published against that.
 
 `Expected` holds, per session, the closure the service must publish, and the
-counts of applied, duplicate and rejected events; the simulator fills it by
+counts of applied, duplicate and rejected events (and, for events sent
+through `POST /events`, refused ones); the simulator fills it by
 construction (`Simulation.expected`), before a byte is sent. `check_closures`
 and `check_rejections` compare the outputs read back from the topics with it,
-`verify_outputs` does both, and `format_report` says the result to a person.
+`check_refusals` the answers of `POST /events`, `verify_outputs` does all,
+and `format_report` says the result to a person.
+
+SPEC revision 2 (§5.3): a round that lands after a higher one is applied, so
+a session's closure counts every round delivered, whatever the order, and
+its `missing_rounds` counts the numbers in 1..round_count never delivered.
 
 Pure: no Kafka, no clock. Reading the topics is the simulator's job
 (`app.dev.simulator.collect_outputs`).
@@ -30,10 +36,12 @@ __all__ = [
     "Expected",
     "ExpectedClosure",
     "PlannedFate",
+    "RefusalReport",
     "RejectionReport",
     "VerifyReport",
     "belongs_to_run",
     "check_closures",
+    "check_refusals",
     "check_rejections",
     "format_report",
     "source_of",
@@ -45,10 +53,18 @@ class PlannedFate(Protocol):
     """A record sent, as far as the oracle cares: what must become of it."""
 
     @property
+    def event_id(self) -> str: ...
+
+    @property
     def result(self) -> Result: ...
 
     @property
     def reason(self) -> Reason | None: ...
+
+    @property
+    def late(self) -> bool:
+        """A round landing after a higher round of its session."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +98,12 @@ class Expected:
     applied: int = 0
     duplicate: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    #: Rounds applied though they land after a higher round of their session.
+    late_rounds: int = 0
+    #: Events `POST /events` must refuse: those the worker would reject `invalid_event`.
+    refused: int = 0
+    #: The events go through `POST /events` (else straight to Kafka).
+    via_http: bool = False
 
     @property
     def marker(self) -> str:
@@ -95,6 +117,11 @@ class Expected:
     @property
     def rejected_total(self) -> int:
         return sum(self.rejected.values())
+
+    @property
+    def missing_rounds(self) -> int:
+        """Round numbers never delivered, over all sessions."""
+        return sum(closure.missing_rounds for closure in self.closures.values())
 
     @property
     def total_tokens(self) -> int:
@@ -117,8 +144,11 @@ class Expected:
             self.events_sent += 1
             if event.result is Result.APPLIED:
                 self.applied += 1
+                self.late_rounds += event.late
             elif event.result is Result.DUPLICATE:
                 self.duplicate += 1
+            elif self.via_http and event.reason is Reason.INVALID_EVENT:
+                self.refused += 1
             else:
                 assert event.reason is not None, "a record planned to be rejected has a reason"
                 self.rejected[event.reason.value] += 1
@@ -136,7 +166,9 @@ class Expected:
                 "duplicate": self.duplicate,
                 "rejected": self.rejected_total,
                 "rejected_by_reason": dict(sorted(self.rejected.items())),
+                **({"refused": self.refused} if self.via_http else {}),
             },
+            "rounds": {"late": self.late_rounds, "missing": self.missing_rounds},
         }
 
 
@@ -301,6 +333,38 @@ def belongs_to_run(expected: Expected, rejection: Mapping[str, Any]) -> bool:
 
 
 @dataclass
+class RefusalReport:
+    expected: int
+    received: int
+    #: Event ids `POST /events` refused though the worker would take them.
+    unexpected: list[str]
+    #: Event ids it let through though the worker rejects them `invalid_event`.
+    missing: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return self.expected == self.received and not self.unexpected and not self.missing
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def check_refusals(expected: Expected, judged: Iterable[tuple[PlannedFate, bool]]) -> RefusalReport:
+    """Compare what `POST /events` refused with the plan: `judged` holds
+    (event, refused) for every event refused or planned to be."""
+    unexpected, missing = [], []
+    received = 0
+    for event, refused in judged:
+        received += refused
+        planned = event.reason is Reason.INVALID_EVENT
+        if refused and not planned:
+            unexpected.append(event.event_id)
+        elif planned and not refused:
+            missing.append(event.event_id)
+    return RefusalReport(expected.refused, received, unexpected, missing)
+
+
+@dataclass
 class VerifyReport:
     closures: ClosureReport
     rejections: RejectionReport
@@ -308,22 +372,27 @@ class VerifyReport:
     unparsable: int
     #: Whether every expected output arrived before the timeout.
     complete: bool
+    #: What `POST /events` refused, when the events went through it.
+    refusals: RefusalReport | None = None
 
     @property
     def ok(self) -> bool:
-        return self.closures.ok and self.rejections.ok and not self.unparsable
+        return (self.closures.ok and self.rejections.ok and not self.unparsable
+                and (self.refusals is None or self.refusals.ok))
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "complete": self.complete, "unparsable": self.unparsable,
-                "closures": self.closures.to_json(), "rejections": self.rejections.to_json()}
+                "closures": self.closures.to_json(), "rejections": self.rejections.to_json(),
+                **({"refusals": self.refusals.to_json()} if self.refusals is not None else {})}
 
 
-def verify_outputs(expected: Expected, collected: Collected) -> VerifyReport:
+def verify_outputs(expected: Expected, collected: Collected, refusals: RefusalReport | None = None) -> VerifyReport:
     return VerifyReport(
         closures=check_closures(expected, collected.closures),
         rejections=check_rejections(expected, collected.rejections),
         unparsable=collected.unparsable,
         complete=collected.complete,
+        refusals=refusals,
     )
 
 
@@ -337,6 +406,9 @@ def format_report(report: VerifyReport, *, limit: int = 10) -> str:
         f"  rejections  {sum(rejections.received.values()):,} of {sum(rejections.expected.values()):,}"
         f" ({rejections.repeated:,} repeated)",
     ]
+    refusals = report.refusals
+    if refusals is not None:
+        lines.append(f"  refused by POST /events  {refusals.received:,} of {refusals.expected:,}")
 
     def listing(title: str, items: list[str]) -> None:
         if items:
@@ -357,6 +429,9 @@ def format_report(report: VerifyReport, *, limit: int = 10) -> str:
         if want != got:
             lines.append(f"  rejections {reason}: expected {want:,} got {got:,}")
     listing("sources rejected with different reasons", rejections.conflicting)
+    if refusals is not None:
+        listing("refused by POST /events but not planned to be", refusals.unexpected)
+        listing("planned to be refused by POST /events but accepted", refusals.missing)
     if report.unparsable:
         lines.append(f"  {report.unparsable:,} output records were not JSON objects")
     if not report.complete:

@@ -16,6 +16,16 @@ its seed and run id.  Only the timestamps are not: an event carries the wall
 clock of the moment it is sent (`Stamper`), as a gateway's would, so it is
 always within the service's clock-skew and TTL windows.
 
+Rounds arrive as SPEC revision 2 expects gateways to deliver them: in some
+sessions a round lands late, after a higher one (swapped with the next, or
+re-sent after several), and some are lost for good (the next skips a number).
+
+The gateway's side is the project's own: every well-formed event is built and
+checked by the publisher library (`app.publisher.build_event`), and records go
+to Kafka through its `SessionPublisher` (`publish`), or through a worker's
+`POST /events` (`publish_http`), where the events the API refuses never reach
+the topic and the oracle expects them refused instead of rejected.
+
 Plans are generated lazily, session by session, so a benchmark of millions of
 events holds only the sessions in flight plus the oracle in memory.
 """
@@ -34,11 +44,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from functools import cached_property
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import click
 import orjson
-from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
@@ -48,19 +58,23 @@ from app.dev.oracle import (
     ExpectedClosure,
     VerifyReport,
     belongs_to_run,
+    check_refusals,
     format_report,
     source_of,
     verify_outputs,
 )
 from app.dev.partitioners import Partitioner, partition_for
 from app.kafka_config import security_options
+from app.publisher import SessionPublisher, build_event
 from app.rules import MAX_COUNT, SECOND, CloseReason, Micros, Reason, Result, format_timestamp
 from app.settings import load_settings
 
 __all__ = [
     "BAD_KINDS",
     "CLOCK_SKEW_SECS",
+    "KAFKA_ONLY_KINDS",
     "Form",
+    "IngestFailed",
     "PlannedEvent",
     "PublishStats",
     "SessionPlan",
@@ -68,12 +82,14 @@ __all__ = [
     "SimulationConfig",
     "Stamper",
     "TopicMissing",
+    "Transport",
     "Window",
     "collect_outputs",
     "fit_to_rate",
     "format_totals",
     "new_run_id",
     "publish",
+    "publish_http",
     "simulate_command",
 ]
 
@@ -122,7 +138,6 @@ class Window(Enum):
     rejection reason does not depend on the session's state at that point."""
 
     ANYWHERE = "anywhere"  # the reason does not depend on the state, once created
-    AFTER_ACTIVATION = "after_activation"
     WHILE_ACTIVE = "while_active"  # after activation, before close
     AFTER_CLOSE = "after_close"
 
@@ -143,11 +158,18 @@ BAD_KINDS: dict[str, tuple[Reason, Window]] = {
     "tenant_mismatch": (Reason.TENANT_MISMATCH, Window.ANYWHERE),
     "session_exists": (Reason.SESSION_EXISTS, Window.ANYWHERE),
     "clock_skew": (Reason.CLOCK_SKEW, Window.ANYWHERE),
-    "invalid_transition": (Reason.INVALID_TRANSITION, Window.AFTER_ACTIVATION),
+    # A different initial count: invalid_transition while active, session_closed once closed (§5.2).
+    "invalid_transition": (Reason.INVALID_TRANSITION, Window.WHILE_ACTIVE),
     "model_mismatch": (Reason.MODEL_MISMATCH, Window.WHILE_ACTIVE),
     "overflow": (Reason.OVERFLOW, Window.WHILE_ACTIVE),
     "session_closed": (Reason.SESSION_CLOSED, Window.AFTER_CLOSE),
 }
+#: Kinds whose key differs from their session_id: `POST /events` keys every
+#: event by its session_id, so they can only be sent straight to Kafka.
+KAFKA_ONLY_KINDS = frozenset({"non_utf8_key", "key_mismatch"})
+
+#: How the simulated gateways publish: straight to Kafka, or through a worker's `POST /events`.
+Transport = Literal["kafka", "http"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,14 +183,19 @@ class SimulationConfig:
     bad: float = 0.01
     #: Share of sessions abandoned without a close (closed by TTL).
     idle: float = 0.1
-    #: Probability that a round is lost, so the next one skips a number.
+    #: Probability that a round is lost for good, so the next one skips a number.
     lost_rounds: float = 0.02
+    #: Probability that a round lands late: after the next round or several
+    #: (a gateway's retry), always before the session's close (SPEC §5.3).
+    late_rounds: float = 0.05
     seed: int = 0
     #: Prefix of every id, so runs never collide on the same topics.
     run_id: str = "sim"
     #: Sessions with events in flight at once.
     in_flight: int = 64
     idle_ttl_secs: tuple[int, int] = DEFAULT_IDLE_TTL_SECS
+    #: How the events are published; over HTTP no record's key differs from its session_id.
+    via: Transport = "kafka"
 
 
 # created, activated, rounds; each may be re-sent and may bring a bad event.
@@ -209,7 +236,9 @@ def fit_to_rate(config: SimulationConfig, rate: float) -> SimulationConfig:
 class Form(Enum):
     """How a planned event's body becomes bytes."""
 
-    JSON = "json"
+    #: A gateway's event: built and checked by the publisher library.
+    EVENT = "event"
+    JSON = "json"  # the body as it is: a broken gateway's
     TRUNCATED = "truncated"  # cut short: not JSON
     NON_UTF8 = "non_utf8"  # an invalid UTF-8 sequence inside a string
     NOT_AN_OBJECT = "not_an_object"  # a JSON array holding the event
@@ -226,11 +255,13 @@ class PlannedEvent:
     body: Mapping[str, Any] | None
     result: Result
     reason: Reason | None = None
-    form: Form = Form.JSON
+    form: Form = Form.EVENT
     #: Seconds added to the send time for `occurred_at` (a gateway clock ahead).
     skew_secs: int = 0
     #: Whether these bytes are sent again later, so must be kept.
     resent_later: bool = False
+    #: A round that lands after a higher round of its session: applied all the same (SPEC §5.3).
+    late: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +314,7 @@ class Simulation:
 
     @cached_property
     def expected(self) -> Expected:
-        expected = Expected(self.config.run_id)
+        expected = Expected(self.config.run_id, via_http=self.config.via == "http")
         for plan in self.sessions():
             expected.add(plan.closure, plan.events)
         return expected
@@ -334,7 +365,8 @@ def _plan_session(rng: random.Random, config: SimulationConfig, index: int) -> S
         ttl += rng.choice(EXTENSION_SECS)
         gateway_events.insert(rng.randint(2, len(gateway_events)), event("session.extended", ttl_secs=ttl))
     if not idle:
-        gateway_events.append(event("session.closed", reason=rng.choice(CLOSE_REASONS)))
+        reason = rng.choice(CLOSE_REASONS)
+        gateway_events.append(event("session.closed", **({} if reason is None else {"reason": reason})))
 
     closure = ExpectedClosure(
         session_id=session_id, tenant_id=tenant, provider_id=provider, model=model, ttl_secs=ttl,
@@ -343,42 +375,56 @@ def _plan_session(rng: random.Random, config: SimulationConfig, index: int) -> S
     )
     context = _SessionContext(session_id, key, tenant, model, initial, round_number + 1, ids)
     last = len(gateway_events) - 1
+    # Until the close (at `last`), or the end of an idle session's burst.
+    open_until = float(last) if not idle else last + 1.0
     windows = {
         Window.ANYWHERE: (0.0, last + 1.0),
-        Window.AFTER_ACTIVATION: (1.0, last + 1.0),
-        Window.WHILE_ACTIVE: (1.0, float(last)),
+        Window.WHILE_ACTIVE: (1.0, open_until),
         Window.AFTER_CLOSE: (float(last), last + 1.0),
     }
     allowed = {Window.ANYWHERE}
     if activated:
-        allowed.add(Window.AFTER_ACTIVATION)
+        allowed.add(Window.WHILE_ACTIVE)
     if not idle:
         allowed.add(Window.AFTER_CLOSE)
-        if activated:
-            allowed.add(Window.WHILE_ACTIVE)
-    bad_kinds = [kind for kind, (_, window) in BAD_KINDS.items() if window in allowed]
+    bad_kinds = [kind for kind, (_, window) in BAD_KINDS.items()
+                 if window in allowed and (config.via == "kafka" or kind not in KAFKA_ONLY_KINDS)]
 
-    # Each record gets a position: gateway events at 0..last, re-sends and bad
-    # events at a random point of their window; at equal positions a gateway
-    # event goes first, so "after position i" includes i itself.
+    # Each record gets a position: gateway events at 0..last, late rounds,
+    # re-sends and bad events at a random point of their window; at equal
+    # positions a gateway event goes first, so "after position i" includes i.
     placed: list[tuple[float, int, int, PlannedEvent]] = []
     for position, body in enumerate(gateway_events):
+        at = float(position)
+        if body["type"] == "round.completed" and position + 1 < open_until and rng.random() < config.late_rounds:
+            at = position + 1 + rng.random() * (open_until - position - 1)
         # Re-sending an extension would apply it again (it is not a duplicate
         # by the rules), so extensions are never re-sent.
         resent = body["type"] != "session.extended" and rng.random() < config.duplicates
-        placed.append((position, 0, len(placed),
+        placed.append((at, 0 if at == position else 1, len(placed),
                        PlannedEvent(key, body["event_id"], body, Result.APPLIED, resent_later=resent)))
         if resent:
-            at = position + rng.random() * (last + 1 - position)
-            placed.append((at, 1, len(placed), PlannedEvent(key, body["event_id"], None, Result.DUPLICATE)))
+            again = at + rng.random() * (last + 1 - at)
+            placed.append((again, 1, len(placed), PlannedEvent(key, body["event_id"], None, Result.DUPLICATE)))
         if rng.random() < config.bad:
             kind = rng.choice(bad_kinds)
             reason, window = BAD_KINDS[kind]
             low, high = windows[window]
-            at = low + rng.random() * (high - low)
-            placed.append((at, 1, len(placed), _bad_event(kind, reason, rng, context)))
+            placed.append((low + rng.random() * (high - low), 1, len(placed), _bad_event(kind, reason, rng, context)))
     placed.sort(key=lambda item: item[:3])
-    return SessionPlan(closure, idle, tuple(item[3] for item in placed))
+    return SessionPlan(closure, idle, tuple(_mark_late_rounds(item[3] for item in placed)))
+
+
+def _mark_late_rounds(events: Iterable[PlannedEvent]) -> Iterator[PlannedEvent]:
+    """The events, each round that comes after a higher round marked `late`."""
+    highest = 0
+    for event in events:
+        if event.form is Form.EVENT and event.body is not None and event.body["type"] == "round.completed":
+            number = event.body["round"]
+            if number < highest:
+                event = replace(event, late=True)
+            highest = max(highest, number)
+        yield event
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,14 +499,23 @@ def _bad_event(kind: str, reason: Reason, rng: random.Random, session: _SessionC
 
 
 _NON_UTF8_PLACEHOLDER = "@@not-utf-8@@"
+_COMMON_FIELDS = ("event_id", "type", "session_id", "tenant_id")
+
+
+def _built(body: Mapping[str, Any], occurred_at: str) -> dict[str, Any]:
+    fields = {name: value for name, value in body.items() if name not in _COMMON_FIELDS}
+    return build_event(body["type"], session_id=body["session_id"], tenant_id=body["tenant_id"],
+                       occurred_at=occurred_at, event_id=body["event_id"], **fields)
 
 
 class Stamper:
     """Turns planned events into the bytes sent at a given moment.
 
-    `occurred_at` is the send time, as a gateway stamps it.  The bytes of an
-    event that is re-sent later are kept until then: a re-send is the exact
-    same bytes, `occurred_at` included, like a gateway retry.
+    `occurred_at` is the send time, as a gateway stamps it.  A gateway's
+    event is built by `app.publisher.build_event`, which raises
+    `InvalidEventError` if the plan made one the worker would refuse.  The
+    bytes of an event that is re-sent later are kept until then: a re-send is
+    the exact same bytes, `occurred_at` included, like a gateway retry.
     """
 
     def __init__(self) -> None:
@@ -469,8 +524,12 @@ class Stamper:
     def encode(self, event: PlannedEvent, now: Micros) -> bytes:
         if event.body is None:
             return self._kept.pop(event.event_id)
-        body = {**event.body, "occurred_at": format_timestamp(now + event.skew_secs * SECOND)}
-        value = orjson.dumps([body] if event.form is Form.NOT_AN_OBJECT else body)
+        occurred_at = format_timestamp(now + event.skew_secs * SECOND)
+        if event.form is Form.EVENT:
+            value = orjson.dumps(_built(event.body, occurred_at))
+        else:
+            body = {**event.body, "occurred_at": occurred_at}
+            value = orjson.dumps([body] if event.form is Form.NOT_AN_OBJECT else body)
         if event.form is Form.TRUNCATED:
             # Two thirds keep the event_id (the first field), so the
             # rejection can still be traced to this run.
@@ -491,6 +550,8 @@ class PublishStats:
     events: int
     seconds: float
     partitions: int
+    #: HTTP requests, when published through `POST /events`.
+    requests: int = 0
 
     @property
     def rate(self) -> float:
@@ -501,12 +562,39 @@ class TopicMissing(RuntimeError):
     """The topic does not exist; the service creates it when it starts."""
 
 
+class IngestFailed(RuntimeError):
+    """`POST /events` answered something the simulator cannot go on from."""
+
+
 # Futures gathered at once: large enough to keep batches full, small enough
 # that a failed send surfaces quickly.
 SEND_CHUNK = 2000
 # Pacing sleeps shorter than this cost more than they gain; the lag is made
 # up by the next sleep.
 MIN_PACING_SLEEP_SECS = 0.001
+
+
+class _KeyPartitioner:
+    """aiokafka's `partitioner` hook, choosing as `partition_for` does (as the
+    gateway's client would), each key hashed once: murmur2 is pure Python in
+    aiokafka."""
+
+    def __init__(self, partitioner: Partitioner) -> None:
+        self.partitioner = partitioner
+        self._chosen: dict[bytes, int] = {}
+
+    def __call__(self, key: bytes, all_partitions: list[int], available_partitions: list[int]) -> int:
+        partition = self._chosen.get(key)
+        if partition is None:
+            partition = self._chosen[key] = partition_for(key, len(all_partitions), self.partitioner)
+        return partition
+
+
+async def _pace(start: float, sent: int, rate: float) -> None:
+    if rate > 0:
+        delay = start + sent / rate - time.monotonic()
+        if delay >= MIN_PACING_SLEEP_SECS:
+            await asyncio.sleep(delay)
 
 
 async def publish(
@@ -521,44 +609,34 @@ async def publish(
     topic_wait_secs: float = 30.0,
     security: Mapping[str, Any] | None = None,
 ) -> PublishStats:
-    """Send events to `topic`, keyed by session, at `rate` events/s (0: as
-    fast as possible).
+    """Send events to `topic` through the publisher library's
+    `SessionPublisher` (idempotent, `acks="all"`), keyed by session, at
+    `rate` events/s (0: as fast as possible), one chunk of sends in flight.
 
-    The partition is chosen here with `partitioner`, as the gateway's client
+    The partition is chosen with `partitioner`, as the gateway's client
     would.  Pass the same `stamper` to publish one simulation in several
     pieces, so re-sends find the bytes sent before.  Raises `TopicMissing` if
     the topic does not appear within `topic_wait_secs`. `security`:
     `app.kafka_config.security_options(settings)` for a TLS/SASL cluster.
     """
     stamper = stamper or Stamper()
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all",
-        # A retried batch must not add records at new offsets: the oracle
-        # counts every record once.
-        enable_idempotence=True,
-        linger_ms=5, max_batch_size=512 * 1024,
-        **(security or {}),
-    )
-    await producer.start()
+    partitions = len((await _wait_for_topics(bootstrap, [topic], topic_wait_secs, security))[topic])
+    # Idempotence matters here too: a retried batch must not add records at
+    # new offsets, since the oracle counts every record once.
+    publisher = SessionPublisher(bootstrap, topic=topic, client_options={
+        **(security or {}), "partitioner": _KeyPartitioner(partitioner),
+        "linger_ms": 5, "max_batch_size": 512 * 1024,
+    })
+    await publisher.start()
     try:
-        partitions = len((await _wait_for_topics(producer.client, [topic], topic_wait_secs))[topic])
-        # murmur2 is pure Python in aiokafka: hash each session's key once.
-        partition_by_key: dict[bytes, int] = {}
         throttle = _Throttle()
         start = time.monotonic()
         sent = 0
-        previous_chunk: list[asyncio.Future] = []
-        chunk: list[asyncio.Future] = []
+        previous_chunk: list[asyncio.Future[Any]] = []
+        chunk: list[asyncio.Future[Any]] = []
         for event in events:
-            if rate > 0:
-                delay = start + sent / rate - time.monotonic()
-                if delay >= MIN_PACING_SLEEP_SECS:
-                    await asyncio.sleep(delay)
-            partition = partition_by_key.get(event.key)
-            if partition is None:
-                partition = partition_by_key[event.key] = partition_for(event.key, partitions, partitioner)
-            value = stamper.encode(event, time.time_ns() // 1000)
-            chunk.append(await producer.send(topic, value, key=event.key, partition=partition))
+            await _pace(start, sent, rate)
+            chunk.append(await publisher.send_record(event.key, stamper.encode(event, time.time_ns() // 1000)))
             sent += 1
             if len(chunk) >= SEND_CHUNK:
                 # Wait for the chunk before, so one chunk is always in flight.
@@ -572,26 +650,113 @@ async def publish(
             _show_rate(progress, sent, start)
         return PublishStats(sent, seconds, partitions)
     finally:
-        await producer.stop()
+        await publisher.stop()
 
 
-async def _wait_for_topics(client: AIOKafkaClient, topics: list[str], wait_secs: float) -> dict[str, set[int]]:
+#: How long `publish_http` keeps sending a request again while the API answers 503.
+UNAVAILABLE_PATIENCE_SECS = 120.0
+
+
+async def publish_http(
+    events: Iterable[PlannedEvent],
+    url: str,
+    *,
+    token: str = "",
+    batch: int = 100,
+    rate: float = 0.0,
+    stamper: Stamper | None = None,
+    progress: TextIO | None = sys.stderr,
+) -> tuple[PublishStats, list[tuple[PlannedEvent, bool]]]:
+    """POST the events to the worker at `url` (`/events`, NDJSON, `batch`
+    per request, with the API `token` when set) at `rate` events/s.
+
+    One request at a time, each answered before the next goes: 202 means the
+    broker has its events, so each session's events reach the topic in plan
+    order.  A 503 is waited out (Retry-After) and the same bytes sent again,
+    as a gateway would; any other answer raises `IngestFailed`.  Returns the
+    figures, and for each event the API refused or the plan says it must
+    refuse (the worker would reject it `invalid_event`): the event and
+    whether it was refused, for `app.dev.oracle.check_refusals`.
+    """
+    # Here, not at the top: aiohttp and app.web (which imports Faust) would
+    # double the start-up time of every `accountant` command.
+    import aiohttp
+
+    from app.web.ingest import INGEST_PATH, NDJSON
+
+    stamper = stamper or Stamper()
+    endpoint = url.rstrip("/") + INGEST_PATH
+    headers = {"Content-Type": NDJSON, **({"Authorization": f"Bearer {token}"} if token else {})}
+    judged: list[tuple[PlannedEvent, bool]] = []
+    throttle = _Throttle()
+    start = time.monotonic()
+    sent = requests = 0
+    async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=60)) as client:
+        for chunk in _batched(events, batch):
+            await _pace(start, sent, rate)
+            now = time.time_ns() // 1000
+            body = b"\n".join(stamper.encode(event, now) for event in chunk)
+            try:
+                refused, attempts = await _post_until_taken(client, endpoint, body)
+            except aiohttp.ClientError as error:
+                raise IngestFailed(f"POST {endpoint}: {error!r}; is a worker running there?") from error
+            requests += attempts
+            for index, event in enumerate(chunk):
+                if index in refused or event.reason is Reason.INVALID_EVENT:
+                    judged.append((event, index in refused))
+            sent += len(chunk)
+            if progress is not None and throttle.due():
+                _show_rate(progress, sent, start)
+    seconds = time.monotonic() - start
+    if progress is not None:
+        _show_rate(progress, sent, start)
+    return PublishStats(sent, seconds, 0, requests), judged
+
+
+def _batched(events: Iterable[PlannedEvent], size: int) -> Iterator[list[PlannedEvent]]:
+    iterator = iter(events)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+async def _post_until_taken(client: Any, endpoint: str, body: bytes) -> tuple[set[int], int]:
+    """POST `body` until it is answered 202 or 422; the refused indexes and the attempts it took."""
+    deadline = time.monotonic() + UNAVAILABLE_PATIENCE_SECS
+    attempts = 0
+    while True:
+        attempts += 1
+        async with client.post(endpoint, data=body) as response:
+            answer = await response.json(content_type=None)
+            if response.status in (202, 422):
+                return {refusal["index"] for refusal in answer["refused"]}, attempts
+            if response.status != 503 or time.monotonic() > deadline:
+                raise IngestFailed(f"POST {endpoint} answered {response.status}: {answer}")
+            await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+
+
+async def _wait_for_topics(bootstrap: str | list[str], topics: list[str], wait_secs: float,
+                           security: Mapping[str, Any] | None) -> dict[str, set[int]]:
     """The partitions of each topic, waiting for the service to create them.
 
     Asks for all topics' metadata: asking for one by name would let the
     broker auto-create it with its default partition count.
     """
-    deadline = time.monotonic() + wait_secs
-    while True:
-        metadata = await client.fetch_all_metadata()
-        partitions = {topic: metadata.partitions_for_topic(topic) for topic in topics}
-        missing = [topic for topic, found in partitions.items() if not found]
-        if not missing:
-            return partitions
-        if time.monotonic() >= deadline:
-            raise TopicMissing(f"topic {', '.join(map(repr, missing))} does not exist: start the service first "
-                               "(`accountant dev` or `accountant worker`)")
-        await asyncio.sleep(0.5)
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, **(security or {}))
+    await client.bootstrap()
+    try:
+        deadline = time.monotonic() + wait_secs
+        while True:
+            metadata = await client.fetch_all_metadata()
+            partitions = {topic: metadata.partitions_for_topic(topic) for topic in topics}
+            missing = [topic for topic, found in partitions.items() if not found]
+            if not missing:
+                return partitions
+            if time.monotonic() >= deadline:
+                raise TopicMissing(f"topic {', '.join(map(repr, missing))} does not exist: start the service "
+                                   "first (`accountant dev` or `accountant worker`)")
+            await asyncio.sleep(0.5)
+    finally:
+        await client.close()
 
 
 class _Throttle:
@@ -638,13 +803,8 @@ async def collect_outputs(
     def complete() -> bool:
         return len(closure_ids) >= expected.sessions and len(rejection_sources) >= expected.rejected_total
 
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, **(security or {}))
-    await client.bootstrap()
-    try:
-        # The service creates its output topics when it starts.
-        partitions = await _wait_for_topics(client, [closures_topic, rejected_topic], timeout)
-    finally:
-        await client.close()
+    # The service creates its output topics when it starts.
+    partitions = await _wait_for_topics(bootstrap, [closures_topic, rejected_topic], timeout, security)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                 **(security or {}))
     await consumer.start()
@@ -699,10 +859,14 @@ def format_totals(config: SimulationConfig, expected: Expected, stats: PublishSt
         ("  duplicate", f"{expected.duplicate:,}"),
         ("  rejected", f"{expected.rejected_total:,}"),
         *((f"    {reason}", f"{count:,}") for reason, count in sorted(expected.rejected.items())),
+        *([("  refused by POST /events", f"{expected.refused:,}")] if expected.via_http else []),
+        ("rounds applied late", f"{expected.late_rounds:,}"),
+        ("rounds missing for good", f"{expected.missing_rounds:,}"),
     ]
     if stats is not None:
-        rows.append(("published", f"{stats.events:,} in {stats.seconds:.1f} s ({stats.rate:,.0f}/s) "
-                                  f"to {stats.partitions} partitions"))
+        where = (f"in {stats.requests:,} requests to POST /events" if stats.requests
+                 else f"to {stats.partitions} partitions")
+        rows.append(("published", f"{stats.events:,} in {stats.seconds:.1f} s ({stats.rate:,.0f}/s) {where}"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
@@ -723,46 +887,65 @@ def format_totals(config: SimulationConfig, expected: Expected, stats: PublishSt
 @click.option("--idle", type=click.FloatRange(0, 1), default=0.1, show_default=True,
               help="Share of sessions abandoned, to be closed by TTL (short TTLs of a few seconds).")
 @click.option("--seed", type=int, help="Random seed [default: a new one, printed].")
+@click.option("--late-rounds", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+              help="Probability that a round lands after a later one of its session (a gateway's retry).")
 @click.option("--partitioner", type=click.Choice(["murmur2", "crc32"]), default="murmur2", show_default=True,
-              help="murmur2 as the Java client and aiokafka; crc32 as librdkafka's default.")
+              help="murmur2 as the Java client and aiokafka; crc32 as librdkafka's default (--via kafka).")
+@click.option("--via", type=click.Choice(["kafka", "http"]), default="kafka", show_default=True,
+              help="Publish straight to Kafka (with app.publisher), or through a worker's POST /events "
+                   "(with ACCOUNTANT_API_TOKEN when set).")
+@click.option("--url", metavar="URL",
+              help="The worker --via http posts to [default: ACCOUNTANT_WEB_ADVERTISED_URL, else "
+                   "http://ACCOUNTANT_WEB_HOST:ACCOUNTANT_WEB_PORT].")
+@click.option("--batch", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Events per request --via http.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Wait for the closures (TTL ones included) and rejections, and check them.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=120.0, show_default=True,
               help="Seconds to wait for the outputs after publishing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the totals and the report as JSON.")
 def simulate_command(broker: str | None, sessions: int, rounds: float, rate: float, duplicates: float,
-                     bad: float, idle: float, seed: int | None, partitioner: Partitioner, verify: bool,
-                     timeout: float, as_json: bool) -> None:
+                     bad: float, idle: float, seed: int | None, late_rounds: float, partitioner: Partitioner,
+                     via: Transport, url: str | None, batch: int, verify: bool, timeout: float,
+                     as_json: bool) -> None:
     """Publish simulated gateway sessions and print the totals the closures must add up to.
 
     Exits 1 when --verify finds the service's outputs differ from the expected ones.
     """
     settings = load_settings(**({"broker": broker} if broker else {}))
-    if not settings.bootstrap_servers:
+    if not settings.bootstrap_servers and (via == "kafka" or verify):
         raise click.UsageError("no Kafka broker: start one with `accountant dev`, "
                                "or set ACCOUNTANT_BROKER or --broker to host:port")
+    if via == "http" and partitioner != "murmur2":
+        raise click.UsageError("--partitioner: the worker's POST /events produces with murmur2")
     config = fit_to_rate(SimulationConfig(
-        sessions=sessions, rounds=rounds, duplicates=duplicates, bad=bad, idle=idle,
-        seed=seed if seed is not None else secrets.randbelow(2**31), run_id=new_run_id(),
+        sessions=sessions, rounds=rounds, duplicates=duplicates, bad=bad, idle=idle, late_rounds=late_rounds,
+        seed=seed if seed is not None else secrets.randbelow(2**31), run_id=new_run_id(), via=via,
     ), rate)
     simulation = Simulation(config)
     expected = simulation.expected
     security = security_options(settings)
 
     async def run() -> tuple[PublishStats, VerifyReport | None]:
-        stats = await publish(simulation.events(), settings.bootstrap_servers, settings.events_topic,
-                              rate=rate, partitioner=partitioner, security=security)
+        refusals = None
+        if via == "http":
+            stats, judged = await publish_http(simulation.events(), url or settings.advertised_url,
+                                               token=settings.api_token, batch=batch, rate=rate)
+            refusals = check_refusals(expected, judged)
+        else:
+            stats = await publish(simulation.events(), settings.bootstrap_servers, settings.events_topic,
+                                  rate=rate, partitioner=partitioner, security=security)
         if not verify:
             return stats, None
         collected = await collect_outputs(settings.bootstrap_servers, expected,
                                           closures_topic=settings.closures_topic,
                                           rejected_topic=settings.rejected_topic, timeout=timeout,
                                           security=security)
-        return stats, verify_outputs(expected, collected)
+        return stats, verify_outputs(expected, collected, refusals)
 
     try:
         stats, report = asyncio.run(run())
-    except (KafkaError, TopicMissing, OSError) as error:
+    except (KafkaError, TopicMissing, IngestFailed, OSError) as error:
         raise click.ClickException(f"{type(error).__name__}: {error}") from None
     if as_json:
         body = {"config": {**asdict(config), "rate": rate, "partitioner": partitioner},

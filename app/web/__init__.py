@@ -6,7 +6,9 @@ document and the dashboard.
   answers; `paging`: cursors and pages; `params`: every operation's
   parameters, one pydantic model each, validated and documented from it;
 - `openapi`: the response shapes and the document; `errors`: JSON errors;
-  `auth`: the API token; `assets` and `static/`: the dashboard's files.
+  `auth`: the API token; `assets` and `static/`: the dashboard's files;
+- `ingest`: `POST /events`, gateways' events over HTTP, produced with the
+  producer of `ingest_producer`; `schemas`: `GET /schemas/{name}.json`.
 """
 
 from __future__ import annotations
@@ -16,12 +18,17 @@ from typing import Any
 
 import faust
 from aiohttp import web
+from faust.web import View
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
+from app.publisher import producer_options, reliable_producer
 from app.web.api import Api
 from app.web.assets import STATIC_DIR
 from app.web.auth import token_middleware
 from app.web.errors import Handler, json_errors
+from app.web.ingest import INGEST_PATH, IngestSettings, ingest_handler
+from app.web.ingest_producer import IngestProducer
+from app.web.schemas import SCHEMAS_PATH, get_schema
 from app.web.worker import Worker
 
 __all__ = ["Worker", "register_views"]
@@ -41,12 +48,20 @@ def register_views(app: faust.App, worker: Worker) -> None:
         "/stats": api.stats,
         "/metrics": api.metrics,
         "/openapi.json": api.openapi_document,
+        SCHEMAS_PATH: get_schema,
     }
     for path, handler in routes.items():
         app.page(path, name=handler.__name__)(_faust_handler(handler))
+    settings = worker.settings
+    producer = IngestProducer(lambda: reliable_producer(
+        settings.bootstrap_servers, producer_options(settings, client_id=f"{settings.app_id}-ingest")))
+    post_events = ingest_handler(producer, IngestSettings.from_settings(settings))
+    app.page(INGEST_PATH, name=post_events.__name__)(_faust_post_view(post_events))
     server = app.web
     assert isinstance(server, AiohttpWeb), "Faust's web driver is aiohttp, the only one it ships"
     server.add_static("/static/", str(STATIC_DIR))
+    server.web_app.on_startup.append(producer.on_startup)
+    server.web_app.on_cleanup.append(producer.on_cleanup)
     middlewares = server.web_app.middlewares
     middlewares.append(json_errors)  # outermost: also turns a 401 into JSON
     if worker.settings.api_token:
@@ -61,3 +76,12 @@ def _faust_handler(handler: Handler) -> Callable[..., Any]:
 
     get.__name__ = handler.__name__
     return get
+
+
+def _faust_post_view(handler: Handler) -> type[View]:
+    """A Faust view answering POST with `handler` (Faust answers 405 to the other methods)."""
+
+    async def post(view: View, request: web.Request, **match_info: str) -> web.StreamResponse:
+        return await handler(request)
+
+    return type(handler.__name__, (View,), {"post": post, "__doc__": handler.__doc__})

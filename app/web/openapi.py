@@ -25,6 +25,8 @@ from pydantic.json_schema import models_json_schema
 from typing_extensions import TypedDict
 
 from app.rules import CloseReason, Reason, SessionRecord, State
+from app.schemas import SCHEMA_NAMES
+from app.web.ingest import INGEST_PATH, ingest_openapi
 from app.web.params import (
     DashboardParams,
     NoParams,
@@ -230,6 +232,21 @@ _UNAVAILABLE = _json("Error", "Some partitions are not served right now (a rebal
                               "retry shortly.")
 
 
+#: `GET /schemas/{name}.json` (app.web.schemas): its one parameter is a name of SCHEMA_NAMES, which the view checks.
+_SCHEMA_FILE: dict[str, Any] = {
+    "operationId": "getSchema",
+    "summary": "A JSON Schema (2020-12) of the wire format, as stored: an event type, `event` (any of them), "
+               "`closure`, `rejection`, `session-record`, or `definitions` (their shared parts).",
+    "description": "The files refer to each other by relative name (`definitions.json#/$defs/count`), so they "
+                   "resolve against this URL.",
+    "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"enum": list(SCHEMA_NAMES)}}],
+    "responses": {
+        "200": {"description": "The schema file.",
+                "content": {"application/schema+json": {"schema": {"type": "object"}}}},
+        "404": _json("Error", "No such schema; the detail lists the names."),
+    },
+}
+
 #: The parameters of each path's operation (the others take none): the models the views validate with.
 _PARAMS: dict[str, type[Params]] = {
     "/sessions/{session_id}": SessionParams,
@@ -328,15 +345,22 @@ def build_openapi(*, token_required: bool) -> dict[str, Any]:
             item["get"]["parameters"] = documented
         # Every operation refuses unknown or repeated query parameters.
         item["get"]["responses"].setdefault("400", _BAD_REQUEST)
+    schemas = component_schemas()
+    ingest, ingest_schemas = ingest_openapi(_ref, {"content": {"application/json": {"schema": _ref("Error")}}})
+    paths[INGEST_PATH] = {"post": ingest}
+    schemas.update(ingest_schemas)
+    paths["/schemas/{name}.json"] = {"get": _SCHEMA_FILE}
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "usage-accountant",
             "version": "1",
-            "description": "Live inspection of the session table (SPEC §8). Any worker answers any request.",
+            "description": "Live inspection of the session table (SPEC §8), and gateways' events over HTTP "
+                           "(POST /events). The wire format's JSON Schemas are served at /schemas/{name}.json. "
+                           "Any worker answers any request.",
         },
         "paths": paths,
-        "components": {"schemas": component_schemas()},
+        "components": {"schemas": schemas},
     }
     if token_required:
         document["components"]["securitySchemes"] = {
@@ -345,8 +369,9 @@ def build_openapi(*, token_required: bool) -> dict[str, Any]:
         document["security"] = [{"bearer": []}]
         unauthorized = _json("Error", "The API token is missing or wrong.")
         for item in paths.values():
-            if item["get"].get("security") != []:
-                item["get"]["responses"]["401"] = unauthorized
+            for operation in item.values():
+                if operation.get("security") != []:
+                    operation["responses"]["401"] = unauthorized
         dashboard = paths["/"]["get"]
         dashboard["responses"]["303"] = {"description": "Signed in: go to `/`."}
         dashboard["responses"]["401"] = {"description": "Token missing or wrong: a form asks for it.",

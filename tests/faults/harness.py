@@ -115,8 +115,9 @@ def finish(deployment: Deployment, ledger: Ledger, simulation: Simulation, *, fa
 
 
 #: Reasons a copy may only get while the session is open: after the close the
-#: same bytes are `session_closed` (the rules look at the close first).
-_OPEN_ONLY = {Reason.MODEL_MISMATCH, Reason.OVERFLOW}
+#: same bytes are `session_closed` (the rules look at the close first; SPEC
+#: revision 2 §5.2 made a different initial count one of them).
+_OPEN_ONLY = {Reason.MODEL_MISMATCH, Reason.OVERFLOW, Reason.INVALID_TRANSITION}
 
 
 def with_copies(simulation: Simulation, seed: int, deliveries: tuple[int, ...] = (2, 3)) -> list[PlannedEvent]:

@@ -45,6 +45,19 @@ def all_sessions(worker: WorkerProcess, query: str = "") -> list[dict] | None:
             return sessions
 
 
+#: POST /events produces the valid events of a body and refuses the others (202, the refused listed), so
+#: "a valid request is accepted, an invalid one refused" does not describe it; and JSON Schema counts 1.0
+#: an integer, which the service refuses (docs/schemas.md). Its other checks run here;
+#: tests/gateway/test_ingest_schemathesis.py checks what it accepts.
+SCHEMATHESIS_CONFIG = """
+[[operations]]
+include-path = "/events"
+include-method = "POST"
+checks.positive_data_acceptance.enabled = false
+checks.negative_data_rejection.enabled = false
+"""
+
+
 def test_web_answers_match_the_openapi_document_and_fuzzing_finds_no_server_error(
         deployment: Deployment, tmp_path: Path) -> None:
     deployment.settings["ACCOUNTANT_API_TOKEN"] = TOKEN
@@ -85,9 +98,12 @@ def test_web_answers_match_the_openapi_document_and_fuzzing_finds_no_server_erro
     assert status == 401
     validate_response(document, "/sessions", 401, body)
 
+    # Every check on every operation (schemathesis enables them all by default), but two on POST /events.
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(SCHEMATHESIS_CONFIG)
     fuzz = subprocess.run(
-        [sys.executable, "-m", "schemathesis.cli", "run", f"{worker.url}/openapi.json",
-         "--header", f"Authorization: Bearer {TOKEN}", "--checks", "all", "--max-examples", "50",
+        [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run", f"{worker.url}/openapi.json",
+         "--header", f"Authorization: Bearer {TOKEN}", "--max-examples", "50",
          "--generation-database", "none", "--workers", "1", "--no-color", "--request-timeout", "10"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert fuzz.returncode == 0, fuzz.stdout[-8000:] + fuzz.stderr[-2000:]

@@ -7,6 +7,7 @@
 - `fixtures`: what the conftest fixtures share (a deployment per test, failure logs);
 - `events`: gateway events for hand-written scenarios; `clock`: `now_rfc3339`;
 - `ledger`: the fault suite's oracle (built on `app.dev.oracle`);
+- `ingest`: `POST /events` on a web app of its own (the ingest tests and benchmark);
 - `waiting`: `wait_for`, polling a condition with a deadline (never a bare sleep).
 
 The partitioners gateways use are in `app.dev.partitioners` (the simulator

@@ -85,11 +85,12 @@ def test_with_a_token_every_operation_but_the_probes_documents_401() -> None:
     document = build_openapi(token_required=True)
     assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     for path, item in document["paths"].items():
-        responses = item["get"]["responses"]
-        if path in ("/healthz", "/readyz"):
-            assert item["get"]["security"] == [] and "401" not in responses
-        else:
-            assert "401" in responses, path
+        for method, operation in item.items():
+            responses = operation["responses"]
+            if path in ("/healthz", "/readyz"):
+                assert operation["security"] == [] and "401" not in responses
+            else:
+                assert "401" in responses, (method, path)
 
 
 def test_the_parameters_are_written_from_the_models_the_views_validate_with() -> None:
