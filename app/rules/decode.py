@@ -30,10 +30,12 @@ from app.rules.timestamps import parse_timestamp
 
 
 class _Invalid(Exception):
-    def __init__(self, detail: str, reason: Reason = Reason.INVALID_EVENT) -> None:
+    def __init__(self, detail: str, reason: Reason = Reason.INVALID_EVENT, session_key: str | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.reason = reason
+        #: Whom the rejection is keyed by, when not the record's key.
+        self.session_key = session_key
 
 
 def _identifier(obj: dict[str, Any], name: str) -> str:
@@ -80,9 +82,10 @@ def decode_event(key: bytes | None, value: bytes | None, policy: Policy = DEFAUL
     try:
         return _build_event(parsed, session_key, policy)
     except _Invalid as invalid:
+        rejection_key = invalid.session_key or session_key
         if _deeper_than(parsed, MAX_JSON_DEPTH):  # could not be encoded inside the rejection
-            return InvalidEvent(invalid.reason, invalid.detail, None, value, session_key)
-        return InvalidEvent(invalid.reason, invalid.detail, parsed, None, session_key)
+            return InvalidEvent(invalid.reason, invalid.detail, None, value, rejection_key)
+        return InvalidEvent(invalid.reason, invalid.detail, parsed, None, rejection_key)
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
@@ -125,7 +128,9 @@ def _build_event(obj: Any, session_key: str | None, policy: Policy) -> Event:
     # A keyless record lands on any partition, away from the session's state
     # and its order (SPEC §2): it cannot be accounted.
     if session_key is None:
-        raise _Invalid("the record has no Kafka key; it must be keyed by field 'session_id'", Reason.KEY_MISMATCH)
+        # Keyed by its session all the same, as the rejected topic is.
+        raise _Invalid("the record has no Kafka key; it must be keyed by field 'session_id'", Reason.KEY_MISMATCH,
+                       session_key=session_id)
     if session_key != session_id:
         raise _Invalid("field 'session_id' differs from the Kafka key", Reason.KEY_MISMATCH)
     return event

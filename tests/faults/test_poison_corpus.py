@@ -139,8 +139,9 @@ class Corpus:
             bad("non-UTF-8 key", self.round(2, 5), Reason.KEY_MISMATCH, "key", key=b"\xff\xfe" + self.key),
             bad("null key, malformed value", b"{not json", invalid, "JSON", key=None),
             bad("null key, empty value", b"", invalid, "JSON", key=None),
-            bad("null key, unknown session", e("round.completed", f"{self.run_id}-poison-ghost", round=1,
-                                               delta_token_count=5), Reason.UNKNOWN_SESSION, "'session_id'",
+            # SPEC rev 2: a keyless record is refused, however valid its event.
+            bad("null key, a valid event", e("round.completed", f"{self.run_id}-poison-ghost", round=1,
+                                             delta_token_count=5), Reason.KEY_MISMATCH, "'session_id'",
                 key=None, rejection_key=f"{self.run_id}-poison-ghost".encode()),
             bad("empty value", b"", invalid, "JSON"),
             bad("null value (tombstone)", None, invalid, "JSON"),

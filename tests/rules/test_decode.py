@@ -124,17 +124,18 @@ def test_ids_of_128_characters_are_accepted() -> None:
 
 def test_a_record_without_a_kafka_key_is_key_mismatch() -> None:
     """SPEC §2/§3 (revision 2): a keyless record lands on any partition, away
-    from its session's state and order, so it is never accounted."""
+    from its session's state and order, so it is never accounted. Its
+    rejection is keyed by the event's session_id, as the rejected topic is."""
     body = activated()
     result = invalid(body, key=None, field="session_id", reason=Reason.KEY_MISMATCH)
-    assert result.parsed == body and result.raw is None and result.session_key is None
+    assert result.parsed == body and result.raw is None and result.session_key == body["session_id"]
     existing, _ = rules.apply(None, event_delivery(created(), offset=1), T0)
     state, outputs = rules.apply(existing, event_delivery(body, key=None, offset=2), T0 + SECOND)
     assert state is existing  # judged on the record alone, like any invalid one
     [rejection] = rejections_in(outputs)
     assert outcome_of(outputs).reason is Reason.KEY_MISMATCH
     wire = rejection.to_json(T0)
-    assert wire["event"] == body and "raw" not in wire and rejection.session_key is None
+    assert wire["event"] == body and "raw" not in wire and rejection.session_key == body["session_id"]
 
 
 def test_a_keyless_record_that_is_not_a_valid_event_is_invalid_event() -> None:
