@@ -1,0 +1,11 @@
+"""Tooling, not the service: what runs the service on a laptop and checks it.
+
+- `kafka`: `LocalKafka`, a throw-away single-node Kafka broker (jars from
+  Maven Central, KRaft, loopback only), used by `accountant dev`, the tests
+  and the benchmarks;
+- `simulator`: a gateway fleet publishing realistic sessions (`accountant simulate`);
+- `oracle`: what the service must conclude from a simulation, and the checks.
+
+The service (rules, agents, tables, web) never imports this package; only the
+CLI's `dev`, `broker` and `simulate` commands do.
+"""
