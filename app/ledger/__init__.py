@@ -1,0 +1,1 @@
+"""The ledger: closures from Kafka into PostgreSQL, exactly once (docs/ledger.md)."""

@@ -1,0 +1,234 @@
+"""The ledger in PostgreSQL (psycopg 3): `LedgerStore` implemented.
+
+One transaction per batch: lock the batch's rows of ``ledger_offsets``, leave
+out the partitions another consumer wrote since we read them (fencing), read
+the digests of the closure_ids already held, apply the conflict rule, then
+COPY the new closures, count the duplicates, keep conflicts and rejects, and
+move the offsets; commit. Either all of it is in the database or none of it,
+and the stored offsets say exactly which records it holds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from app.ledger.batch import BatchOutcome, LedgerBatch, Partition
+from app.ledger.closure_row import ClosureRow, LedgerReject
+from app.ledger.conflicts import Conflict, Verdict, judge, plan_batch
+from app.ledger.migrations import migrate
+
+log = logging.getLogger(__name__)
+
+#: What the ledger calls itself in pg_stat_activity.
+APPLICATION_NAME = "accountant-ledger"
+
+CLOSURE_COLUMNS = (
+    "closure_id", "session_id", "tenant_id", "provider_id", "model", "reason", "created_at", "activated_at",
+    "closed_at", "ttl_secs", "round_count", "missing_rounds", "initial_token_count", "delta_token_count",
+    "total_token_count", "record", "content_sha256", "emitted_at", "source_topic", "source_partition",
+    "source_offset",
+)
+_COPY_CLOSURES = sql.SQL("COPY closures ({}) FROM STDIN").format(
+    sql.SQL(", ").join(map(sql.Identifier, CLOSURE_COLUMNS)))
+_INSERT_CLOSURE = sql.SQL("INSERT INTO closures ({}) VALUES ({})").format(
+    sql.SQL(", ").join(map(sql.Identifier, CLOSURE_COLUMNS)),
+    sql.SQL(", ").join(sql.Placeholder() * len(CLOSURE_COLUMNS)))
+
+_ENSURE_OFFSET_ROWS = """
+INSERT INTO ledger_offsets (consumer_group, topic, partition)
+SELECT %s, u.topic, u.partition FROM unnest(%s::text[], %s::int[]) AS u(topic, partition)
+ORDER BY u.topic, u.partition
+ON CONFLICT DO NOTHING
+"""
+_LOCK_OFFSETS = """
+SELECT topic, partition, next_offset FROM ledger_offsets
+WHERE consumer_group = %s
+  AND (topic, partition) IN (SELECT * FROM unnest(%s::text[], %s::int[]))
+ORDER BY topic, partition
+FOR UPDATE
+"""
+_STORED_DIGESTS = "SELECT closure_id, content_sha256 FROM closures WHERE closure_id = ANY(%s::text[])"
+_COUNT_DUPLICATES = """
+UPDATE closures AS c SET duplicates = c.duplicates + u.n, last_duplicate_at = now()
+FROM unnest(%s::text[], %s::bigint[]) AS u(closure_id, n)
+WHERE c.closure_id = u.closure_id
+"""
+_INSERT_CONFLICT = """
+INSERT INTO closure_conflicts (closure_id, content_sha256, stored_content_sha256, total_token_count, record,
+                               reason, missing_rounds, emitted_at, source_topic, source_partition, source_offset)
+VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING
+"""
+_INSERT_REJECT = """
+INSERT INTO ledger_rejects (source_topic, source_partition, source_offset, error, key, value)
+VALUES (%s, %s, %s, %s, %s, %s)
+ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING
+"""
+_MOVE_OFFSETS = """
+UPDATE ledger_offsets AS o SET next_offset = u.next_offset, updated_at = now()
+FROM unnest(%s::text[], %s::int[], %s::bigint[]) AS u(topic, partition, next_offset)
+WHERE o.consumer_group = %s AND o.topic = u.topic AND o.partition = u.partition
+"""
+
+
+class PostgresLedgerStore:
+    """A `LedgerStore` on one PostgreSQL connection, opened on first use and
+    again after it breaks. Errors are the caller's to retry (app/ledger/retry.py)."""
+
+    def __init__(self, dsn: str, *, connect_timeout: float = 5.0) -> None:
+        self._dsn = dsn
+        self._connect_timeout = connect_timeout
+        self._connection: psycopg.AsyncConnection | None = None
+
+    async def _connect(self) -> psycopg.AsyncConnection:
+        if self._connection is not None and not self._connection.closed and not self._connection.broken:
+            return self._connection
+        await self.close()
+        self._connection = await psycopg.AsyncConnection.connect(
+            self._dsn, connect_timeout=max(1, int(self._connect_timeout)), application_name=APPLICATION_NAME,
+            # Timestamps are written as UTC instants; keep the session in UTC too.
+            options="-c TimeZone=UTC",
+        )
+        return self._connection
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and not connection.closed:
+            try:
+                await connection.close()
+            except psycopg.Error:
+                pass
+
+    async def migrate(self) -> list[str]:
+        return await migrate(await self._connect())
+
+    async def claim(self, group: str, partitions: Iterable[Partition]) -> dict[Partition, int | None]:
+        keys = sorted(set(partitions))
+        if not keys:
+            return {}
+        connection = await self._connect()
+        async with connection.transaction():
+            topics, numbers = [topic for topic, _ in keys], [number for _, number in keys]
+            await connection.execute(_ENSURE_OFFSET_ROWS, (group, topics, numbers))
+            cursor = await connection.execute(
+                "SELECT topic, partition, next_offset FROM ledger_offsets WHERE consumer_group = %s "
+                "AND (topic, partition) IN (SELECT * FROM unnest(%s::text[], %s::int[]))",
+                (group, topics, numbers))
+            return {(topic, number): offset for topic, number, offset in await cursor.fetchall()}
+
+    async def write(self, batch: LedgerBatch, *, isolate: bool = False) -> BatchOutcome:
+        connection = await self._connect()
+        async with connection.transaction():
+            fenced = await self._lock_offsets(connection, batch)
+            if fenced:
+                batch = batch.without(fenced)
+            if isolate:
+                written, duplicates, conflicts, refused = await self._write_one_by_one(connection, batch.rows)
+            else:
+                written, duplicates, conflicts = await self._write_rows(connection, batch.rows)
+                refused = []
+            rejects = (*batch.rejects, *refused)
+            if rejects:
+                async with connection.cursor() as cursor:
+                    await cursor.executemany(_INSERT_REJECT, [_reject_params(reject) for reject in rejects])
+            if batch.advances:
+                await connection.execute(_MOVE_OFFSETS, (
+                    [advance.topic for advance in batch.advances],
+                    [advance.partition for advance in batch.advances],
+                    [advance.next_offset for advance in batch.advances],
+                    batch.group))
+        return BatchOutcome(
+            written=written, duplicates=duplicates, conflicts=tuple(conflicts), rejects=tuple(rejects),
+            fenced=fenced, committed={advance.key: advance.next_offset for advance in batch.advances})
+
+    async def _lock_offsets(self, connection: psycopg.AsyncConnection,
+                            batch: LedgerBatch) -> dict[Partition, int | None]:
+        """Lock the batch's offset rows; the partitions whose stored offset is not the expected one."""
+        if not batch.advances:
+            return {}
+        advances = sorted(batch.advances, key=lambda advance: advance.key)
+        topics = [advance.topic for advance in advances]
+        numbers = [advance.partition for advance in advances]
+        await connection.execute(_ENSURE_OFFSET_ROWS, (batch.group, topics, numbers))
+        cursor = await connection.execute(_LOCK_OFFSETS, (batch.group, topics, numbers))
+        stored = {(topic, number): offset for topic, number, offset in await cursor.fetchall()}
+        return {advance.key: stored.get(advance.key) for advance in advances
+                if stored.get(advance.key) != advance.expected}
+
+    async def _stored_digests(self, connection: psycopg.AsyncConnection, ids: list[str]) -> dict[str, bytes]:
+        if not ids:
+            return {}
+        cursor = await connection.execute(_STORED_DIGESTS, (ids,))
+        return {closure_id: bytes(digest) for closure_id, digest in await cursor.fetchall()}
+
+    async def _write_rows(self, connection: psycopg.AsyncConnection,
+                          rows: tuple[ClosureRow, ...]) -> tuple[int, int, list[Conflict]]:
+        stored = await self._stored_digests(connection, list({row.closure_id for row in rows}))
+        plan = plan_batch(stored, rows)
+        if plan.new_rows:
+            async with connection.cursor() as cursor:
+                async with cursor.copy(_COPY_CLOSURES) as copy:
+                    for row in plan.new_rows:
+                        await copy.write_row(_closure_params(row))
+        if plan.duplicates:
+            ids = list(plan.duplicates)
+            await connection.execute(_COUNT_DUPLICATES, (ids, [plan.duplicates[closure_id] for closure_id in ids]))
+        if plan.conflicts:
+            async with connection.cursor() as cursor:
+                await cursor.executemany(_INSERT_CONFLICT, [_conflict_params(conflict) for conflict in plan.conflicts])
+        return len(plan.new_rows), sum(plan.duplicates.values()), plan.conflicts
+
+    async def _write_one_by_one(
+        self, connection: psycopg.AsyncConnection, rows: tuple[ClosureRow, ...]
+    ) -> tuple[int, int, list[Conflict], list[LedgerReject]]:
+        """The rule applied row by row, each in a savepoint: a row the database refuses becomes a reject."""
+        written = duplicates = 0
+        conflicts: list[Conflict] = []
+        refused: list[LedgerReject] = []
+        for row in rows:
+            try:
+                async with connection.transaction():
+                    stored = (await self._stored_digests(connection, [row.closure_id])).get(row.closure_id)
+                    verdict = judge(stored, row.content_sha256)
+                    if verdict is Verdict.NEW:
+                        await connection.execute(_INSERT_CLOSURE, _closure_params(row))
+                        written += 1
+                    elif verdict is Verdict.DUPLICATE:
+                        await connection.execute(_COUNT_DUPLICATES, ([row.closure_id], [1]))
+                        duplicates += 1
+                    else:
+                        assert stored is not None
+                        conflict = Conflict(row, stored)
+                        await connection.execute(_INSERT_CONFLICT, _conflict_params(conflict))
+                        conflicts.append(conflict)
+            except (psycopg.DataError, psycopg.IntegrityError) as error:
+                if isinstance(error, psycopg.errors.UniqueViolation):
+                    raise  # another writer inserted this closure_id meanwhile: retry the batch
+                log.warning("the database refused closure %r at %s/%d@%d: %s", row.closure_id,
+                            row.source.topic, row.source.partition, row.source.offset, error)
+                refused.append(LedgerReject(row.source, f"the database refused the row: {error}", None, row.raw))
+        return written, duplicates, conflicts, refused
+
+
+def _closure_params(row: ClosureRow) -> tuple[Any, ...]:
+    return (row.closure_id, row.session_id, row.tenant_id, row.provider_id, row.model, row.reason, row.created_at,
+            row.activated_at, row.closed_at, row.ttl_secs, row.round_count, row.missing_rounds,
+            row.initial_token_count, row.delta_token_count, row.total_token_count, row.record_json,
+            row.content_sha256, row.emitted_at, row.source.topic, row.source.partition, row.source.offset)
+
+
+def _conflict_params(conflict: Conflict) -> tuple[Any, ...]:
+    row = conflict.row
+    return (row.closure_id, row.content_sha256, conflict.stored_sha256, row.total_token_count, row.record_json,
+            row.reason, row.missing_rounds, row.emitted_at, row.source.topic, row.source.partition,
+            row.source.offset)
+
+
+def _reject_params(reject: LedgerReject) -> tuple[Any, ...]:
+    return (reject.source.topic, reject.source.partition, reject.source.offset, reject.error, reject.key,
+            reject.value)
