@@ -286,6 +286,12 @@ def wait_for_postgres(dsn: str, timeout: float, *, is_alive: Callable[[], bool] 
         time.sleep(0.1)
 
 
+def server_can_reach(datadir: Path) -> bool:
+    """Whether the user the server runs as may enter every directory above ``datadir``."""
+    run_as = _server_user()
+    return run_as is None or _unreachable_ancestor(Path(datadir).resolve(), run_as) is None
+
+
 def _server_user() -> pwd.struct_passwd | None:
     """None when we may run the server ourselves; else the system user to run it as."""
     if os.geteuid() != 0:
@@ -329,6 +335,8 @@ def _child_preexec(run_as: pwd.struct_passwd | None) -> Callable[[], None] | Non
 def _unreachable_ancestor(path: Path, user: pwd.struct_passwd) -> Path | None:
     """The first directory above ``path`` that ``user`` may not enter, if any."""
     for ancestor in reversed(path.parents):
+        if not ancestor.exists():
+            break  # made by us with the default mode, which lets others enter
         info = ancestor.stat()
         if info.st_uid == user.pw_uid:
             allowed = info.st_mode & stat.S_IXUSR

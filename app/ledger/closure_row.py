@@ -109,6 +109,10 @@ def micros_to_datetime(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
 
+def datetime_to_micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
 def _row(closure: Any, source: SourceOffset, raw: bytes) -> ClosureRow:
     if not isinstance(closure, dict):
         raise _Invalid("the closure must be a JSON object")
