@@ -27,7 +27,7 @@ from app.broker import TEST_BROKER_SETTINGS, LocalKafka, kafka_version, pick_fre
 
 ENV_TEST_BOOTSTRAP = "ACCOUNTANT_TEST_BOOTSTRAP"
 
-pytest_plugins = ["tests.fixtures.postgres"]
+pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.ledger"]
 
 # Where the session's broker is and where its log lives, for failure reports.
 _BROKER_DESCRIPTION = pytest.StashKey[str]()
