@@ -41,6 +41,13 @@ class LedgerBatch:
     rejects: tuple[LedgerReject, ...]
     advances: tuple[OffsetAdvance, ...]
 
+    def __post_init__(self) -> None:
+        # Records are written only under their partition's offset check (fencing).
+        moved = {advance.key for advance in self.advances}
+        unmoved = {(item.source.topic, item.source.partition) for item in (*self.rows, *self.rejects)} - moved
+        if unmoved:
+            raise ValueError(f"records of {sorted(unmoved)} without an offset advance for their partition")
+
     def without(self, partitions: Collection[Partition]) -> LedgerBatch:
         """The batch minus everything read from ``partitions``."""
         return LedgerBatch(
@@ -50,6 +57,11 @@ class LedgerBatch:
                           if (reject.source.topic, reject.source.partition) not in partitions),
             advances=tuple(advance for advance in self.advances if advance.key not in partitions),
         )
+
+    @property
+    def partitions(self) -> frozenset[Partition]:
+        """Every partition the batch moves (each partition it holds records of moves)."""
+        return frozenset(advance.key for advance in self.advances)
 
     def __len__(self) -> int:
         return len(self.rows) + len(self.rejects)

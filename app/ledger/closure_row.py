@@ -8,14 +8,17 @@ The *content* of a closure is all of it but ``emitted_at``, compared as
 values: timestamps as instants, JSON objects whatever their key order.
 ``content_sha256`` digests exactly that, so two deliveries of one closure
 have equal digests and any changed figure gives another.
+
+This runs for every closure the ledger reads, so it is written for speed:
+named tuples, and timestamps in the spelling the worker writes read with
+``datetime.fromisoformat`` and handed to PostgreSQL as delivered.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -25,13 +28,13 @@ from app.rules import MAX_COUNT, MAX_ID_CHARS, MAX_NAME_CHARS, MAX_TTL_SECS, Clo
 MAX_TOTAL = 2 * MAX_COUNT
 CLOSE_REASONS = frozenset(reason.value for reason in CloseReason)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_UTC = timezone.utc
 # A NUL can only reach a JSON string as this escape; PostgreSQL's text and
 # jsonb cannot hold it.
 _NUL_ESCAPE = b"\\u0000"
 
 
-@dataclass(frozen=True, slots=True)
-class SourceOffset:
+class SourceOffset(NamedTuple):
     """Where a record was read: it locates the original in the closures topic."""
 
     topic: str
@@ -39,9 +42,12 @@ class SourceOffset:
     offset: int
 
 
-@dataclass(frozen=True, slots=True)
-class ClosureRow:
-    """A valid closure: one row of the ``closures`` table."""
+class ClosureRow(NamedTuple):
+    """A valid closure: one row of the ``closures`` table.
+
+    Timestamps are RFC 3339 text that PostgreSQL reads as the instant the
+    closure means: as delivered when in the worker's spelling, else in UTC.
+    """
 
     closure_id: str
     reason: str
@@ -49,26 +55,25 @@ class ClosureRow:
     tenant_id: str
     provider_id: str
     model: str
-    created_at: datetime
-    activated_at: datetime | None
-    closed_at: datetime
+    created_at: str
+    activated_at: str | None
+    closed_at: str
     ttl_secs: int
     round_count: int
     missing_rounds: int
     initial_token_count: int
     delta_token_count: int
     total_token_count: int
-    #: The record (SPEC §4) as delivered, JSON text.
-    record_json: str
+    #: The record (SPEC §4) as delivered.
+    record: dict[str, Any]
     content_sha256: bytes
-    emitted_at: datetime
+    emitted_at: str
     source: SourceOffset
     #: The record's value bytes, kept should the database refuse the row.
     raw: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class LedgerReject:
+class LedgerReject(NamedTuple):
     """A record that is not a valid closure: stored with the error, never dropped."""
 
     source: SourceOffset
@@ -103,6 +108,37 @@ def decode_closure(source: SourceOffset, key: bytes | None, value: bytes | None)
         return LedgerReject(source, "record: nested too deeply to store", key, value)
     except Exception as error:  # a bug here must not stop the ledger: keep the record, say why
         return LedgerReject(source, f"internal error while decoding: {error!r}", key, value)
+
+
+def parse_instant(text: str) -> datetime:
+    """An RFC 3339 timestamp with offset as an aware datetime in UTC: the
+    instant `app.rules.parse_timestamp` reads (ValueError or OverflowError alike)."""
+    return _instant_and_text(text)[0]
+
+
+def _instant_and_text(text: str) -> tuple[datetime, str]:
+    """The instant, and text PostgreSQL reads as that instant."""
+    if _in_common_spelling(text):
+        moment = datetime.fromisoformat(text)
+        return (moment if moment.tzinfo is _UTC else moment.astimezone(_UTC)), text
+    moment = micros_to_datetime(parse_timestamp(text))
+    return moment, moment.isoformat()
+
+
+def _in_common_spelling(text: str) -> bool:
+    """``YYYY-MM-DDTHH:MM:SS[.f{1,6}](Z|+hh:mm|-hh:mm)``, the shape in which
+    ``fromisoformat`` (which checks the digits) and PostgreSQL read exactly
+    what ``parse_timestamp`` reads. Other spellings take the slow path."""
+    length = len(text)
+    if length < 20 or text[4] != "-" or text[7] != "-" or text[10] != "T" or text[13] != ":" or text[16] != ":":
+        return False
+    if text[-1] == "Z":
+        zone = length - 1
+    elif length >= 25 and text[-6] in "+-" and text[-3] == ":":
+        zone = length - 6
+    else:
+        return False
+    return zone == 19 or (text[19] == "." and 21 <= zone <= 26)
 
 
 def micros_to_datetime(micros: int) -> datetime:
@@ -145,7 +181,8 @@ def _row(closure: Any, source: SourceOffset, raw: bytes) -> ClosureRow:
     missing_rounds = _integer(closure, "missing_rounds", 0, round_count)
     emitted_at = _timestamp(closure, "emitted_at")
     content = (closure_id, reason, total, missing_rounds, session_id, tenant_id, provider_id, model,
-               created_at, activated_at, closed_at, ttl_secs, round_count, initial, delta, record["metadata"])
+               created_at[0], activated_at and activated_at[0], closed_at[0], ttl_secs, round_count, initial, delta,
+               record["metadata"])
     return ClosureRow(
         closure_id=closure_id,
         reason=reason,
@@ -153,18 +190,18 @@ def _row(closure: Any, source: SourceOffset, raw: bytes) -> ClosureRow:
         tenant_id=tenant_id,
         provider_id=provider_id,
         model=model,
-        created_at=micros_to_datetime(created_at),
-        activated_at=None if activated_at is None else micros_to_datetime(activated_at),
-        closed_at=micros_to_datetime(closed_at),
+        created_at=created_at[1],
+        activated_at=activated_at and activated_at[1],
+        closed_at=closed_at[1],
         ttl_secs=ttl_secs,
         round_count=round_count,
         missing_rounds=missing_rounds,
         initial_token_count=initial,
         delta_token_count=delta,
         total_token_count=total,
-        record_json=orjson.dumps(record).decode(),
+        record=record,
         content_sha256=hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).digest(),
-        emitted_at=micros_to_datetime(emitted_at),
+        emitted_at=emitted_at[1],
         source=source,
         raw=raw,
     )
@@ -192,14 +229,14 @@ def _integer(obj: dict, name: str, low: int, high: int, prefix: str = "") -> int
     return value
 
 
-def _timestamp(obj: dict, name: str, prefix: str = "", *, optional: bool = False) -> int | None:
+def _timestamp(obj: dict, name: str, prefix: str = "", *, optional: bool = False) -> tuple[datetime, str] | None:
     value = _field(obj, name, prefix)
     if value is None and optional:
         return None
     if not isinstance(value, str):
         raise _Invalid(f"{prefix}{name}: must be an RFC 3339 timestamp" + (" or null" if optional else ""))
     try:
-        return parse_timestamp(value)
+        return _instant_and_text(value)
     except (ValueError, OverflowError):
         raise _Invalid(f"{prefix}{name}: must be an RFC 3339 timestamp with offset, in years 1..9999") from None
 

@@ -5,27 +5,27 @@ Exactly once into the database, across crashes and rebalances:
 - Offsets live in the database, written in the same transaction as the
   closures read before them. On assignment the consumer seeks to those, never
   to Kafka's committed offsets (it commits none).
-- Each batch carries, per partition, the offset the database held when this
-  process started reading it (``expected``). The write locks the partition's
-  offset row and leaves out any partition whose stored offset differs: another
-  process wrote it since (a rebalance moved it while this batch was in
-  flight). Those records are not written twice; this process reads the
-  partition again from the stored offset if it still owns it.
-- A revocation waits (bounded) for the batch in flight, so fencing is the
+- Each batch carries, per partition, the offset the database must hold for
+  the batch to follow on from it (``expected``). The write locks the
+  partition's offset row and leaves out any partition whose stored offset
+  differs: another process wrote it since (a rebalance moved it while this
+  batch was in flight). Those records are not written twice; this process
+  reads the partition again from the stored offset if it still owns it.
+- A revocation waits (bounded) for the write in flight, so fencing is the
   exception rather than the rule.
-- Database errors are retried until they pass (app/ledger/retry.py); a batch
-  the database refuses for its data is written row by row, the refused rows
-  kept as rejects. Nothing is skipped.
+- Writes are retried until they commit (app/ledger/writer.py). Nothing is skipped.
+
+Batches are written one at a time and in order; while one is written the next
+is read and decoded, so ``expected`` is what the previous batch will have
+stored (``_planned``), and ``_stored`` is what the database is known to hold.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Iterable, Mapping
 
-import psycopg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError
 
@@ -34,6 +34,7 @@ from app.ledger.closure_row import ClosureRow, LedgerReject, SourceOffset, decod
 from app.ledger.metrics import LedgerMetrics
 from app.ledger.retry import DatabaseRetry
 from app.ledger.store import LedgerStore
+from app.ledger.writer import BatchWriter
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,11 @@ class LedgerConsumer:
         self._stop = stop
         self._batch_max_records = batch_max_records
         self._revoke_wait_secs = revoke_wait_secs
+        self._writer = BatchWriter(store, metrics, retry, self._written)
         #: Partitions this process owns and has positioned -> the offset the database holds.
         self._stored: dict[Partition, int | None] = {}
-        self._idle = asyncio.Event()
-        self._idle.set()
+        #: ... -> the offset it will hold once the batches read so far are written.
+        self._planned: dict[Partition, int | None] = {}
         self._fatal: BaseException | None = None
         self.listener = _DatabaseOffsets(self)
         self.assigned_once = False
@@ -66,29 +68,40 @@ class LedgerConsumer:
         return dict(self._stored)
 
     async def run(self) -> None:
-        while not self._stop.is_set():
-            if self._fatal is not None:
-                raise self._fatal
-            fetched = await self._consumer.getmany(timeout_ms=500, max_records=self._batch_max_records)
-            self._idle.clear()
-            try:
+        try:
+            while not self._stop.is_set():
+                if self._fatal is not None:
+                    raise self._fatal
+                fetched = await self._consumer.getmany(timeout_ms=500, max_records=self._batch_max_records)
                 batch = await self._batch(fetched)
+                # The previous write must commit first: it may fence partitions of this batch.
+                await self._writer.drain()
                 if batch is not None:
-                    await self._write(batch)
+                    batch = batch.without({partition for partition in batch.partitions if not self._still_planned(
+                        partition, batch)})
+                    if batch.advances:
+                        await self._writer.submit(batch)
                 self._update_lag()
-            finally:
-                self._idle.set()
+            await self._writer.drain()
+        finally:
+            await self._writer.close()
+
+    def _still_planned(self, partition: Partition, batch: LedgerBatch) -> bool:
+        """Whether this process still owns ``partition`` and the batch still
+        follows on from the plan (a fence or a new assignment resets it)."""
+        advance = next(advance for advance in batch.advances if advance.key == partition)
+        return partition in self._planned and self._planned[partition] == advance.next_offset
 
     # -- rebalances (called by the listener)
 
     async def _partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        try:
-            await asyncio.wait_for(self._idle.wait(), self._revoke_wait_secs)
-        except TimeoutError:
+        if not await self._writer.wait_idle(self._revoke_wait_secs):
             log.warning("partitions revoked while a batch is still being written (database slow or down); "
                         "the write is fenced if another process writes them first")
         for tp in revoked:
-            self._stored.pop((tp.topic, tp.partition), None)
+            key = (tp.topic, tp.partition)
+            self._stored.pop(key, None)
+            self._planned.pop(key, None)
             try:
                 self._metrics.lag.remove(tp.topic, str(tp.partition))
             except KeyError:
@@ -107,62 +120,39 @@ class LedgerConsumer:
         for tp, key in zip(assigned, keys):
             offset = stored.get(key)
             self._consumer.seek(tp, beginning[tp] if offset is None else offset)
-            self._stored[key] = offset
+            self._stored[key] = self._planned[key] = offset
         self.assigned_once = True
-        log.info("assigned %s; resuming from the database's offsets %s",
-                 sorted(keys), {f"{topic}/{number}": stored.get((topic, number)) for topic, number in sorted(keys)})
+        log.info("assigned %s; resuming from the database's offsets %s", sorted(keys),
+                 {f"{topic}/{number}": stored.get((topic, number)) for topic, number in sorted(keys)})
 
     # -- one batch
 
     async def _batch(self, fetched: Mapping[TopicPartition, list]) -> LedgerBatch | None:
         """What to write for the records fetched, and how far each owned partition moved."""
-        rows: list[ClosureRow] = []
-        rejects: list[LedgerReject] = []
-        for tp, records in fetched.items():
-            key = (tp.topic, tp.partition)
-            if key not in self._stored:
-                continue  # not positioned by us yet: the assignment will seek it to the stored offset
-            stored = self._stored[key]
-            for record in records:
-                if stored is not None and record.offset < stored:
-                    continue  # already in the database
-                decoded = decode_closure(SourceOffset(tp.topic, tp.partition, record.offset), record.key,
-                                         record.value)
-                (rows if isinstance(decoded, ClosureRow) else rejects).append(decoded)
+        planned = dict(self._planned)
+        owned = [(tp, records) for tp, records in fetched.items() if (tp.topic, tp.partition) in planned]
+        rows, rejects = await asyncio.to_thread(_decode, owned, planned) if owned else ([], [])
         advances = []
-        for key, stored in list(self._stored.items()):
+        for key, expected in list(planned.items()):
+            if self._planned.get(key, -1) != expected:
+                continue  # revoked or fenced meanwhile
             try:
                 # Past every record handed to us, and past transaction markers too.
                 position = await self._consumer.position(TopicPartition(*key))
             except IllegalStateError:
                 continue  # revoked meanwhile
-            if position > (stored if stored is not None else 0):
-                advances.append(OffsetAdvance(key[0], key[1], stored, position))
-        if not (rows or rejects or advances):
+            if position > (expected if expected is not None else 0):
+                advances.append(OffsetAdvance(key[0], key[1], expected, position))
+                self._planned[key] = position
+        if not advances:
             return None
-        return LedgerBatch(self._group, tuple(rows), tuple(rejects), tuple(advances))
+        moved = {advance.key for advance in advances}
+        return LedgerBatch(self._group,
+                           tuple(row for row in rows if (row.source.topic, row.source.partition) in moved),
+                           tuple(item for item in rejects if (item.source.topic, item.source.partition) in moved),
+                           tuple(advances))
 
-    async def _write(self, batch: LedgerBatch) -> None:
-        started = time.monotonic()
-        isolate = False
-        while True:
-            try:
-                outcome = await self._retry(lambda: self._store.write(batch, isolate=isolate), "writing a batch")
-                break
-            except psycopg.Error as error:  # not transient: about the data, or a fault of ours
-                if not isolate:
-                    log.warning("the database refused a batch of %d records (%s); writing it row by row",
-                                len(batch), error)
-                    isolate = True
-                else:
-                    log.error("writing a batch row by row failed: %s; retrying", error, exc_info=True)
-                    self._metrics.database_retries.inc()
-                    await self._retry.wait(2.0)
-        self._metrics.batch_write_seconds.observe(time.monotonic() - started)
-        await self._apply(outcome)
-
-    async def _apply(self, outcome: BatchOutcome) -> None:
-        self._metrics.count(outcome)
+    async def _written(self, outcome: BatchOutcome) -> None:
         for key, offset in outcome.committed.items():
             if key in self._stored:
                 self._stored[key] = offset
@@ -170,7 +160,7 @@ class LedgerConsumer:
             log.warning("partition %s/%d was written by another ledger process (stored offset %s); "
                         "reading it again from there", key[0], key[1], offset)
             if key in self._stored:
-                self._stored[key] = offset
+                self._stored[key] = self._planned[key] = offset
                 if offset is not None:
                     self._consumer.seek(TopicPartition(*key), offset)
                 else:  # someone reset the stored offset by hand: start over, as on a first assignment
@@ -183,6 +173,7 @@ class LedgerConsumer:
         for reject in outcome.rejects:
             log.warning("rejected the record at %s/%d@%d: %s", reject.source.topic, reject.source.partition,
                         reject.source.offset, reject.error)
+        self._update_lag()
 
     def _update_lag(self) -> None:
         for (topic, number), stored in list(self._stored.items()):
@@ -192,6 +183,21 @@ class LedgerConsumer:
                 end = self._consumer.highwater(tp)
             if end is not None:
                 self._metrics.lag.labels(topic, str(number)).set(max(0, end - (stored or 0)))
+
+
+def _decode(fetched: list[tuple[TopicPartition, list]],
+            planned: Mapping[Partition, int | None]) -> tuple[list[ClosureRow], list[LedgerReject]]:
+    """Rows and rejects of the records past the planned offsets (run in a thread)."""
+    rows: list[ClosureRow] = []
+    rejects: list[LedgerReject] = []
+    for tp, records in fetched:
+        expected = planned[(tp.topic, tp.partition)]
+        for record in records:
+            if expected is not None and record.offset < expected:
+                continue  # already in the database, or about to be
+            decoded = decode_closure(SourceOffset(tp.topic, tp.partition, record.offset), record.key, record.value)
+            (rows if type(decoded) is ClosureRow else rejects).append(decoded)
+    return rows, rejects
 
 
 class _DatabaseOffsets(ConsumerRebalanceListener):

@@ -3,7 +3,7 @@
 One transaction per batch: lock the batch's rows of ``ledger_offsets``, leave
 out the partitions another consumer wrote since we read them (fencing), read
 the digests of the closure_ids already held, apply the conflict rule, then
-COPY the new closures, count the duplicates, keep conflicts and rejects, and
+insert the new closures, count the duplicates, keep conflicts and rejects, and
 move the offsets; commit. Either all of it is in the database or none of it,
 and the stored offsets say exactly which records it holds.
 """
@@ -14,8 +14,8 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 import psycopg
-from psycopg import sql
 
 from app.ledger.batch import BatchOutcome, LedgerBatch, Partition
 from app.ledger.closure_row import ClosureRow, LedgerReject
@@ -27,17 +27,14 @@ log = logging.getLogger(__name__)
 #: What the ledger calls itself in pg_stat_activity.
 APPLICATION_NAME = "accountant-ledger"
 
-CLOSURE_COLUMNS = (
-    "closure_id", "session_id", "tenant_id", "provider_id", "model", "reason", "created_at", "activated_at",
-    "closed_at", "ttl_secs", "round_count", "missing_rounds", "initial_token_count", "delta_token_count",
-    "total_token_count", "record", "content_sha256", "emitted_at", "source_topic", "source_partition",
-    "source_offset",
-)
-_COPY_CLOSURES = sql.SQL("COPY closures ({}) FROM STDIN").format(
-    sql.SQL(", ").join(map(sql.Identifier, CLOSURE_COLUMNS)))
-_INSERT_CLOSURE = sql.SQL("INSERT INTO closures ({}) VALUES ({})").format(
-    sql.SQL(", ").join(map(sql.Identifier, CLOSURE_COLUMNS)),
-    sql.SQL(", ").join(sql.Placeholder() * len(CLOSURE_COLUMNS)))
+# New closures go in by COPY, each value already text: psycopg's C code then
+# only escapes, and the server parses one chunk while we format the next.
+_COPY_CLOSURES = """
+COPY closures (closure_id, session_id, tenant_id, provider_id, model, reason, created_at, activated_at, closed_at,
+               ttl_secs, round_count, missing_rounds, initial_token_count, delta_token_count, total_token_count,
+               record, content_sha256, emitted_at, source_topic, source_partition, source_offset)
+FROM STDIN
+"""
 
 _ENSURE_OFFSET_ROWS = """
 INSERT INTO ledger_offsets (consumer_group, topic, partition)
@@ -171,10 +168,7 @@ class PostgresLedgerStore:
         stored = await self._stored_digests(connection, list({row.closure_id for row in rows}))
         plan = plan_batch(stored, rows)
         if plan.new_rows:
-            async with connection.cursor() as cursor:
-                async with cursor.copy(_COPY_CLOSURES) as copy:
-                    for row in plan.new_rows:
-                        await copy.write_row(_closure_params(row))
+            await self._copy_closures(connection, plan.new_rows)
         if plan.duplicates:
             ids = list(plan.duplicates)
             await connection.execute(_COUNT_DUPLICATES, (ids, [plan.duplicates[closure_id] for closure_id in ids]))
@@ -182,6 +176,12 @@ class PostgresLedgerStore:
             async with connection.cursor() as cursor:
                 await cursor.executemany(_INSERT_CONFLICT, [_conflict_params(conflict) for conflict in plan.conflicts])
         return len(plan.new_rows), sum(plan.duplicates.values()), plan.conflicts
+
+    async def _copy_closures(self, connection: psycopg.AsyncConnection, rows: list[ClosureRow]) -> None:
+        async with connection.cursor() as cursor:
+            async with cursor.copy(_COPY_CLOSURES) as copy:
+                for row in rows:
+                    await copy.write_row(_copy_row(row))
 
     async def _write_one_by_one(
         self, connection: psycopg.AsyncConnection, rows: tuple[ClosureRow, ...]
@@ -196,7 +196,7 @@ class PostgresLedgerStore:
                     stored = (await self._stored_digests(connection, [row.closure_id])).get(row.closure_id)
                     verdict = judge(stored, row.content_sha256)
                     if verdict is Verdict.NEW:
-                        await connection.execute(_INSERT_CLOSURE, _closure_params(row))
+                        await self._copy_closures(connection, [row])
                         written += 1
                     elif verdict is Verdict.DUPLICATE:
                         await connection.execute(_COUNT_DUPLICATES, ([row.closure_id], [1]))
@@ -215,16 +215,19 @@ class PostgresLedgerStore:
         return written, duplicates, conflicts, refused
 
 
-def _closure_params(row: ClosureRow) -> tuple[Any, ...]:
-    return (row.closure_id, row.session_id, row.tenant_id, row.provider_id, row.model, row.reason, row.created_at,
-            row.activated_at, row.closed_at, row.ttl_secs, row.round_count, row.missing_rounds,
-            row.initial_token_count, row.delta_token_count, row.total_token_count, row.record_json,
-            row.content_sha256, row.emitted_at, row.source.topic, row.source.partition, row.source.offset)
+def _copy_row(row: ClosureRow) -> tuple[str | None, ...]:
+    """A closure's columns as COPY text (psycopg escapes them)."""
+    return (row.closure_id, row.session_id, row.tenant_id, row.provider_id, row.model, row.reason,
+            row.created_at, row.activated_at, row.closed_at, str(row.ttl_secs), str(row.round_count),
+            str(row.missing_rounds), str(row.initial_token_count), str(row.delta_token_count),
+            str(row.total_token_count), orjson.dumps(row.record).decode(), "\\x" + row.content_sha256.hex(),
+            row.emitted_at, row.source.topic, str(row.source.partition), str(row.source.offset))
 
 
 def _conflict_params(conflict: Conflict) -> tuple[Any, ...]:
     row = conflict.row
-    return (row.closure_id, row.content_sha256, conflict.stored_sha256, row.total_token_count, row.record_json,
+    return (row.closure_id, row.content_sha256, conflict.stored_sha256, row.total_token_count,
+            orjson.dumps(row.record).decode(),
             row.reason, row.missing_rounds, row.emitted_at, row.source.topic, row.source.partition,
             row.source.offset)
 

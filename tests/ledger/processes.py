@@ -151,6 +151,13 @@ class LedgerProcess:
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
+    def wait_metric(self, name: str, expected: float, timeout: float = 30) -> None:
+        """Until a metric reaches ``expected``. Counters move just after the database
+        commits, so a test that saw the rows waits for them. All counters of one
+        batch move together: once one has its final value, so have the others."""
+        self._wait(lambda: self.metric(name) == expected, timeout, f"at {name} == {expected} "
+                   f"(last: {self.metric(name) if self.process and self.process.poll() is None else '?'})")
+
     def assert_running(self) -> None:
         assert self.process is not None
         if self.process.poll() is not None:

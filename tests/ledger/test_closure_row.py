@@ -11,7 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.ledger.closure_row import MAX_TOTAL, ClosureRow, LedgerReject, SourceOffset, decode_closure
+from app.ledger.closure_row import (
+    MAX_TOTAL,
+    ClosureRow,
+    LedgerReject,
+    SourceOffset,
+    decode_closure,
+    micros_to_datetime,
+    parse_instant,
+)
+from app.rules import parse_timestamp
 from tests.ledger.closures import closure, encode, rfc3339
 
 SOURCE = SourceOffset("session-closures", 3, 1234)
@@ -32,9 +41,9 @@ def test_a_closure_maps_to_its_columns() -> None:
         "s-1", "s-1", "acme", "openai", "gpt", "ttl_expired")
     assert (row.initial_token_count, row.delta_token_count, row.total_token_count) == (7, 8, 15)
     assert (row.round_count, row.missing_rounds, row.ttl_secs) == (4, 1, 3600)
-    assert row.closed_at == datetime(2026, 1, 30, 22, 0, tzinfo=timezone.utc)
-    assert row.closed_at.tzinfo is not None and row.activated_at is not None
-    assert orjson.loads(row.record_json) == item["record"]
+    assert row.closed_at == item["record"]["closed_at"] and row.activated_at is not None
+    assert parse_instant(row.closed_at) == datetime(2026, 1, 30, 22, 0, tzinfo=timezone.utc)
+    assert row.record == item["record"]
     assert row.source == SOURCE and len(row.content_sha256) == 32
 
 
@@ -224,3 +233,42 @@ def test_any_changed_figure_is_other_content(item: dict[str, Any], change: str) 
 def test_any_bytes_become_a_row_or_a_reject(value: bytes) -> None:
     result = decode_closure(SOURCE, None, value)
     assert isinstance(result, (ClosureRow, LedgerReject))
+
+
+# --------------------------------------------------------------------------
+# Timestamps: the fast path reads what app.rules reads
+
+
+@st.composite
+def timestamp_texts(draw: st.DrawFn) -> str:
+    """RFC 3339 spellings and near misses."""
+    moment = draw(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)))
+    text = moment.strftime("%Y-%m-%d") + draw(st.sampled_from(["T", "t", " ", "X"])) + moment.strftime("%H:%M:%S")
+    digits = draw(st.integers(0, 10))
+    if digits:
+        text += draw(st.sampled_from([".", ","])) + "".join(draw(st.lists(st.sampled_from("0123456789"),
+                                                                          min_size=digits, max_size=digits)))
+    zone = draw(st.sampled_from(["Z", "z", "", "+00:00", "-00:00", "+05:30", "-23:59", "+24:00", "+0100", "+01"]))
+    text += zone
+    if draw(st.booleans()):
+        index = draw(st.integers(0, len(text) - 1))
+        text = text[:index] + draw(st.sampled_from("0a:-+.T٣")) + text[index + 1:]
+    return text
+
+
+def _outcome(parse, text: str):
+    try:
+        return parse(text)
+    except (ValueError, OverflowError) as error:
+        return type(error)
+
+
+@settings(max_examples=2000)
+@given(timestamp_texts())
+def test_the_fast_timestamp_path_reads_what_the_rules_read(text: str) -> None:
+    expected = _outcome(lambda value: micros_to_datetime(parse_timestamp(value)), text)
+    actual = _outcome(parse_instant, text)
+    if isinstance(expected, type):
+        assert isinstance(actual, type), f"{text!r}: the rules refuse it, the ledger read {actual}"
+    else:
+        assert actual == expected and actual.utcoffset() == timedelta(0), text

@@ -40,7 +40,7 @@ def test_closures_land_once_with_their_figures_and_offsets(ledger_deployment: Le
 
     stored = assert_exact(ledger_deployment, population)
     assert sum(row["duplicates"] for row in stored) == 0
-    assert ledger.metric("accountant_ledger_closures_written_total") == 3000
+    ledger.wait_metric("accountant_ledger_closures_written_total", 3000)
     assert ledger.metric("accountant_ledger_lag_records") == 0
     assert ledger.get("/healthz")[0] == 200
     offsets = ledger_deployment.query("SELECT partition, next_offset FROM ledger_offsets WHERE consumer_group = %s "
@@ -63,7 +63,7 @@ def test_a_restarted_ledger_resumes_from_the_database_offsets(ledger_deployment:
     both.closures = first.closures + second.closures
     assert_exact(ledger_deployment, both)
     # Only the new closures were read: the first 500 were not re-delivered.
-    assert again.metric("accountant_ledger_closures_written_total") == 500
+    again.wait_metric("accountant_ledger_closures_written_total", 500)
     assert again.metric("accountant_ledger_duplicates_total") == 0
 
 
@@ -85,7 +85,7 @@ def test_bad_records_go_to_rejects_and_the_ledger_goes_on(ledger_deployment: Led
         (b"tombstone", "no value (a tombstone or an empty record)")]
     assert {topic for *_, topic in rejects} == {ledger_deployment.topic}
     assert rejects[1][2] == b"\xff not json"
-    assert ledger.metric("accountant_ledger_rejects_total") == 4
+    ledger.wait_metric("accountant_ledger_rejects_total", 4)
 
 
 def test_repeats_are_counted_and_a_changed_closure_lands_in_conflicts(ledger_deployment: LedgerDeployment) -> None:
@@ -109,7 +109,7 @@ def test_repeats_are_counted_and_a_changed_closure_lands_in_conflicts(ledger_dep
     [conflict] = read_conflicts(ledger_deployment.dsn)
     assert conflict["closure_id"] == original["closure_id"]
     assert conflict["total_token_count"] == original["total_token_count"] + 1000
-    assert ledger.metric("accountant_ledger_conflicts_total") == 1
+    ledger.wait_metric("accountant_ledger_conflicts_total", 1)
     assert ledger.metric("accountant_ledger_duplicates_total") == 2
     assert f"CONFLICT: closure '{original['closure_id']}'" in ledger.log_tail(200)
 

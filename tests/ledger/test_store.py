@@ -185,3 +185,26 @@ async def test_a_database_newer_than_the_code_stops_start_up(ledger_dsn: str) ->
         await migrate(connection, future)
         with pytest.raises(MigrationError, match="does not know"):
             await migrate(connection)
+
+
+@pytest.mark.parametrize("closed_at", [
+    "2026-01-30T22:00:00Z", "2026-01-30T22:00:00.5Z", "2026-01-30T23:00:00.123456+01:00",
+    "2026-01-30T17:00:00.1234567-05:00", "2026-01-30t22:00:00z", "2026-01-30 22:00:00.000001Z",
+    "0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z",
+])
+async def test_postgresql_stores_the_instant_the_rules_read(ledger_dsn: str, closed_at: str) -> None:
+    from datetime import datetime
+
+    from app.ledger.closure_row import datetime_to_micros
+    from app.rules import parse_timestamp
+
+    item = closure("s-1")
+    item["record"]["closed_at"] = closed_at
+    item["record"]["created_at"] = "0001-01-01T00:00:00Z"
+    item["record"]["activated_at"] = None
+    store = await store_for(ledger_dsn)
+    await store.write(batch(rows([item]), expected=None))
+    await store.close()
+    [(stored,)] = query(ledger_dsn, "SELECT closed_at FROM closures")
+    assert isinstance(stored, datetime)
+    assert datetime_to_micros(stored) == parse_timestamp(closed_at)
