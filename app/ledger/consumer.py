@@ -156,6 +156,12 @@ class LedgerConsumer:
         for key, offset in outcome.committed.items():
             if key in self._stored:
                 self._stored[key] = offset
+                planned = self._planned[key]
+                if planned is None or planned < offset:
+                    # Re-assigned while this write was in flight, the partition was
+                    # positioned at what the database held before it: move on past it.
+                    self._planned[key] = offset
+                    self._consumer.seek(TopicPartition(*key), offset)
         for key, offset in outcome.fenced.items():
             log.warning("partition %s/%d was written by another ledger process (stored offset %s); "
                         "reading it again from there", key[0], key[1], offset)

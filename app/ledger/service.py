@@ -72,7 +72,9 @@ async def run_ledger(settings: Settings, stop: asyncio.Event) -> None:
         )
         ledger = LedgerConsumer(consumer, store, settings.ledger_group, metrics, retry, stop,
                                 batch_max_records=settings.ledger_batch_max_records,
-                                revoke_wait_secs=settings.session_timeout_secs)
+                                # Less than the session timeout: a member that does not rejoin
+                                # within it is evicted, which costs another rebalance.
+                                revoke_wait_secs=settings.session_timeout_secs / 2)
         consumer.subscribe([settings.closures_topic], listener=ledger.listener)
         await consumer.start()
         print(f"usage-accountant ledger ready: metrics http://{settings.ledger_web_host}:{settings.ledger_web_port}"

@@ -7,6 +7,7 @@ sent (an over-count would reveal a batch written twice), and no conflicts.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -18,7 +19,7 @@ import psycopg
 import pytest
 
 from app.dev.postgres import LocalPostgres
-from app.ledger.postgres_store import APPLICATION_NAME
+from app.ledger.postgres_store import APPLICATION_NAME, PostgresLedgerStore
 from tests.ledger.closures import ClosureSet, rfc3339
 from tests.ledger.processes import LedgerDeployment
 from tests.ledger.test_ledger_service import assert_exact
@@ -207,17 +208,18 @@ def test_two_ledgers_in_one_group_with_rebalances(ledger_deployment: LedgerDeplo
 
 def test_a_batch_in_flight_for_a_revoked_partition_is_fenced(ledger_deployment: LedgerDeployment,
                                                             fault_figures: Callable[[dict], None]) -> None:
-    """Ledger A's write is held up in the database (a lock the test holds) past
-    its revocation; ledger B, now owning some of A's partitions, reads them from
-    the same stored offsets and writes too. A's write goes first: B's batch for
-    those partitions is fenced, B reads on from what A stored. Nothing doubles."""
+    """Ledger A's first write (all four partitions) is held up in the database (a
+    lock the test holds) past its revocation; ledger B, now owning two of those
+    partitions, reads them from the same stored offsets and writes too. A's write
+    goes first: B's batch is fenced, and B reads on from what A stored. Nothing doubles."""
     deployment = ledger_deployment
     population = ClosureSet(4000, seed=71)
-    first = deployment.ledger("ledger-a").start().wait_ready()
+    deployment.publish_closures(population.closures)
+    asyncio.run(_claim(deployment))  # the offset rows the test locks
     with psycopg.connect(deployment.dsn) as blocker:
         blocker.execute("SELECT * FROM ledger_offsets FOR UPDATE")  # held until the block ends
-        deployment.publish_closures(population.closures)
         with psycopg.connect(deployment.dsn, autocommit=True) as watcher:
+            first = deployment.ledger("ledger-a").start()
             wait_until(lambda: watcher.execute(_BLOCKED_ON_LOCKS).fetchone()[0] == 1, 60, "ledger-a blocked")
             second = deployment.ledger("ledger-b").start().wait_ready(timeout=90)
             wait_until(lambda: watcher.execute(_BLOCKED_ON_LOCKS).fetchone()[0] == 2, 60, "ledger-b blocked")
@@ -233,3 +235,10 @@ def test_a_batch_in_flight_for_a_revoked_partition_is_fenced(ledger_deployment: 
     assert first.metric("accountant_ledger_fenced_partitions_total") == 0
     fault_figures({"closures": len(population.closures), "fenced_partitions": fenced, "lost": 0,
                    "double_billed": 0})
+
+
+async def _claim(deployment: LedgerDeployment) -> None:
+    store = PostgresLedgerStore(deployment.dsn)
+    await store.migrate()
+    await store.claim(deployment.group, [(deployment.topic, number) for number in range(deployment.partitions)])
+    await store.close()
