@@ -49,7 +49,11 @@ WHERE consumer_group = %s
 ORDER BY topic, partition
 FOR UPDATE
 """
-_STORED_DIGESTS = "SELECT closure_id, content_sha256 FROM closures WHERE closure_id = ANY(%s::text[])"
+# The ids as one JSON array: orjson and the server's JSON parser beat adapting a Python list.
+_STORED_DIGESTS = """
+SELECT closure_id, content_sha256 FROM closures
+WHERE closure_id IN (SELECT jsonb_array_elements_text(%s::jsonb))
+"""
 _COUNT_DUPLICATES = """
 UPDATE closures AS c SET duplicates = c.duplicates + u.n, last_duplicate_at = now()
 FROM unnest(%s::text[], %s::bigint[]) AS u(closure_id, n)
@@ -160,7 +164,7 @@ class PostgresLedgerStore:
     async def _stored_digests(self, connection: psycopg.AsyncConnection, ids: list[str]) -> dict[str, bytes]:
         if not ids:
             return {}
-        cursor = await connection.execute(_STORED_DIGESTS, (ids,))
+        cursor = await connection.execute(_STORED_DIGESTS, (orjson.dumps(ids).decode(),))
         return {closure_id: bytes(digest) for closure_id, digest in await cursor.fetchall()}
 
     async def _write_rows(self, connection: psycopg.AsyncConnection,
