@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from app.ledger.batch import BatchOutcome, LedgerBatch, Partition
 from app.ledger.closure_row import ClosureRow, LedgerReject
@@ -81,20 +82,19 @@ class PostgresLedgerStore:
     """A `LedgerStore` on one PostgreSQL connection, opened on first use and
     again after it breaks. Errors are the caller's to retry (app/ledger/retry.py)."""
 
-    def __init__(self, dsn: str, *, connect_timeout: float = 5.0) -> None:
-        self._dsn = dsn
-        self._connect_timeout = connect_timeout
+    def __init__(self, dsn: str) -> None:
+        given = conninfo_to_dict(dsn)
+        # Defaults only: what the DSN says wins. A short connect timeout keeps
+        # retries against a database that is down frequent.
+        defaults = {"application_name": APPLICATION_NAME, "connect_timeout": 5}
+        self._dsn = make_conninfo(dsn, **{name: value for name, value in defaults.items() if name not in given})
         self._connection: psycopg.AsyncConnection | None = None
 
     async def _connect(self) -> psycopg.AsyncConnection:
         if self._connection is not None and not self._connection.closed and not self._connection.broken:
             return self._connection
         await self.close()
-        self._connection = await psycopg.AsyncConnection.connect(
-            self._dsn, connect_timeout=max(1, int(self._connect_timeout)), application_name=APPLICATION_NAME,
-            # Timestamps are written as UTC instants; keep the session in UTC too.
-            options="-c TimeZone=UTC",
-        )
+        self._connection = await psycopg.AsyncConnection.connect(self._dsn)
         return self._connection
 
     async def close(self) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from app.broker import create_topics, pick_free_loopback_port
+from app.broker import _die_with_parent_preexec, create_topics, pick_free_loopback_port
 from app.ledger.lag import read_ledger_lag
 from tests.integration.workers import REPO, produce
 
@@ -107,8 +107,10 @@ class LedgerProcess:
     def start(self) -> LedgerProcess:
         env = {**os.environ, **self.deployment.env(), "ACCOUNTANT_LEDGER_WEB_PORT": str(self.port)}
         with open(self.log_path, "ab") as log:
+            # Killed with the test process, should that die before stopping it.
             self.process = subprocess.Popen([sys.executable, "-m", "app.cli", "ledger"], cwd=REPO, env=env,
-                                            stdout=log, stderr=subprocess.STDOUT)
+                                            stdout=log, stderr=subprocess.STDOUT,
+                                            preexec_fn=_die_with_parent_preexec())
         return self
 
     def wait_ready(self, timeout: float = 60) -> LedgerProcess:
