@@ -9,7 +9,8 @@ from typing import Any
 
 import orjson
 
-_BASE = datetime(2026, 1, 30, 22, 0, tzinfo=timezone.utc)
+#: Two hours before a UTC month turns: populations span days and a month boundary.
+BASE_TIME = datetime(2026, 1, 30, 22, 0, tzinfo=timezone.utc)
 
 
 def rfc3339(moment: datetime) -> str:
@@ -20,7 +21,7 @@ def closure(closure_id: str, *, tenant_id: str = "tenant-a", provider_id: str = 
             model: str = "model-a", initial: int = 100, delta: int = 50, round_count: int = 3,
             missing_rounds: int = 0, reason: str = "closed", closed_at: datetime | None = None,
             emitted_at: datetime | None = None, metadata: Any = None) -> dict[str, Any]:
-    closed_at = closed_at or _BASE
+    closed_at = closed_at or BASE_TIME
     created_at = closed_at - timedelta(minutes=5)
     return {
         "closure_id": closure_id,
@@ -65,7 +66,7 @@ class ClosureSet:
         for index in range(self.count):
             provider = rng.choice(["openai", "anthropic", "local"])
             # Around the turn of a UTC month and day, so day and month groupings are exercised.
-            closed_at = _BASE + timedelta(seconds=rng.randrange(0, 3 * 86_400), microseconds=rng.randrange(10**6))
+            closed_at = BASE_TIME + timedelta(seconds=rng.randrange(0, 3 * 86_400), microseconds=rng.randrange(10**6))
             self.closures.append(closure(
                 f"{self.prefix}-{index:07d}",
                 tenant_id=f"tenant-{rng.randrange(4)}",

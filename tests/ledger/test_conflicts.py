@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 
 from app.ledger.closure_row import ClosureRow, SourceOffset, decode_closure
 from app.ledger.conflicts import Verdict, judge, plan_batch
-from tests.ledger.closures import _BASE, closure, encode
+from tests.ledger.closures import BASE_TIME, closure, encode
 
 
 def row(closure_id: str, *, delta: int = 50, offset: int = 0, emitted_secs: int = 0) -> ClosureRow:
-    value = closure(closure_id, delta=delta, emitted_at=_BASE + timedelta(seconds=emitted_secs))
+    value = closure(closure_id, delta=delta, emitted_at=BASE_TIME + timedelta(seconds=emitted_secs))
     result = decode_closure(SourceOffset("closures", 0, offset), None, encode(value))
     assert isinstance(result, ClosureRow)
     return result

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import timedelta
 
 import orjson
 import pytest
 
 from app.ledger.read import read_conflicts, read_ledger_closures, read_usage_by_tenant
 from tests.integration.workers import REPO
-from tests.ledger.closures import _BASE, ClosureSet, closure
+from tests.ledger.closures import ClosureSet, closure
 from tests.ledger.processes import LedgerDeployment
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]

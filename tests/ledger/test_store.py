@@ -14,7 +14,7 @@ from app.ledger.batch import LedgerBatch, OffsetAdvance
 from app.ledger.closure_row import ClosureRow, LedgerReject, SourceOffset, decode_closure
 from app.ledger.migrations import Migration, MigrationError, load_migrations, migrate
 from app.ledger.postgres_store import PostgresLedgerStore
-from tests.ledger.closures import _BASE, closure, encode
+from tests.ledger.closures import BASE_TIME, closure, encode
 
 pytestmark = pytest.mark.postgres
 
@@ -73,7 +73,7 @@ async def test_a_batch_writes_closures_rejects_and_offsets_together(ledger_dsn: 
 async def test_repeats_are_counted_and_a_changed_closure_is_a_conflict(ledger_dsn: str) -> None:
     store = await store_for(ledger_dsn)
     await store.write(batch(rows([closure("s-1")]), expected=None))
-    later = _BASE + timedelta(hours=1)
+    later = BASE_TIME + timedelta(hours=1)
     outcome = await store.write(batch(rows([
         closure("s-1", emitted_at=later), closure("s-1", delta=999), closure("s-1", emitted_at=later),
     ], first_offset=1), expected=1))
