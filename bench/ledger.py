@@ -36,15 +36,13 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
 import psycopg
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
+from app.dev.postgres import scratch_database
 from app.ledger.batch import BatchOutcome, LedgerBatch, OffsetAdvance
 from app.ledger.closure_row import ClosureRow, SourceOffset, decode_closure
 from app.ledger.metrics import LedgerMetrics
@@ -69,18 +67,6 @@ ON CONFLICT (closure_id) DO NOTHING
 
 def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-@contextmanager
-def _fresh_database(server_dsn: str) -> Iterator[str]:
-    name = f"bench_ledger_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_dsn, autocommit=True) as connection:
-        connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_conninfo(server_dsn, dbname=name)
-    finally:
-        with psycopg.connect(server_dsn, autocommit=True) as connection:
-            connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def _batches(values: list[bytes], size: int) -> Iterator[tuple[int, list[bytes]]]:
@@ -161,7 +147,7 @@ def _plain_params(value: bytes, offset: int) -> tuple[Any, ...]:
 async def _end_to_end(server_dsn: str, bootstrap: str, population: ClosureSet, workdir: Path) -> dict[str, Any]:
     from tests.ledger.processes import LedgerDeployment
 
-    with _fresh_database(server_dsn) as dsn:
+    with scratch_database(server_dsn, "bench_ledger") as dsn:
         deployment = LedgerDeployment(bootstrap, dsn, f"bench-{uuid.uuid4().hex[:8]}.", "bench-ledger", workdir,
                                       partitions=8)
         await asyncio.to_thread(deployment.create_topic)
@@ -195,12 +181,12 @@ async def ledger_benchmark(server_dsn: str, *, closures: int = 100_000, batch_si
     secs: dict[str, list[float]] = {"ledger": [], "insert_loop": [], "insert_executemany": []}
     for round_number in range(1, rounds + 1):
         # Interleaved, so that a slow patch of the machine hits all three.
-        with _fresh_database(server_dsn) as dsn:
+        with scratch_database(server_dsn, "bench_ledger") as dsn:
             secs["ledger"].append(await _ledger_round(dsn, values, batch_size))
-        with _fresh_database(server_dsn) as dsn:
+        with scratch_database(server_dsn, "bench_ledger") as dsn:
             secs["insert_loop"].append(await asyncio.to_thread(_insert_round, dsn, values, batch_size,
                                                                pipelined=False))
-        with _fresh_database(server_dsn) as dsn:
+        with scratch_database(server_dsn, "bench_ledger") as dsn:
             secs["insert_executemany"].append(await asyncio.to_thread(_insert_round, dsn, values, batch_size,
                                                                       pipelined=True))
         log(f"round {round_number}: " + ", ".join(f"{name} {closures / times[-1]:,.0f}/s"

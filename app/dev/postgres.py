@@ -36,10 +36,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from app.broker import LOOPBACK, _die_with_parent_preexec, pick_free_loopback_port
 
@@ -284,6 +288,20 @@ def wait_for_postgres(dsn: str, timeout: float, *, is_alive: Callable[[], bool] 
         if time.monotonic() > deadline:
             raise PostgresError(f"PostgreSQL not ready in {timeout:.0f} s (last error: {last_error})")
         time.sleep(0.1)
+
+
+@contextmanager
+def scratch_database(server_dsn: str, prefix: str = "scratch") -> Iterator[str]:
+    """A new empty database on the server of ``server_dsn`` (whose role may
+    create databases) for the ``with`` block; its DSN. Dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_dsn, autocommit=True) as connection:
+        connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield make_conninfo(server_dsn, dbname=name)
+    finally:
+        with psycopg.connect(server_dsn, autocommit=True) as connection:
+            connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def server_can_reach(datadir: Path) -> bool:

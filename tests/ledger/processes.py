@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +15,9 @@ from typing import Any
 import orjson
 import psycopg
 
-from app.broker import _die_with_parent_preexec, create_topics, pick_free_loopback_port
+from app.broker import _die_with_parent_preexec, create_topics
 from app.ledger.lag import read_ledger_lag
-from tests.integration.workers import REPO, produce
+from tests.integration.workers import REPO, WorkerProcess, produce
 
 
 @dataclass
@@ -96,13 +93,9 @@ class LedgerDeployment:
             process.stop(timeout=20)
 
 
-class LedgerProcess:
-    def __init__(self, deployment: LedgerDeployment, name: str) -> None:
-        self.deployment = deployment
-        self.name = name
-        self.port = pick_free_loopback_port()
-        self.log_path = deployment.workdir / f"{name}.log"
-        self.process: subprocess.Popen[bytes] | None = None
+class LedgerProcess(WorkerProcess):
+    """`accountant ledger` as a subprocess; ``wait_ready`` waits for /readyz
+    (joined the group, read the stored offsets), ``get`` reads its endpoints."""
 
     def start(self) -> LedgerProcess:
         env = {**os.environ, **self.deployment.env(), "ACCOUNTANT_LEDGER_WEB_PORT": str(self.port)}
@@ -113,78 +106,29 @@ class LedgerProcess:
                                             preexec_fn=_die_with_parent_preexec())
         return self
 
-    def wait_ready(self, timeout: float = 60) -> LedgerProcess:
-        """Until it owns partitions (joined the group, read the stored offsets)."""
-        self._wait(lambda: self.get("/readyz")[0] == 200, timeout, "ready")
-        return self
-
-    def _wait(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            self.assert_running()
-            try:
-                if condition():
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.name} not {what} after {timeout} s\n{self.describe()}")
-            time.sleep(0.2)
-
-    def get(self, path: str) -> tuple[int, Any]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
-                body = response.read()
-                status = response.status
-        except urllib.error.HTTPError as error:
-            body, status = error.read(), error.code
-        try:
-            return status, orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return status, body.decode()
-
     def metric(self, name: str) -> float:
         """The sum of a metric's samples (all labels)."""
         status, text = self.get("/metrics")
-        assert status == 200
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        assert status == 200, (status, text)
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name + " ") or line.startswith(name + "{"))
 
     def wait_metric(self, name: str, expected: float, timeout: float = 30) -> None:
         """Until a metric reaches ``expected``. Counters move just after the database
         commits, so a test that saw the rows waits for them. All counters of one
         batch move together: once one has its final value, so have the others."""
-        self._wait(lambda: self.metric(name) == expected, timeout, f"at {name} == {expected} "
-                   f"(last: {self.metric(name) if self.process and self.process.poll() is None else '?'})")
+        deadline = time.monotonic() + timeout
+        while (value := self.metric(name)) != expected:
+            self.assert_running()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}: {name} is {value}, not {expected}, after {timeout} s\n"
+                                     f"{self.describe()}")
+            time.sleep(0.2)
 
     def assert_running(self) -> None:
         assert self.process is not None
         if self.process.poll() is not None:
             raise AssertionError(f"{self.name} exited with {self.process.returncode}\n{self.describe()}")
-
-    def stop(self, timeout: float = 30) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def kill(self) -> None:
-        """A crash: SIGKILL, nothing flushed, an open transaction rolled back by the server."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def log_tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
 
     def describe(self) -> str:
         return f"----- {self.name} log ({self.log_path}) -----\n{self.log_tail()}"

@@ -105,15 +105,15 @@ CREATE VIEW ledger_usage_monthly AS
 SELECT tenant_id,
        provider_id,
        model,
-       date_trunc('month', closed_at AT TIME ZONE 'UTC')::date AS month,
-       count(*) AS closures,
+       date_trunc('month', day)::date AS month,
+       sum(closures)::bigint AS closures,
        sum(initial_token_count) AS initial_token_count,
        sum(delta_token_count) AS delta_token_count,
        sum(total_token_count) AS total_token_count,
        sum(round_count) AS round_count,
        sum(missing_rounds) AS missing_rounds
-FROM closures
-GROUP BY tenant_id, provider_id, model, date_trunc('month', closed_at AT TIME ZONE 'UTC')::date;
+FROM ledger_usage_daily
+GROUP BY tenant_id, provider_id, model, date_trunc('month', day)::date;
 
 -- Usage of one tenant for the UTC days from_day .. to_day, both included,
 -- grouped by: 'total' (one row), 'provider', 'model' (provider and model),
