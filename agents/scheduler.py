@@ -28,13 +28,6 @@ class DeadlineSchedule:
     def discard(self, session_id: str) -> None:
         self._deadline.pop(session_id, None)
 
-    def deadline(self, session_id: str) -> int | None:
-        entry = self._deadline.get(session_id)
-        return None if entry is None else entry[1]
-
-    def partitions(self) -> set[int]:
-        return set(self._heaps)
-
     def drop_partitions(self, partitions: Iterable[int]) -> None:
         """Forget partitions this worker no longer owns."""
         for partition in partitions:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
+from app.dev.simulator import simulate_command
 from app.settings import Settings, SettingsError, load_settings
-from app.simulator import simulate_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,7 +27,7 @@ def _run_worker(settings: Settings) -> None:
     """Create the topics, build the app and run its worker until stopped."""
     import faust
 
-    from app.faust_app import build_app
+    from app.service import build_app
     from app.topics import ensure_topics
 
     asyncio.run(ensure_topics(settings))
@@ -50,7 +50,11 @@ def _run_worker(settings: Settings) -> None:
     # log call of every library into a record: it sets the root logger to
     # DEBUG. That cost 15-25% of the worker's CPU; a service needs no spinner.
     worker.spinner = None
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        if service.accountant.failure is not None:
+            raise SystemExit(f"usage-accountant: the worker stopped because {service.accountant.failure}")
 
 
 @main.command()
@@ -68,7 +72,7 @@ def worker() -> None:
 def dev(data_dir: Path) -> None:
     """Run the service on a laptop: a local Kafka broker (unless ACCOUNTANT_BROKER is set),
     one worker and its web dashboard. Ctrl-C or SIGTERM stops all of it."""
-    from app.broker import LocalKafka
+    from app.dev.kafka import LocalKafka
 
     settings = load_settings(data_dir=str(data_dir / "worker")) if "ACCOUNTANT_DATA_DIR" not in os.environ \
         else load_settings()
@@ -106,7 +110,7 @@ def _start_dev_ledger(settings: Settings, data_dir: Path):
 @click.option("--port", type=int, default=None, help="Loopback port (default: a free one).")
 def broker(data_dir: Path | None, port: int | None) -> None:
     """Run only the local Kafka broker, in the foreground."""
-    from app.broker import LocalKafka
+    from app.dev.kafka import LocalKafka
 
     with LocalKafka(workdir=data_dir, port=port) as kafka:
         click.echo(kafka.bootstrap)

@@ -1,10 +1,8 @@
 """Reading a partition directly, with an aiokafka consumer outside Faust's.
 
-Faust hands records over one at a time through its consumer thread, drain
-loop and stream buffer, with its own idea of what was read. Two places need
-a range of a partition read exactly, without going through that path: the
-bulk load of the changelog (tables/sessions.py) and the agent filling a hole
-Faust left in the input (agents/sessions.py).
+Faust's consumer belongs to the group and replays a changelog record by
+record; loading a changelog partition in bulk (tables/changelog.py) reads a
+range of it exactly, in large fetches, with a consumer of its own.
 """
 
 from __future__ import annotations
@@ -12,11 +10,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.types import AppT
 
 
-def plain_consumer(app: faust.App, **options: Any) -> AIOKafkaConsumer:
+def plain_consumer(app: AppT, **options: Any) -> AIOKafkaConsumer:
     """A consumer of the app's brokers that belongs to no group and commits nothing."""
     servers = [f"{url.host}:{url.port}" for url in app.conf.broker]
     return AIOKafkaConsumer(bootstrap_servers=servers, group_id=None, enable_auto_commit=False,

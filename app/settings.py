@@ -7,7 +7,7 @@ names the variable, instead of surfacing later as a confusing Faust error.
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
@@ -128,7 +128,7 @@ class Settings(BaseSettings):
         if url.scheme not in ("http", "https") or not url.hostname or url.path not in ("", "/") or url.query:
             raise ValueError("must be an http(s) URL with a host and no path, e.g. http://10.0.0.5:6066")
         try:
-            url.port
+            _ = url.port  # reading it checks it
         except ValueError:
             raise ValueError("has an invalid port") from None
         return value.rstrip("/")
@@ -151,10 +151,6 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}session-events-rejected"
 
     @property
-    def commands_topic(self) -> str:
-        return f"{self.app_id}-session-commands"
-
-    @property
     def table_name(self) -> str:
         return "sessions"
 
@@ -167,7 +163,7 @@ class Settings(BaseSettings):
         return [part.strip() for part in self.broker.split(",") if part.strip()]
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Read and validate the settings, or stop with a message naming the variable."""
     try:
         return Settings(**overrides)

@@ -22,7 +22,7 @@ async def ensure_topics(settings: Settings) -> None:
     try:
         existing = {meta["topic"]: len(meta["partitions"]) for meta in (await admin.describe_topics())
                     if not meta.get("error_code")}
-        copartitioned = [settings.events_topic, settings.commands_topic, settings.changelog_topic]
+        copartitioned = [settings.events_topic, settings.changelog_topic]
         for name in copartitioned:
             if name in existing and existing[name] != settings.partitions:
                 raise TopicLayoutError(
@@ -30,7 +30,7 @@ async def ensure_topics(settings: Settings) -> None:
                     f"{settings.partitions}; they must match (the table's changelog follows the input)")
         wanted = [
             NewTopic(name, settings.partitions, settings.replication)
-            for name in (settings.events_topic, settings.commands_topic, settings.closures_topic,
+            for name in (settings.events_topic, settings.closures_topic,
                          settings.rejected_topic)
             if name not in existing
         ]

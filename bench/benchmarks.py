@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.util
 import os
 import random
 import shutil
@@ -10,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +20,24 @@ import orjson
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from app.broker import pick_free_loopback_port
-from app.rules import SECOND, Session, SessionRecord, encode_session, parse_timestamp
+from app.dev.kafka import pick_free_loopback_port
+from app.dev.partitioners import partition_for
+from app.rules import SECOND, Session, SessionRecord, encode_state, parse_timestamp
 from bench.common import (
-    PARTITIONS, REPO, Deployment, Worker, accounted, group_lag, partition_of, summary_ms,
+    PARTITIONS,
+    new_deployment,
+    new_worker,
+    summary_ms,
+    wait_ready_secs,
+    worker_rss,
+    worker_stats,
 )
-from bench.loadgen import TENANTS, bulk_produce, lifecycle, now_rfc3339, throughput_load
+from bench.loadgen import TENANTS, bulk_produce, lifecycle, throughput_load
+from tests.support import REPO
+from tests.support.clock import now_rfc3339
+from tests.support.deployment import Deployment
+from tests.support.kafka import group_lag
+from tests.support.workers import WorkerProcess, accounted
 
 GRACE_SECS = 5.0
 
@@ -48,7 +62,7 @@ class Scale:
         return self.sessions * self.events_per_session
 
     @classmethod
-    def quick(cls) -> "Scale":
+    def quick(cls) -> Scale:
         return cls(sessions=5_000, events_per_session=20, floor_events=50_000, latency_secs=10.0,
                    sustainable_secs=10.0, ttl_sessions=1_000, ttl_spread_secs=5, recovery_sessions=50_000)
 
@@ -61,7 +75,7 @@ class Context:
     log: Callable[[str], None]
 
     def deployment(self, **settings: str) -> Deployment:
-        return Deployment(self.bootstrap, self.workdir, settings=settings)
+        return new_deployment(self.bootstrap, self.workdir, **settings)
 
 
 def _cpu_secs(process: psutil.Process) -> float:
@@ -74,7 +88,7 @@ async def _subprocess_json(*args: str, timeout: float) -> dict:
                                                    stderr=subprocess.PIPE)
     try:
         out, err = await asyncio.wait_for(process.communicate(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         process.kill()
         await process.wait()
         raise RuntimeError(f"{args[:2]} did not finish in {timeout} s") from None
@@ -92,7 +106,7 @@ async def _subprocess_json(*args: str, timeout: float) -> dict:
 async def throughput(ctx: Context) -> dict[str, Any]:
     scale = ctx.scale
     deployment = ctx.deployment()
-    await deployment.create_topics()
+    await deployment.create_topics_async()
     ctx.log(f"throughput: loading {scale.events:,} events over {scale.sessions:,} sessions")
     loaded, load_secs = await bulk_produce(deployment.bootstrap, deployment.events_topic,
                                            throughput_load(scale.sessions, scale.events_per_session))
@@ -101,8 +115,16 @@ async def throughput(ctx: Context) -> dict[str, Any]:
 
     ctx.log("throughput: baseline (plain aiokafka loop)")
     result["baseline"] = await _subprocess_json(
-        "-m", "bench.baseline", deployment.bootstrap, deployment.events_topic, f"{deployment.prefix}baseline-out",
+        "-m", "bench.baseline", deployment.bootstrap, deployment.events_topic, f"{deployment.topic_prefix}baseline-out",
         str(loaded), timeout=600)
+
+    if importlib.util.find_spec("quixstreams") is None:
+        result["peer"] = {"skipped": "Quix Streams is not installed: pip install -e '.[bench]'"}
+    else:
+        ctx.log("throughput: peer (Quix Streams)")
+        result["peer"] = await _subprocess_json(
+            "-m", "bench.peer_quix", deployment.bootstrap, deployment.events_topic,
+            f"{deployment.topic_prefix}peer-out", str(loaded), str(ctx.workdir / "peer-state"), timeout=900)
 
     floor_events = min(scale.floor_events, loaded)
     ctx.log(f"throughput: Faust floor (counting agent, first {floor_events:,} events)")
@@ -111,15 +133,15 @@ async def throughput(ctx: Context) -> dict[str, Any]:
         str(pick_free_loopback_port()), str(ctx.workdir / "floor"), timeout=600)
 
     ctx.log("throughput: worker")
-    worker = deployment.worker().start()
+    worker = new_worker(deployment).start()
     process = psutil.Process(worker.pid)
-    ready_secs = await worker.wait_ready()
+    ready_secs = await wait_ready_secs(worker)
     first = last = None
     samples = []
     deadline = time.monotonic() + 1800
     while time.monotonic() < deadline:
-        worker.alive()
-        stats = await worker.stats()
+        worker.check_alive()
+        stats = await worker_stats(worker)
         now, count, cpu = time.monotonic(), accounted(stats), _cpu_secs(process)
         samples.append((now, count))
         if count and first is None:
@@ -152,9 +174,12 @@ async def throughput(ctx: Context) -> dict[str, Any]:
     }
     worker.stop()
     result["worker"] = worker_result
-    for name in ("baseline", "faust_floor"):
-        result[name]["cpu_us_per_event"] = round(result[name]["cpu_secs"] / result[name]["events"] * 1e6, 1)
+    for name in ("baseline", "peer", "faust_floor"):
+        if "events" in result[name]:
+            result[name]["cpu_us_per_event"] = round(result[name]["cpu_secs"] / result[name]["events"] * 1e6, 1)
     result["ratio_to_baseline"] = round(worker_result["events_per_sec"] / result["baseline"]["events_per_sec"], 3)
+    if "events_per_sec" in result["peer"]:
+        result["ratio_to_peer"] = round(worker_result["events_per_sec"] / result["peer"]["events_per_sec"], 3)
     result["ratio_to_faust_floor"] = round(
         worker_result["events_per_sec"] / result["faust_floor"]["events_per_sec"], 3)
     return result
@@ -232,9 +257,9 @@ async def latency_and_ttl(ctx: Context) -> dict[str, Any]:
     rate. Each phase starts once the worker has accounted everything before it,
     so a backlog of one does not show up in the next."""
     deployment = ctx.deployment()
-    await deployment.create_topics(changelog=True)
-    worker = deployment.worker().start()
-    await worker.wait_ready()
+    await deployment.create_topics_async(changelog=True)
+    worker = new_worker(deployment).start()
+    await wait_ready_secs(worker)
     observer = Observer(ctx.bootstrap, deployment)
     await observer.start()
     scale = ctx.scale
@@ -256,15 +281,15 @@ async def latency_and_ttl(ctx: Context) -> dict[str, Any]:
     return {"ttl": ttl_result, "latency_sustainable": sustainable, "latency": latency_result}
 
 
-async def _caught_up(worker: Worker, produced: int, timeout: float = 180) -> None:
+async def _caught_up(worker: WorkerProcess, produced: int, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if accounted(await worker.stats()) >= produced:
+        if accounted(await worker_stats(worker)) >= produced:
             return
         await asyncio.sleep(0.25)
 
 
-async def _latency(ctx: Context, deployment: Deployment, worker: Worker, observer: Observer, rate: int,
+async def _latency(ctx: Context, deployment: Deployment, worker: WorkerProcess, observer: Observer, rate: int,
                    duration: float, prefix: str) -> dict[str, Any]:
     steps = 10  # created, activated, 7 rounds, closed
     tick = 0.01
@@ -297,7 +322,7 @@ async def _latency(ctx: Context, deployment: Deployment, worker: Worker, observe
             group += 1
 
     source = events()
-    stats_at_start = await worker.stats()
+    stats_at_start = await worker_stats(worker)
     started = time.monotonic()
     sent = 0
     total = int(rate * duration)
@@ -332,7 +357,7 @@ async def _latency(ctx: Context, deployment: Deployment, worker: Worker, observe
     written_latency = [observer.written[key] - when for key, when in sent_at.items() if key in observer.written]
     closure_latency = [observer.closures[s][0] - when for s, when in closed_sent_at.items() if s in observer.closures]
     stats_before = stats_at_start
-    stats = await worker.stats()
+    stats = await worker_stats(worker)
     return {
         "sent": sent,
         "worker_events_per_sec": round((accounted(stats) - accounted(stats_before))
@@ -354,7 +379,7 @@ async def _latency(ctx: Context, deployment: Deployment, worker: Worker, observe
 # 3. TTL closure lag
 
 
-async def _ttl(ctx: Context, deployment: Deployment, worker: Worker, observer: Observer) -> dict[str, Any]:
+async def _ttl(ctx: Context, deployment: Deployment, worker: WorkerProcess, observer: Observer) -> dict[str, Any]:
     scale = ctx.scale
     count, spread = scale.ttl_sessions, scale.ttl_spread_secs
     ctx.log(f"ttl: {count:,} sessions expiring over {spread} s (closure due {GRACE_SECS:.0f} s later)")
@@ -402,9 +427,9 @@ def _session_template() -> bytes:
         session_id="@SID@", tenant_id="tenant-0", provider_id="provider-a", model="model-x", created_at=now,
         activated_at=now + 1000, closed_at=None, ttl_secs=7200, round_count=12, initial_token_count=1200,
         delta_token_count=3900, metadata={"team": "search", "env": "prod"})
-    session = Session(record=record, created_ttl_secs=7200, missing_rounds=0, close_reason=None,
+    session = Session(record=record, created_ttl_secs=7200, close_reason=None,
                       closed_seen_at=None, partition=987654321, created_offset=11, last_offset=25)
-    return encode_session(session)
+    return encode_state(session)
 
 
 def _changelog_records(count: int) -> Any:
@@ -412,22 +437,22 @@ def _changelog_records(count: int) -> Any:
     for n in range(count):
         session_id = f"rec{n:08d}"
         key = session_id.encode()
-        value = template.replace(b"@SID@", key).replace(b"987654321", str(partition_of(key)).encode())
+        value = template.replace(b"@SID@", key).replace(b"987654321", str(partition_for(key, PARTITIONS)).encode())
         yield key, value
 
 
-async def _start_measured(worker: Worker, settle_secs: float = 3.0) -> tuple[float, int]:
+async def _start_measured(worker: WorkerProcess, settle_secs: float = 3.0) -> tuple[float, int]:
     """Start the worker, return (seconds to ready, RSS once settled)."""
     worker.start()
-    ready = await worker.wait_ready(timeout=600, interval=0.05)
+    ready = await wait_ready_secs(worker, timeout=600, interval=0.05)
     await asyncio.sleep(settle_secs)
-    return ready, worker.rss()
+    return ready, worker_rss(worker)
 
 
 async def recovery_and_memory(ctx: Context, stores: list[str]) -> dict[str, Any]:
     count = ctx.scale.recovery_sessions
     deployment = ctx.deployment()
-    await deployment.create_topics(changelog=True)
+    await deployment.create_topics_async(changelog=True)
     ctx.log(f"recovery: writing {count:,} live sessions into the changelog")
     loaded, load_secs = await bulk_produce(ctx.bootstrap, deployment.changelog_topic, _changelog_records(count))
     result: dict[str, Any] = {"sessions": loaded, "changelog_load_secs": round(load_secs, 1), "stores": {}}
@@ -437,15 +462,15 @@ async def recovery_and_memory(ctx: Context, stores: list[str]) -> dict[str, Any]
         try:
             # An empty worker of the same kind: the RSS every worker has.
             empty = ctx.deployment()
-            await empty.create_topics(changelog=True)
+            await empty.create_topics_async(changelog=True)
             ctx.log(f"recovery[{store}]: empty worker")
-            worker = empty.worker(f"empty-{store}", ACCOUNTANT_STORE=store)
+            worker = new_worker(empty, f"empty-{store}", ACCOUNTANT_STORE=store)
             _, empty_rss = await _start_measured(worker)
             worker.stop()
             ctx.log(f"recovery[{store}]: worker recovering {loaded:,} sessions")
-            worker = deployment.worker(f"recover-{store}", ACCOUNTANT_STORE=store)
+            worker = new_worker(deployment, f"recover-{store}", ACCOUNTANT_STORE=store)
             ready, rss = await _start_measured(worker)
-            stats = await worker.stats()
+            stats = await worker_stats(worker)
             figures.update({
                 "ready_secs": round(ready, 2),
                 "live_sessions": stats["live_sessions"],
@@ -457,7 +482,7 @@ async def recovery_and_memory(ctx: Context, stores: list[str]) -> dict[str, Any]
             if store == "rocksdb":
                 figures["disk_mib"] = round(_du(worker.data_dir) / 2**20, 1)
                 ctx.log("recovery[rocksdb]: restart with the local database in place")
-                restarted = deployment.worker(f"recover-{store}", ACCOUNTANT_STORE=store)
+                restarted = new_worker(deployment, f"recover-{store}", ACCOUNTANT_STORE=store)
                 ready, rss = await _start_measured(restarted)
                 figures["restart_ready_secs"] = round(ready, 2)
                 figures["restart_rss_mib"] = round(rss / 2**20, 1)
@@ -475,8 +500,6 @@ def _du(path: Path) -> int:
     total = 0
     for root, _dirs, files in os.walk(path):
         for name in files:
-            try:
+            with contextlib.suppress(OSError):  # a file that went away meanwhile
                 total += os.path.getsize(os.path.join(root, name))
-            except OSError:
-                pass
     return total

@@ -20,8 +20,6 @@ import uuid
 import faust
 import orjson
 
-from app import faust_fixes
-
 
 def main() -> None:
     bootstrap, topic_name, count, web_port, data_dir = sys.argv[1:6]
@@ -31,8 +29,6 @@ def main() -> None:
                     web_enabled=False, web_port=int(web_port), web_bind="127.0.0.1", web_host="127.0.0.1",
                     producer_acks=-1, producer_linger=0.005, stream_wait_empty=True,
                     key_serializer="raw", value_serializer="raw")
-    # The same Faust fix as app.faust_app.build_app.
-    faust_fixes.drain_producer_buffer_on_flush(app)
     topic = app.topic(topic_name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     state = {"seen": 0, "started": 0.0, "cpu": 0.0}
 

@@ -49,7 +49,7 @@ from app.ledger.metrics import LedgerMetrics
 from app.ledger.postgres_store import PostgresLedgerStore
 from app.ledger.retry import DatabaseRetry
 from app.ledger.writer import BatchWriter
-from tests.ledger.closures import ClosureSet
+from tests.support.closures import ClosureSet
 
 TOPIC = "session-closures"
 TARGET_PER_SEC = 20_000
@@ -145,7 +145,7 @@ def _plain_params(value: bytes, offset: int) -> tuple[Any, ...]:
 
 
 async def _end_to_end(server_dsn: str, bootstrap: str, population: ClosureSet, workdir: Path) -> dict[str, Any]:
-    from tests.ledger.processes import LedgerDeployment
+    from tests.support.ledger_processes import LedgerDeployment
 
     with scratch_database(server_dsn, "bench_ledger") as dsn:
         deployment = LedgerDeployment(bootstrap, dsn, f"bench-{uuid.uuid4().hex[:8]}.", "bench-ledger", workdir,
@@ -156,7 +156,7 @@ async def _end_to_end(server_dsn: str, bootstrap: str, population: ClosureSet, w
         try:
             first_row = None
             while first_row is None:
-                ledger.assert_running()
+                ledger.check_alive()
                 try:
                     rows = await asyncio.to_thread(deployment.query, "SELECT count(*) FROM closures")
                 except psycopg.errors.UndefinedTable:  # not migrated yet
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
-    from app.broker import LocalKafka
+    from app.dev.kafka import LocalKafka
     from app.dev.postgres import LocalPostgres
 
     with tempfile.TemporaryDirectory(prefix="bench-ledger-") as tmp:

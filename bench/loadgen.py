@@ -14,14 +14,11 @@ from collections.abc import Iterable, Iterator
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from app.rules import format_timestamp
-from bench.common import PARTITIONS, partition_of
+from app.dev.partitioners import partition_for
+from bench.common import PARTITIONS
+from tests.support.clock import now_rfc3339
 
 TENANTS = [f"tenant-{n}" for n in range(20)]
-
-
-def now_rfc3339(offset_secs: float = 0.0) -> str:
-    return format_timestamp(time.time_ns() // 1000 + int(offset_secs * 1_000_000))
 
 
 def lifecycle(session_id: str, step: int, steps: int, occurred_at: str, *, ttl_secs: int = 3600,
@@ -79,7 +76,7 @@ async def bulk_produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes
         for key, value in records:
             partition = partition_cache.get(key)
             if partition is None:
-                partition = partition_cache[key] = partition_of(key, partitions)
+                partition = partition_cache[key] = partition_for(key, partitions)
             if batches[partition].append(key=key, value=value, timestamp=None) is None:
                 await flush(partition)
                 batches[partition].append(key=key, value=value, timestamp=None)

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import psutil
 
-from app.broker import kafka_version
-
-REPO = Path(__file__).resolve().parents[1]
+from app.dev.kafka import kafka_version
+from tests.support import REPO
 
 
 def _cpu_model() -> str:

@@ -35,15 +35,23 @@ def rows(results: dict[str, Any]) -> list[Row]:
     if tp:
         rate = _get(tp, "worker", "events_per_sec")
         ratio = tp.get("ratio_to_baseline")
+        peer_ratio = tp.get("ratio_to_peer")
+        peer = _get(tp, "peer", "events_per_sec")
         out += [
             ("throughput: worker", _num(rate, "ev/s"), ">= 25,000 ev/s", _verdict(rate >= 25_000 if rate else None)),
             ("throughput: baseline (aiokafka loop)", _num(_get(tp, "baseline", "events_per_sec"), "ev/s"), "", ""),
+            ("throughput: peer (Quix Streams)", _num(peer, "ev/s") if peer else _get(tp, "peer", "skipped") or "n/a",
+             "", ""),
             ("throughput: Faust floor (counting agent)", _num(_get(tp, "faust_floor", "events_per_sec"), "ev/s"),
              "", ""),
             ("throughput: worker / baseline", _num(ratio, "", 3), ">= 0.5", _verdict(ratio >= 0.5 if ratio else None)),
-            ("throughput: worker CPU per event", _num(_get(tp, "worker", "cpu_us_per_event"), "us", 1), "", ""),
-            ("throughput: baseline CPU per event", _num(_get(tp, "baseline", "cpu_us_per_event"), "us", 1), "", ""),
+            ("throughput: worker / peer", _num(peer_ratio, "", 3), ">= 1.0",
+             _verdict(peer_ratio >= 1.0 if peer_ratio else None)),
         ]
+        for name, label in (("worker", "worker"), ("baseline", "baseline"), ("peer", "peer")):
+            cpu = _get(tp, name, "cpu_us_per_event")
+            if cpu is not None:
+                out.append((f"throughput: {label} CPU per event", _num(cpu, "us", 1), "", ""))
     for key, target in (("latency_sustainable", False), ("latency", True)):
         lat = results.get(key)
         if not lat:
@@ -97,7 +105,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
 def table(results: dict[str, Any]) -> str:
     data = [("figure", "value", "target", "verdict"), *rows(results)]
     widths = [max(len(row[i]) for row in data) for i in range(4)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in data]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in data]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
 

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.run            # full: about 10-15 minutes
     .venv/bin/python -m bench.run --quick    # smaller loads: under 3 minutes
 
-Starts a local Kafka broker on 127.0.0.1 (app/broker.py) unless
+Starts a local Kafka broker on 127.0.0.1 (app/dev/kafka.py) unless
 ACCOUNTANT_BROKER names one. See docs/benchmarks.md for what each figure means.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from app.broker import LocalKafka, wait_for_broker
+from app.dev.kafka import LocalKafka, wait_for_broker
 from bench import report
 from bench.benchmarks import Context, Scale, latency_and_ttl, recovery_and_memory, throughput
 from bench.machine import describe

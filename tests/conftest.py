@@ -4,44 +4,70 @@
   1. ``ACCOUNTANT_TEST_BOOTSTRAP`` (host:port[,host:port...], loopback only);
   2. an ``apache/kafka`` container, if testcontainers is installed and a Docker
      engine answers;
-  3. a ``LocalKafka`` broker (app/broker.py: Java + jars from Maven Central).
+  3. a ``LocalKafka`` broker (app/dev/kafka.py: Java + jars from Maven Central).
 A failing test that used it gets a "Kafka broker" report section naming the
 broker and its log.
 
-More fixtures go in their own modules under tests/fixtures/, loaded with
-``pytest_plugins = ["tests.fixtures.<module>", ...]`` here.
+``postgres_dsn`` (session) gives a real PostgreSQL server the same way:
+  1. ``ACCOUNTANT_TEST_POSTGRES_DSN`` (a libpq URI or key=value string, loopback
+     only; the role must be allowed to CREATE DATABASE);
+  2. a ``postgres:15`` container, if testcontainers is installed and a Docker
+     engine answers;
+  3. a ``LocalPostgres`` server (app/dev/postgres.py: Debian's postgresql package).
+A failing test that used it gets a "PostgreSQL" report section naming the server.
+
+``deployment`` gives real workers on that broker (tests/support/deployment.py),
+with a fresh app id and topic prefix per test; ``ledger_dsn`` a fresh database
+on that server; ``ledger_deployment`` `accountant ledger` processes on both
+(tests/support/ledger_processes.py).
+
+What tests and benchmarks share lives in tests/support/.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from urllib.parse import urlparse
 
+import psycopg
 import pytest
 
-from app.broker import TEST_BROKER_SETTINGS, LocalKafka, kafka_version, pick_free_loopback_port, wait_for_broker
-
-ENV_TEST_BOOTSTRAP = "ACCOUNTANT_TEST_BOOTSTRAP"
-
-pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.ledger"]
+from app.dev.kafka import LocalKafka, wait_for_broker
+from app.dev.postgres import LocalPostgres, scratch_database
+from tests.support.brokers import ENV_TEST_BOOTSTRAP, docker_engine_answers, kafka_container, non_loopback_addresses
+from tests.support.deployment import Deployment
+from tests.support.fixtures import body_failed, deployment_for_test
+from tests.support.ledger_processes import LedgerDeployment
+from tests.support.postgres import ENV_TEST_POSTGRES_DSN, non_local_hosts, postgres_container
 
 # Where the session's broker is and where its log lives, for failure reports.
 _BROKER_DESCRIPTION = pytest.StashKey[str]()
+# The same for the session's PostgreSQL.
+_POSTGRES_DESCRIPTION = pytest.StashKey[str]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # Fail the whole run at once rather than every integration test.
     bootstrap = os.environ.get(ENV_TEST_BOOTSTRAP)
     if bootstrap:
-        non_loopback = [address for address in bootstrap.split(",") if not _is_loopback(_host_of(address))]
+        non_loopback = non_loopback_addresses(bootstrap)
         if non_loopback:
             raise pytest.UsageError(
                 f"{ENV_TEST_BOOTSTRAP}={bootstrap!r}: tests only talk to brokers on loopback "
                 f"(127.0.0.0/8, ::1, localhost); refusing {', '.join(non_loopback)}"
+            )
+    dsn = os.environ.get(ENV_TEST_POSTGRES_DSN)
+    if dsn:
+        try:
+            remote = non_local_hosts(dsn)
+        except psycopg.ProgrammingError:
+            raise pytest.UsageError(f"{ENV_TEST_POSTGRES_DSN} is not a libpq connection string") from None
+        if remote:
+            raise pytest.UsageError(
+                f"{ENV_TEST_POSTGRES_DSN}: tests only talk to PostgreSQL on loopback (127.0.0.0/8, ::1, "
+                f"localhost) or a unix socket; refusing {', '.join(remote)}"
             )
 
 
@@ -53,17 +79,53 @@ def kafka_bootstrap(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
     """
     config = request.config
     external = os.environ.get(ENV_TEST_BOOTSTRAP)
+
+    def describe(description: str) -> None:
+        config.stash[_BROKER_DESCRIPTION] = description
+
     if external:
-        config.stash[_BROKER_DESCRIPTION] = f"external broker {external} (from {ENV_TEST_BOOTSTRAP})"
+        describe(f"external broker {external} (from {ENV_TEST_BOOTSTRAP})")
         wait_for_broker(external, timeout=30)
         yield external
-    elif _docker_engine_answers():
-        yield from _kafka_container(config, tmp_path_factory.mktemp("kafka-container") / "broker.log")
+    elif docker_engine_answers():
+        yield from kafka_container(tmp_path_factory.mktemp("kafka-container") / "broker.log", describe)
     else:
         # Under pytest's basetemp, so the log survives the run (pytest keeps the last three).
         with LocalKafka(workdir=tmp_path_factory.mktemp("kafka")) as kafka:
-            config.stash[_BROKER_DESCRIPTION] = f"LocalKafka {kafka.bootstrap}, log: {kafka.log_path}"
+            describe(f"LocalKafka {kafka.bootstrap}, log: {kafka.log_path}")
             yield kafka.bootstrap
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """DSN of a PostgreSQL server shared by the session, connected as a role that
+    may create databases. Tests must not stop it; use ``ledger_dsn`` for a database."""
+    config = request.config
+    external = os.environ.get(ENV_TEST_POSTGRES_DSN)
+
+    def describe(description: str) -> None:
+        config.stash[_POSTGRES_DESCRIPTION] = description
+
+    if external:
+        describe(f"external PostgreSQL (from {ENV_TEST_POSTGRES_DSN})")
+        yield external
+    elif docker_engine_answers():
+        yield from postgres_container(describe)
+    else:
+        # The data directory in a fresh temporary directory (the server may run as
+        # user postgres, which cannot enter pytest's root-only basetemp); the log
+        # under basetemp, so it survives the run.
+        log_path = tmp_path_factory.mktemp("postgres") / "postgres.log"
+        with LocalPostgres(log_path=log_path, fast=True) as postgres:
+            describe(f"LocalPostgres {postgres.dsn}, log: {postgres.log_path}")
+            yield postgres.dsn
+
+
+@pytest.fixture
+def ledger_dsn(postgres_dsn: str) -> Iterator[str]:
+    """A fresh empty database for one test; dropped afterwards."""
+    with scratch_database(postgres_dsn, "ledger") as dsn:
+        yield dsn
 
 
 @pytest.fixture
@@ -77,99 +139,48 @@ def unique_name() -> Callable[[str], str]:
     return make
 
 
+@pytest.fixture
+def deployment(kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path,
+               request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    """Workers on the shared broker: a fresh app id and topic prefix; every worker
+    started from it is stopped afterwards, and the logs of all of them are shown
+    when the test fails."""
+    yield from deployment_for_test(kafka_bootstrap, unique_name, tmp_path, request)
+
+
+@pytest.fixture
+def ledger_deployment(kafka_bootstrap: str, ledger_dsn: str, unique_name: Callable[[str], str], tmp_path: Path,
+                      request: pytest.FixtureRequest) -> Iterator[LedgerDeployment]:
+    """`accountant ledger` processes on the shared broker and a fresh database: a
+    fresh closures topic (4 partitions) and consumer group; every ledger started
+    from it is stopped afterwards, and its log shown when the test failed."""
+    ledgers = LedgerDeployment(kafka_bootstrap, ledger_dsn, unique_name("t") + ".", unique_name("ledger"), tmp_path)
+    ledgers.create_topic()
+    yield ledgers
+    ledgers.stop_all()
+    if body_failed(request):
+        print(ledgers.logs())
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    if report.failed and "kafka_bootstrap" in getattr(item, "fixturenames", ()):
-        description = item.config.stash.get(_BROKER_DESCRIPTION, None)
-        if description:
-            report.sections.append(("Kafka broker", description))
+    # Each phase's report on the item, so fixtures can tell whether the test failed.
+    setattr(item, f"rep_{report.when}", report)
+    if report.failed:
+        for fixture, key, title in (("kafka_bootstrap", _BROKER_DESCRIPTION, "Kafka broker"),
+                                    ("postgres_dsn", _POSTGRES_DESCRIPTION, "PostgreSQL")):
+            description = item.config.stash.get(key, None)
+            if description and fixture in getattr(item, "fixturenames", ()):
+                report.sections.append((title, description))
     return report
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    description = config.stash.get(_BROKER_DESCRIPTION, None)
-    if description:
-        terminalreporter.write_line(f"Kafka broker used: {description}")
-
-
-# --------------------------------------------------------------------------
-# Docker (optional: testcontainers is in the `test` extra, a Docker engine may not be)
-
-
-def _docker_engine_answers() -> bool:
-    try:
-        import docker
-        import testcontainers.core.container  # noqa: F401  (needed to start the container)
-    except ImportError:
-        return False
-    docker_host = os.environ.get("DOCKER_HOST", "")
-    if docker_host.startswith("tcp://") and not _is_loopback(urlparse(docker_host).hostname or ""):
-        return False  # never talk to a Docker engine on another machine
-    try:
-        client = docker.from_env(timeout=2)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:  # no socket, no permission, engine down: all mean "no Docker"
-        return False
-
-
-def _kafka_container(config: pytest.Config, log_path: Path) -> Iterator[str]:
-    """An apache/kafka container (same version and test settings as LocalKafka)
-    with its client port published on 127.0.0.1 only."""
-    from testcontainers.core.container import DockerContainer
-
-    # The same port inside and outside, so the advertised address is right
-    # without rewriting the config after the container starts.
-    port = pick_free_loopback_port()
-    environment = {
-        "KAFKA_NODE_ID": "1",
-        "KAFKA_PROCESS_ROLES": "broker,controller",
-        "KAFKA_LISTENERS": f"PLAINTEXT://0.0.0.0:{port},CONTROLLER://127.0.0.1:9093",
-        "KAFKA_ADVERTISED_LISTENERS": f"PLAINTEXT://127.0.0.1:{port}",
-        "KAFKA_CONTROLLER_LISTENER_NAMES": "CONTROLLER",
-        "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-        "KAFKA_CONTROLLER_QUORUM_VOTERS": "1@127.0.0.1:9093",
-        # The image maps KAFKA_FOO_BAR to foo.bar.
-        **{"KAFKA_" + key.upper().replace(".", "_"): value for key, value in TEST_BROKER_SETTINGS.items()},
-    }
-    container = DockerContainer(f"apache/kafka:{kafka_version()}")
-    for name, value in environment.items():
-        container.with_env(name, value)
-    container.with_bind_ports(port, ("127.0.0.1", port))
-    bootstrap = f"127.0.0.1:{port}"
-    with container:
-        container_id = container.get_wrapped_container().short_id
-        config.stash[_BROKER_DESCRIPTION] = (
-            f"apache/kafka container {container_id} at {bootstrap}; "
-            f"logs: docker logs {container_id} (saved to {log_path} at session end)"
-        )
-        def is_running() -> bool:
-            wrapped = container.get_wrapped_container()
-            wrapped.reload()
-            return wrapped.status == "running"
-
-        try:
-            wait_for_broker(bootstrap, timeout=120, is_alive=is_running)
-            yield bootstrap
-        finally:
-            stdout, stderr = container.get_logs()
-            log_path.write_bytes(stdout + stderr)
-
-
-def _host_of(address: str) -> str:
-    host, _, _ = address.strip().rpartition(":")
-    return host.strip("[]")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int,
+                            config: pytest.Config) -> None:
+    for key, title in ((_BROKER_DESCRIPTION, "Kafka broker"), (_POSTGRES_DESCRIPTION, "PostgreSQL")):
+        description = config.stash.get(key, None)
+        if description:
+            terminalreporter.write_line(f"{title} used: {description}")

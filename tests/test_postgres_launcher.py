@@ -49,7 +49,7 @@ def test_the_server_never_runs_as_root(tmp_path: Path) -> None:
 def test_a_data_directory_the_server_user_cannot_reach_is_named(tmp_path: Path) -> None:
     # pytest's basetemp (/tmp/pytest-of-root) is root-only.
     postgres = LocalPostgres(datadir=tmp_path / "data", log_path=tmp_path / "pg.log")
-    with pytest.raises(PostgresError, match="cannot reach .* has mode drwx------"):
+    with pytest.raises(PostgresError, match=r"cannot reach .* has mode drwx------"):
         postgres.start()
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from app.settings import SettingsError, load_settings
-from tests.integration.workers import REPO
+from tests.support import REPO
 
 #: A broker address that is never contacted: start-up stops before.
 UNUSED_BROKER = "127.0.0.1:1"
@@ -45,7 +45,7 @@ def test_an_advertised_url_is_what_peers_and_the_dashboard_link_use() -> None:
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::"])
 def test_a_wildcard_bind_needs_an_advertised_url(host: str) -> None:
-    with pytest.raises(SettingsError, match="ACCOUNTANT_WEB_ADVERTISED_URL: .*must be set"):
+    with pytest.raises(SettingsError, match=r"ACCOUNTANT_WEB_ADVERTISED_URL: .*must be set"):
         load_settings(web_host=host)
 
 

@@ -8,6 +8,7 @@ verdict and closure must be the one the oracle claims.  No broker needed.
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -19,6 +20,19 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.dev.oracle import Expected, check_closures, check_rejections
+from app.dev.partitioners import partition_for
+from app.dev.simulator import (
+    BAD_KINDS,
+    CLOCK_SKEW_SECS,
+    Form,
+    PlannedEvent,
+    Simulation,
+    SimulationConfig,
+    Stamper,
+    fit_to_rate,
+    simulate_command,
+)
 from app.rules import (
     DEFAULT_POLICY,
     SECOND,
@@ -34,21 +48,6 @@ from app.rules import (
     apply,
     decode_event,
     parse_timestamp,
-)
-from app.simulator import (
-    BAD_KINDS,
-    CLOCK_SKEW_SECS,
-    Expected,
-    Form,
-    PlannedEvent,
-    SimulationConfig,
-    Simulation,
-    Stamper,
-    check_closures,
-    check_rejections,
-    fit_to_rate,
-    partition_for,
-    simulate_command,
 )
 
 EVENTS_TOPIC = "session-events"
@@ -95,7 +94,7 @@ def fold(simulation: Simulation) -> Fold:
     for planned in simulation.events():
         now += SEND_INTERVAL
         value = stamper.encode(planned, now)
-        partition = zlib.crc32(planned.key) % PARTITIONS
+        partition = partition_for(planned.key, PARTITIONS, "crc32")
         source = Source(EVENTS_TOPIC, partition, next_offset[partition])
         next_offset[partition] += 1
         message = decode_event(planned.key, value)
@@ -106,8 +105,8 @@ def fold(simulation: Simulation) -> Fold:
     result.open_before_expiry = {sid for sid, state in table.items() if state.record.closed_at is None}
     deadline = max((table[sid].record.expires_at for sid in result.open_before_expiry), default=now)
     expire_at = deadline + DEFAULT_POLICY.grace + SECOND
-    for offset, session_id in enumerate(sorted(result.open_before_expiry)):
-        deliver(session_id, Delivery(Source("commands", 0, offset), Expire(session_id)), expire_at)
+    for session_id in sorted(result.open_before_expiry):
+        deliver(session_id, Expire(session_id), expire_at)
     return result
 
 
@@ -147,7 +146,7 @@ def test_events_walks_every_session_event_once_in_session_order() -> None:
 
 def test_events_are_interleaved_across_sessions() -> None:
     keys = [event.key for event in Simulation(MIXED).events()]
-    switches = sum(1 for a, b in zip(keys, keys[1:]) if a != b)
+    switches = sum(1 for a, b in itertools.pairwise(keys) if a != b)
     assert switches > len(keys) / 2
 
 

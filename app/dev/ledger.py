@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from app.broker import _die_with_parent_preexec
+from app.dev.kafka import _die_with_parent_preexec
 from app.dev.postgres import LocalPostgres, server_can_reach
 from app.settings import Settings
 

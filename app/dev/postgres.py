@@ -45,7 +45,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from app.broker import LOOPBACK, _die_with_parent_preexec, pick_free_loopback_port
+from app.dev.kafka import LOOPBACK, _die_with_parent_preexec, pick_free_loopback_port
 
 ENV_POSTGRES_BIN = "ACCOUNTANT_POSTGRES_BIN"
 #: The superuser initdb creates; trusted on loopback only.

@@ -44,7 +44,8 @@ class LedgerBatch:
     def __post_init__(self) -> None:
         # Records are written only under their partition's offset check (fencing).
         moved = {advance.key for advance in self.advances}
-        unmoved = {(item.source.topic, item.source.partition) for item in (*self.rows, *self.rejects)} - moved
+        sources = [row.source for row in self.rows] + [reject.source for reject in self.rejects]
+        unmoved = {(source.topic, source.partition) for source in sources} - moved
         if unmoved:
             raise ValueError(f"records of {sorted(unmoved)} without an offset advance for their partition")
 

@@ -17,7 +17,7 @@ named tuples, and timestamps in the spelling the worker writes read with
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import orjson
@@ -27,8 +27,8 @@ from app.rules import MAX_COUNT, MAX_ID_CHARS, MAX_NAME_CHARS, MAX_TTL_SECS, Clo
 #: initial + delta, each at most MAX_COUNT: 2^64 - 2.
 MAX_TOTAL = 2 * MAX_COUNT
 CLOSE_REASONS = frozenset(reason.value for reason in CloseReason)
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_UTC = timezone.utc
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_UTC = UTC
 _MISSING: Any = object()
 # A NUL can only reach a JSON string as this escape; PostgreSQL's text and
 # jsonb cannot hold it.

@@ -23,6 +23,7 @@ stored (``_planned``), and ``_stored`` is what the database is known to hold.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable, Mapping
 
@@ -102,22 +103,20 @@ class LedgerConsumer:
             key = (tp.topic, tp.partition)
             self._stored.pop(key, None)
             self._planned.pop(key, None)
-            try:
+            with contextlib.suppress(KeyError):  # no lag was recorded for it yet
                 self._metrics.lag.remove(tp.topic, str(tp.partition))
-            except KeyError:
-                pass
 
     async def _partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         assigned = list(assigned)
         keys = [(tp.topic, tp.partition) for tp in assigned]
         try:
             stored = await self._retry(lambda: self._store.claim(self._group, keys), "reading the stored offsets")
-            beginning = await self._consumer.beginning_offsets([tp for tp, key in zip(assigned, keys)
+            beginning = await self._consumer.beginning_offsets([tp for tp, key in zip(assigned, keys, strict=True)
                                                                  if stored.get(key) is None])
         except BaseException as error:  # aiokafka only logs a listener's errors: make the loop raise it
             self._fatal = error
             raise
-        for tp, key in zip(assigned, keys):
+        for tp, key in zip(assigned, keys, strict=True):
             offset = stored.get(key)
             self._consumer.seek(tp, beginning[tp] if offset is None else offset)
             self._stored[key] = self._planned[key] = offset
@@ -162,13 +161,13 @@ class LedgerConsumer:
                     # positioned at what the database held before it: move on past it.
                     self._planned[key] = offset
                     self._consumer.seek(TopicPartition(*key), offset)
-        for key, offset in outcome.fenced.items():
+        for key, stored in outcome.fenced.items():
             log.warning("partition %s/%d was written by another ledger process (stored offset %s); "
-                        "reading it again from there", key[0], key[1], offset)
+                        "reading it again from there", key[0], key[1], stored)
             if key in self._stored:
-                self._stored[key] = self._planned[key] = offset
-                if offset is not None:
-                    self._consumer.seek(TopicPartition(*key), offset)
+                self._stored[key] = self._planned[key] = stored
+                if stored is not None:
+                    self._consumer.seek(TopicPartition(*key), stored)
                 else:  # someone reset the stored offset by hand: start over, as on a first assignment
                     await self._consumer.seek_to_beginning(TopicPartition(*key))
         for conflict in outcome.conflicts:
@@ -202,7 +201,10 @@ def _decode(fetched: list[tuple[TopicPartition, list]],
             if expected is not None and record.offset < expected:
                 continue  # already in the database, or about to be
             decoded = decode_closure(SourceOffset(tp.topic, tp.partition, record.offset), record.key, record.value)
-            (rows if type(decoded) is ClosureRow else rejects).append(decoded)
+            if isinstance(decoded, ClosureRow):
+                rows.append(decoded)
+            else:
+                rejects.append(decoded)
     return rows, rejects
 
 

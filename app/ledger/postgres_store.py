@@ -10,6 +10,7 @@ and the stored offsets say exactly which records it holds.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -86,7 +87,7 @@ class PostgresLedgerStore:
         given = conninfo_to_dict(dsn)
         # Defaults only: what the DSN says wins. A short connect timeout keeps
         # retries against a database that is down frequent.
-        defaults = {"application_name": APPLICATION_NAME, "connect_timeout": 5}
+        defaults: dict[str, str | int] = {"application_name": APPLICATION_NAME, "connect_timeout": 5}
         self._dsn = make_conninfo(dsn, **{name: value for name, value in defaults.items() if name not in given})
         self._connection: psycopg.AsyncConnection | None = None
 
@@ -100,10 +101,8 @@ class PostgresLedgerStore:
     async def close(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None and not connection.closed:
-            try:
+            with contextlib.suppress(psycopg.Error):  # a broken connection is closed all the same
                 await connection.close()
-            except psycopg.Error:
-                pass
 
     async def migrate(self) -> list[str]:
         return await migrate(await self._connect())
@@ -182,10 +181,9 @@ class PostgresLedgerStore:
         return len(plan.new_rows), sum(plan.duplicates.values()), plan.conflicts
 
     async def _copy_closures(self, connection: psycopg.AsyncConnection, rows: list[ClosureRow]) -> None:
-        async with connection.cursor() as cursor:
-            async with cursor.copy(_COPY_CLOSURES) as copy:
-                for row in rows:
-                    await copy.write_row(_copy_row(row))
+        async with connection.cursor() as cursor, cursor.copy(_COPY_CLOSURES) as copy:
+            for row in rows:
+                await copy.write_row(_copy_row(row))
 
     async def _write_one_by_one(
         self, connection: psycopg.AsyncConnection, rows: tuple[ClosureRow, ...]

@@ -10,6 +10,8 @@ refused rows kept as rejects. Nothing is skipped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -60,10 +62,8 @@ class BatchWriter:
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # abandoned: its outcome is moot
                 await task
-            except (asyncio.CancelledError, Exception):
-                pass
 
     async def _write(self, batch: LedgerBatch) -> None:
         started = time.monotonic()
@@ -71,7 +71,8 @@ class BatchWriter:
         try:
             while True:
                 try:
-                    outcome = await self._retry(lambda: self._store.write(batch, isolate=isolate), "writing a batch")
+                    outcome = await self._retry(functools.partial(self._store.write, batch, isolate=isolate),
+                                                "writing a batch")
                     break
                 except psycopg.Error as error:  # not transient: about the data, or a fault of ours
                     if not isolate:

@@ -1,10 +1,12 @@
 """Fixtures of the fault suite.
 
-* ``deployment`` (re-exported from tests/integration): workers on the shared
-  session broker, with a fresh app id and topic prefix per test.
+* ``deployment`` (tests/conftest.py): workers on the shared session broker,
+  with a fresh app id and topic prefix per test.
 * ``private_kafka``: a LocalKafka broker of the test's own, for faults that stop
   the broker (the shared one must never be stopped).
 * ``private_deployment``: a Deployment on ``private_kafka``.
+* ``private_postgres``: a LocalPostgres of the test's own, for faults that stop
+  the database (the session's shared one must never be stopped).
 * ``fault_figures``: where a test reports what it measured; the figures of all
   fault tests are printed in pytest's terminal summary, and appended as JSON
   lines to ``$ACCOUNTANT_FAULT_FIGURES`` when that is set.
@@ -19,9 +21,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from app.broker import LocalKafka
-from tests.integration.conftest import deployment, pytest_runtest_makereport  # noqa: F401  (re-exported)
-from tests.integration.workers import Deployment, WorkerProcess
+from app.dev.kafka import LocalKafka
+from app.dev.postgres import LocalPostgres
+from tests.support.deployment import Deployment
+from tests.support.fixtures import deployment_for_test
 
 ENV_FIGURES = "ACCOUNTANT_FAULT_FIGURES"
 _FIGURES = pytest.StashKey[list]()
@@ -39,30 +42,27 @@ def private_kafka(tmp_path: Path) -> Iterator[LocalKafka]:
 
 
 @pytest.fixture
+def private_postgres(tmp_path: Path) -> Iterator[LocalPostgres]:
+    """A PostgreSQL server for this test alone: stop/start it freely (same port, same data)."""
+    postgres = LocalPostgres(log_path=tmp_path / "private-postgres.log", fast=True)
+    postgres.start()
+    try:
+        yield postgres
+    finally:
+        postgres.close()
+
+
+@pytest.fixture
 def private_deployment(private_kafka: LocalKafka, unique_name: Callable[[str], str], tmp_path: Path,
                        request: pytest.FixtureRequest) -> Iterator[Deployment]:
     """Like ``deployment``, on the test's private broker. Workers are stopped
     before the broker is (fixture teardown order), and their logs and the
     broker's are shown when the test fails."""
-    deployment = Deployment(private_kafka.bootstrap, unique_name("acct"), unique_name("t") + ".", tmp_path)
-    started: list[WorkerProcess] = []
-    original = deployment.worker
-
-    def tracked(name: str = "worker") -> WorkerProcess:
-        worker = original(name)
-        started.append(worker)
-        return worker
-
-    deployment.worker = tracked  # type: ignore[method-assign]
-    yield deployment
-    for worker in started:
-        worker.stop(timeout=20)
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        for worker in started:
-            print(f"\n----- {worker.name} log ({worker.log_path}) -----\n{worker.log_tail(120)}")
+    def broker_log() -> str:
         log = private_kafka.log_path.read_text(errors="replace").splitlines()[-60:]
-        print(f"\n----- private broker log ({private_kafka.log_path}) -----\n" + "\n".join(log))
+        return f"\n----- private broker log ({private_kafka.log_path}) -----\n" + "\n".join(log)
+
+    yield from deployment_for_test(private_kafka.bootstrap, unique_name, tmp_path, request, also_show=broker_log)
 
 
 @pytest.fixture

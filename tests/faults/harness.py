@@ -5,18 +5,25 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from app.dev.partitioners import partition_for
+from app.dev.simulator import PlannedEvent, PublishStats, Simulation, publish
 from app.rules import Reason, Result
-from app.simulator import PlannedEvent, PublishStats, Simulation, partition_for, publish
-from app.web import FANOUT_HEADER, PARTITIONS_HEADER, parse_partitions
-from tests.faults.oracle import (
-    Ledger, LedgerStamper, Verdict, changelog_table, check_run, collect, print_figures, session_of,
-    unconfirmed_outputs,
+from tests.support.deployment import FAST_SETTINGS, Deployment
+from tests.support.ledger import (
+    Ledger,
+    LedgerStamper,
+    Verdict,
+    changelog_table,
+    check_run,
+    collect,
+    print_figures,
+    session_of,
 )
-from tests.integration.workers import FAST_SETTINGS, Deployment, WorkerProcess, committed_offsets, end_offsets
+from tests.support.waiting import wait_for
+from tests.support.workers import WorkerProcess, accounted
 
 PARTITIONS = int(FAST_SETTINGS["ACCOUNTANT_PARTITIONS"])
 
@@ -40,46 +47,13 @@ def publish_piece(deployment: Deployment, events: list[PlannedEvent], stamper: L
                                progress=None))
 
 
-def local_stats(worker: WorkerProcess) -> dict[str, Any]:
-    """This process's own counters (the fan-out header stops it asking its peers)."""
-    status, body = worker.get("/stats", headers={FANOUT_HEADER: "1"})
-    assert status == 200, f"{worker.name} /stats answered {status}: {body}"
-    return body
-
-
-def owned_partitions(worker: WorkerProcess) -> frozenset[int]:
-    """The input partitions this worker is active for now (empty while rebalancing)."""
-    request = urllib.request.Request(worker.url + "/sessions?limit=1", headers={FANOUT_HEADER: "1"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return parse_partitions(response.headers.get(PARTITIONS_HEADER))
-
-
-def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 90, interval: float = 0.05) -> float:
-    """Poll until `predicate()`; returns the seconds waited."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-    return time.monotonic() - start
-
-
-def committed_to_end(deployment: Deployment) -> bool:
-    """Whether the workers' group has committed every partition of the events
-    topic up to its end: everything published so far was processed."""
-
-    committed = committed_offsets(deployment, deployment.events_topic)
-    ends = end_offsets(deployment.bootstrap, deployment.events_topic, PARTITIONS)
-    return all(committed.get(partition, -1) >= end for partition, end in ends.items())
-
-
 def wait_applied(worker: WorkerProcess, at_least: int, timeout: float = 90) -> int:
     """Wait until the worker's own `applied` counter reaches `at_least`; returns it."""
     seen = [0]
 
     def reached() -> bool:
         try:
-            seen[0] = local_stats(worker)["applied"]
+            seen[0] = worker.stats(local=True)["applied"]
         except OSError:
             return False
         return seen[0] >= at_least
@@ -94,10 +68,8 @@ def settled_stats(worker: WorkerProcess, ledger: Ledger, timeout: float = 30) ->
     deadline = time.monotonic() + timeout
     previous = None
     while True:
-        status, stats = worker.get("/stats")
-        assert status == 200, f"/stats answered {status}: {stats}"
-        counted = stats["applied"] + stats["duplicate"] + stats["rejected_total"]
-        if counted == ledger.sent or stats == previous or time.monotonic() > deadline:
+        stats = worker.stats()
+        if accounted(stats) == ledger.sent or stats == previous or time.monotonic() > deadline:
             return stats
         previous = stats
         time.sleep(1.0)
@@ -114,31 +86,18 @@ def finish(deployment: Deployment, ledger: Ledger, simulation: Simulation, *, fa
     stats = settled_stats(stats_from, ledger) if stats_from is not None else None
     verdict = check_run(ledger, outputs, events_topic=deployment.events_topic, run_id=simulation.config.run_id,
                         stats=stats, exact_stats=exact_stats)
-    # Every output the broker acknowledged leaves its session's outbox (a
-    # `confirm` command); one left behind is re-published at every recovery.
-    left: dict[str, list[Any]] = {}
-
-    def drained() -> bool:
-        left.clear()
-        left.update(asyncio.run(unconfirmed_outputs(deployment.bootstrap, deployment.changelog_topic)))
-        return not left
-
     missing = [sid for sid in ledger.closures if sid not in {c.get("closure_id") for c in outputs.closures}]
     if missing:
         # What the changelog says of them, for the diagnosis.
         table = asyncio.run(changelog_table(deployment.bootstrap, deployment.changelog_topic))
         for session_id in missing[:5]:
-            value = table.get(session_id)
-            summary = value and {k: value[k] for k in ("close_reason", "closed_seen_at", "partition", "created_offset",
-                                                        "last_offset", "outbox")}
-            record = value and value["record"]
-            verdict.problems.append(f"changelog of {session_id}: {summary} rounds={record and record['round_count']} "
-                                    f"closed_at={record and record['closed_at']}")
-    try:
-        wait_for("every session's outbox to be confirmed", drained, timeout=20, interval=1.0)
-    except AssertionError:
-        verdict.problems.append(f"{len(left)} sessions keep unconfirmed outputs in their outbox, e.g. "
-                                f"{dict(list(left.items())[:3])}")
+            verdict.problems.append(f"changelog of {session_id}: {table.get(session_id)!r}")
+    if stats_from is not None and stats_from.process is not None and stats_from.process.poll() is None:
+        # At rest every output the worker sent has been acknowledged.
+        status, metrics = stats_from.get("/metrics")
+        in_flight = [line for line in str(metrics).splitlines() if line.startswith("accountant_outputs_in_flight ")]
+        if status != 200 or in_flight != ["accountant_outputs_in_flight 0.0"]:
+            verdict.problems.append(f"outputs still in flight at rest: {status} {in_flight}")
     figures = {**verdict.figures, "faults_injected": faults, **(extra or {})}
     if timeline is not None:
         timeline("checked")
@@ -219,7 +178,7 @@ def copies_interleaved(stream: list[PlannedEvent]) -> dict[str, Any]:
     partition_of = [partition_for(event.key, PARTITIONS, "murmur2") for event in stream]
     same_partition_before: list[int] = []
     counts = [0] * PARTITIONS
-    for event, partition in zip(stream, partition_of):
+    for partition in partition_of:
         same_partition_before.append(counts[partition])
         counts[partition] += 1
     session_events: dict[str, list[int]] = {}

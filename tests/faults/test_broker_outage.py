@@ -12,11 +12,11 @@ from collections.abc import Callable
 
 import pytest
 
-from app.broker import LocalKafka
-from app.simulator import Simulation, SimulationConfig, new_run_id
+from app.dev.kafka import LocalKafka
+from app.dev.simulator import Simulation, SimulationConfig, new_run_id
 from tests.faults.harness import Timeline, finish, publish_piece, wait_applied
-from tests.faults.oracle import pieces, simulated, split_points
-from tests.integration.workers import Deployment
+from tests.support.deployment import Deployment
+from tests.support.ledger import pieces, simulated, split_points
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

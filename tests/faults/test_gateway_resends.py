@@ -14,10 +14,10 @@ from collections.abc import Callable
 
 import pytest
 
-from app.simulator import Simulation, SimulationConfig, new_run_id
+from app.dev.simulator import Simulation, SimulationConfig, new_run_id
 from tests.faults.harness import Timeline, copies_interleaved, finish, publish_piece, with_copies
-from tests.faults.oracle import simulated
-from tests.integration.workers import Deployment
+from tests.support.deployment import Deployment
+from tests.support.ledger import simulated
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

@@ -11,10 +11,10 @@ from collections.abc import Callable
 
 import pytest
 
-from app.simulator import Simulation, SimulationConfig, new_run_id
-from tests.faults.harness import Timeline, finish, local_stats, publish_piece, wait_applied
-from tests.faults.oracle import pieces, simulated, split_points
-from tests.integration.workers import Deployment
+from app.dev.simulator import Simulation, SimulationConfig, new_run_id
+from tests.faults.harness import Timeline, finish, publish_piece, wait_applied
+from tests.support.deployment import Deployment
+from tests.support.ledger import pieces, simulated, split_points
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -41,7 +41,7 @@ def test_kill_9_under_load_then_restart(deployment: Deployment, fault_figures: C
     timeline("successor ready")
     # Killed again while catching up on the backlog after its recovery.
     applied_at_second_kill = wait_applied(successor, 500)
-    backlog_left = local_stats(successor)
+    backlog_left = successor.stats(local=True)
     successor.kill()
     timeline("kill 2")
 

@@ -20,9 +20,9 @@ import pytest
 
 from app.dev.postgres import LocalPostgres
 from app.ledger.postgres_store import APPLICATION_NAME, PostgresLedgerStore
-from tests.ledger.closures import ClosureSet, rfc3339
-from tests.ledger.processes import LedgerDeployment
 from tests.ledger.test_ledger_service import assert_exact
+from tests.support.closures import ClosureSet, rfc3339
+from tests.support.ledger_processes import LedgerDeployment
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.postgres]
 
@@ -73,13 +73,13 @@ def test_kill_9_mid_batch_then_restart(ledger_deployment: LedgerDeployment,
         with psycopg.connect(ledger_deployment.dsn, autocommit=True) as watcher:
             # Past a committed batch of its own, so the restart resumes mid-partition.
             before = rows_at_kills[-1] if rows_at_kills else 0
-            wait_until(lambda: _rows(watcher) > before, 120, "writing")
+            wait_until(lambda before=before: _rows(watcher) > before, 120, "writing")
             rolled_back = watcher.execute(_ROLLED_BACK).fetchone()[0]
             wait_until(lambda: watcher.execute(_WRITING_A_BATCH).fetchone()[0] > 0, 120, "writing a batch",
                        poll=0.002)
             ledger.kill()
             # The server rolls back the transaction the kill left open: the kill was mid-batch.
-            wait_until(lambda: watcher.execute(_ROLLED_BACK).fetchone()[0] > rolled_back, 30,
+            wait_until(lambda rolled_back=rolled_back: watcher.execute(_ROLLED_BACK).fetchone()[0] > rolled_back, 30,
                        "rolling back the killed ledger's transaction")
         [(rows,)] = ledger_deployment.query("SELECT count(*) FROM closures")
         rows_at_kills.append(rows)
@@ -119,7 +119,7 @@ def test_postgres_down_for_10_s_under_load(kafka_bootstrap: str, private_postgre
                 published += 1
             health.append(ledger.get("/healthz")[0])
             database_up.append(ledger.metric("accountant_ledger_database_up"))
-            ledger.assert_running()
+            ledger.check_alive()
             time.sleep(0.2)
         private_postgres.start()
         outage = time.monotonic() - stopped

@@ -24,11 +24,13 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from app.dev.oracle import ExpectedClosure
+from app.dev.partitioners import partition_for
+from app.dev.simulator import Simulation, SimulationConfig, new_run_id
 from app.rules import MAX_COUNT, SECOND, CloseReason, Reason, Result, format_timestamp, parse_timestamp
-from app.simulator import ExpectedClosure, Simulation, SimulationConfig, new_run_id, partition_for
-from tests.faults.harness import PARTITIONS, Timeline, finish, local_stats, publish_piece
-from tests.faults.oracle import Ledger, pieces, raw_of, simulated, split_points
-from tests.integration.workers import Deployment
+from tests.faults.harness import PARTITIONS, Timeline, finish, publish_piece
+from tests.support.deployment import Deployment
+from tests.support.ledger import pieces, raw_of, simulated, split_points
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -249,7 +251,7 @@ def test_poison_is_rejected_and_good_events_around_it_are_exact(deployment: Depl
     pid = worker.process.pid
     timeline("ready")
     poison: list[Poison] = []
-    for piece, batch in zip(parts, (corpus.opening, corpus.middle, corpus.closing)):
+    for piece, batch in zip(parts, (corpus.opening, corpus.middle, corpus.closing), strict=True):
         publish_piece(deployment, piece, stamper)
         records = batch()  # stamped now, between the pieces
         asyncio.run(_send(deployment, records))
@@ -264,7 +266,7 @@ def test_poison_is_rejected_and_good_events_around_it_are_exact(deployment: Depl
     # The worker never went down.
     assert worker.process.poll() is None and worker.process.pid == pid
     assert worker.get("/healthz")[0] == 200
-    assert local_stats(worker)["rejected"].get("internal_error", 0) == 0
+    assert worker.stats(local=True)["rejected"].get("internal_error", 0) == 0
     assert verdict.figures["closures_repeated"] == 0, "no fault restarted the worker: no closure may repeat"
 
     # Each poison record's rejection: its reason, a detail naming the field, the raw bytes of what did not parse.

@@ -17,15 +17,18 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from app.simulator import partition_for
+from app.dev.partitioners import partition_for
 from tests.faults.harness import PARTITIONS
-from tests.integration.workers import Deployment, WorkerProcess, consume_json, event
+from tests.support.deployment import Deployment
+from tests.support.events import event
+from tests.support.kafka import consume_json
+from tests.support.waiting import wait_for
+from tests.support.workers import WorkerProcess, accounted
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -43,30 +46,35 @@ async def _send(deployment: Deployment, session_id: str, events: list[dict]) -> 
         await producer.stop()
 
 
-def _survives(worker: WorkerProcess, events: int, timeout: float = 20) -> None:
-    """The worker counts every event and is still the same running process."""
+def _survives(deployment: Deployment, worker: WorkerProcess, events: int, timeout: float = 20) -> None:
+    """The worker counts every event, commits them (so the writes that follow,
+    to the outputs and the changelog, are done), and is still the same running
+    process."""
     try:
-        _check_survives(worker, events, timeout)
+        _check_survives(deployment, worker, events, timeout)
     except AssertionError:
         worker.kill()  # a crashed worker may hang on its way out; do not wait for it
         raise
 
 
-def _check_survives(worker: WorkerProcess, events: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert worker.process.poll() is None, f"the worker exited with {worker.process.returncode}"
+def _check_survives(deployment: Deployment, worker: WorkerProcess, events: int, timeout: float) -> None:
+    def counted() -> bool:
+        worker.check_alive()
         try:
             status, stats = worker.get("/stats")
         except OSError:
-            status, stats = None, None
-        if status == 200 and stats["applied"] + stats["duplicate"] + stats["rejected_total"] >= events:
-            time.sleep(2)  # the changelog writes that follow
-            assert worker.process.poll() is None, f"the worker exited with {worker.process.returncode}"
-            assert worker.get("/healthz")[0] == 200
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"the worker did not count {events} events in {timeout} s")
+            return False
+        return status == 200 and accounted(stats) >= events
+
+    wait_for(f"the worker to count {events} events", counted, timeout, interval=0.3)
+
+    def committed() -> bool:
+        worker.check_alive()
+        return deployment.committed_to_end()
+
+    wait_for("the worker to commit every event", committed, timeout, interval=0.3)
+    worker.check_alive()
+    assert worker.get("/healthz")[0] == 200
 
 
 def test_a_creation_with_a_1_mb_model_name(deployment: Deployment) -> None:
@@ -78,7 +86,7 @@ def test_a_creation_with_a_1_mb_model_name(deployment: Deployment) -> None:
         event("session.activated", sid, 1, initial_token_count=5),
         event("session.closed", sid, 2),
     ]))
-    _survives(worker, 3)
+    _survives(deployment, worker, 3)
 
 
 def test_a_flood_of_clashing_creations_with_large_metadata(deployment: Deployment) -> None:
@@ -90,7 +98,7 @@ def test_a_flood_of_clashing_creations_with_large_metadata(deployment: Deploymen
     events += [event("session.created", sid, 2 + n, provider_id="p", model="other", ttl_secs=600,
                      metadata={"blob": "x" * 15_000}) for n in range(200)]
     asyncio.run(_send(deployment, sid, events))
-    _survives(worker, len(events))
+    _survives(deployment, worker, len(events))
     rejections = consume_json(deployment.bootstrap, deployment.rejected_topic, lambda got: len(got) >= 200, 30)
     assert sorted(r["source"]["offset"] for r in rejections) == list(range(2, 202))
     assert {r["reason"] for r in rejections} == {"session_exists"}

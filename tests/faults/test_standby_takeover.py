@@ -1,7 +1,7 @@
 """Fault 2: two workers with standby replicas; one is killed, the other takes
 over its partitions; the killed one comes back and the group rebalances again.
 
-`table_standby_replicas=1` (app/faust_app.py): each worker keeps a standby copy
+`table_standby_replicas=1` with the RocksDB store (app/service.py): each worker keeps a standby copy
 of the other's table partitions, so the takeover need not replay the whole
 changelog.
 """
@@ -12,12 +12,11 @@ from collections.abc import Callable
 
 import pytest
 
-from app.simulator import Simulation, SimulationConfig, new_run_id
-from tests.faults.harness import (
-    PARTITIONS, Timeline, committed_to_end, finish, owned_partitions, publish_piece, wait_applied, wait_for,
-)
-from tests.faults.oracle import pieces, simulated, split_points
-from tests.integration.workers import Deployment
+from app.dev.simulator import Simulation, SimulationConfig, new_run_id
+from tests.faults.harness import PARTITIONS, Timeline, finish, publish_piece, wait_applied
+from tests.support.deployment import Deployment
+from tests.support.ledger import pieces, simulated, split_points
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -38,8 +37,10 @@ def test_standby_takes_over_a_killed_worker_and_hands_back(deployment: Deploymen
     a.wait_ready()
     b.wait_ready()
     wait_for("the two workers to share the partitions",
-             lambda: owned_partitions(a) and owned_partitions(b) and owned_partitions(a) | owned_partitions(b) == ALL)
-    a_partitions = owned_partitions(a)
+             lambda: a.owned_partitions() and b.owned_partitions()
+             and a.owned_partitions() | b.owned_partitions() == ALL,
+             timeout=90)
+    a_partitions = a.owned_partitions()
     timeline("both ready")
 
     publish_piece(deployment, first, stamper)
@@ -48,22 +49,22 @@ def test_standby_takes_over_a_killed_worker_and_hands_back(deployment: Deploymen
     timeline("a killed")
 
     # b takes over every partition (after the session timeout evicts a) ...
-    wait_for("b to own every partition", lambda: owned_partitions(b) == ALL, timeout=60, interval=0.2)
+    wait_for("b to own every partition", lambda: b.owned_partitions() == ALL, timeout=60, interval=0.2)
     timeline("b owns all")
     publish_piece(deployment, second, stamper)
     # ... and processes everything published so far, a's former partitions included.
-    wait_for("b to commit every partition to its end", lambda: committed_to_end(deployment), timeout=90,
+    wait_for("b to commit every partition to its end", deployment.committed_to_end, timeout=90,
              interval=0.5)
     timeline(f"b processed all (a had {sorted(a_partitions)})")
 
     again = deployment.worker("a-again").start().wait_ready()
     wait_for("a rebalance that gives the returning worker partitions back",
-             lambda: owned_partitions(again) and owned_partitions(b) != ALL
-             and owned_partitions(again) | owned_partitions(b) == ALL, timeout=60, interval=0.2)
+             lambda: again.owned_partitions() and b.owned_partitions() != ALL
+             and again.owned_partitions() | b.owned_partitions() == ALL, timeout=60, interval=0.2)
     timeline("rebalanced")
     publish_piece(deployment, third, stamper)
     wait_applied(again, 1)  # the returning worker processes its share again
     timeline("published")
     finish(deployment, ledger, simulation, faults=2, report=fault_figures, stats_from=b, timeline=timeline,
            extra={"kills": 1, "rebalances": 2,
-                  "partitions_after": f"{sorted(owned_partitions(again))}|{sorted(owned_partitions(b))}"})
+                  "partitions_after": f"{sorted(again.owned_partitions())}|{sorted(b.owned_partitions())}"})

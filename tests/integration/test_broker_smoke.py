@@ -19,11 +19,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.structs import TopicPartition
 
-from app.broker import LocalKafka, create_topics
+from app.dev.kafka import LocalKafka, create_topics
+from tests.support import REPO
 
 pytestmark = pytest.mark.integration
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> list[int]:
@@ -154,13 +153,13 @@ def test_local_kafka_dies_with_the_process_that_started_it(tmp_path):
             sys.executable,
             "-c",
             "import sys, time\n"
-            "from app.broker import LocalKafka\n"
+            "from app.dev.kafka import LocalKafka\n"
             "kafka = LocalKafka(workdir=__import__('pathlib').Path(sys.argv[1])).start()\n"
             "print(kafka.process.pid, flush=True)\n"
             "time.sleep(600)\n",
             str(tmp_path / "kafka"),
         ],
-        cwd=REPO_ROOT,
+        cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,
     )

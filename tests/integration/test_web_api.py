@@ -8,19 +8,19 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
-import urllib.request
-import zlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from aiokafka.partitioner import murmur2
 from confluent_kafka import Producer
 
-from tests.integration.workers import Deployment, WorkerProcess, event, produce_events, session_events
+from app.dev.partitioners import partition_for
+from tests.support.deployment import Deployment
+from tests.support.events import event, session_events
+from tests.support.kafka import produce_events
+from tests.support.waiting import wait_for
+from tests.support.workers import WorkerProcess
 from tests.web.openapi_check import validate_response
 
 pytestmark = pytest.mark.integration
@@ -28,18 +28,6 @@ pytestmark = pytest.mark.integration
 TOKEN = "integration-token"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 PARTITIONS = 4  # FAST_SETTINGS
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60,
-             observed: Callable[[], Any] = lambda: None) -> Any:
-    """Poll `probe` until it returns something truthy; fail naming `what` and what was `observed`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = probe()
-        if result:
-            return result
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; observed: {observed()!r}")
 
 
 def all_sessions(worker: WorkerProcess, query: str = "") -> list[dict] | None:
@@ -65,7 +53,7 @@ def test_web_answers_match_the_openapi_document_and_fuzzing_finds_no_server_erro
               + session_events("w-open", [5], tenant_id="acme", close=False)
               + [event("session.created", "w-pending", 0, "globex", provider_id="p", model="m", ttl_secs=600)])
     produce_events(deployment.bootstrap, deployment.events_topic, events)
-    wait_for("three sessions listed", lambda: len(all_sessions(worker) or []) == 3)
+    wait_for("three sessions listed", lambda: len(all_sessions(worker) or []) == 3, interval=0.3)
 
     status, document = worker.get("/openapi.json", BEARER)
     assert status == 200
@@ -139,9 +127,9 @@ def test_web_two_workers_answer_for_every_session_whichever_partitioner(deployme
                                  close=number % 2 == 0)
     partition_of = produce_with_librdkafka(deployment.bootstrap, deployment.events_topic, events)
 
-    assert all(partition == zlib.crc32(key.encode()) % PARTITIONS for key, partition in partition_of.items())
+    assert all(partition == partition_for(key.encode(), PARTITIONS, "crc32") for key, partition in partition_of.items())
     murmur_misses = [key for key, partition in partition_of.items()
-                     if partition != (murmur2(key.encode()) & 0x7FFFFFFF) % PARTITIONS]
+                     if partition != partition_for(key.encode(), PARTITIONS, "murmur2")]
     assert murmur_misses, "every key hashes alike under both partitioners: the test would prove nothing"
 
     expected = {sid: "closed" if n % 2 == 0 else "active" for n, sid in enumerate(session_ids)}
@@ -155,17 +143,17 @@ def test_web_two_workers_answer_for_every_session_whichever_partitioner(deployme
     # The first worker accounts for everything; then the second takes over half
     # of the partitions (and their records, from the changelog), while the
     # first still holds those records in its memory store.
-    wait_for("first to list all sessions alone", lambda: complete_listing(first), observed=lambda: seen)
+    wait_for("first to list all sessions alone", lambda: complete_listing(first), interval=0.3, observed=lambda: seen)
     second = deployment.worker("second").start().wait_ready()
 
     for worker in (first, second):
         listed = wait_for(f"{worker.name} to list all sessions", lambda w=worker: complete_listing(w),
-                          observed=lambda: seen)
+                          interval=0.3, observed=lambda: seen)
         ids = [session["session_id"] for session in listed]
         assert ids == sorted(session_ids), "each session exactly once, in id order"
 
     # Both workers own partitions, and between them all of them, each once.
-    owned = [partitions_answered_by(worker) for worker in (first, second)]
+    owned = [worker.owned_partitions(BEARER) for worker in (first, second)]
     assert all(owned) and not owned[0] & owned[1] and owned[0] | owned[1] == set(range(PARTITIONS))
 
     for session_id in session_ids:
@@ -183,11 +171,3 @@ def test_web_two_workers_answer_for_every_session_whichever_partitioner(deployme
         assert stats["closures"] == {"closed": 12}
         assert worker.get("/sessions/crc-01")[0] == 401 and worker.get("/healthz")[0] == 200
 
-
-def partitions_answered_by(worker: WorkerProcess) -> set[int]:
-    """The partitions a worker answers for, as it tells its peers."""
-    request = urllib.request.Request(f"{worker.url}/sessions?limit=1",
-                                     headers={**BEARER, "X-Accountant-Fanout": "1"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        header = response.headers["X-Accountant-Partitions"]
-    return {int(part) for part in header.split(",") if part}

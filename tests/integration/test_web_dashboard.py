@@ -1,7 +1,7 @@
 """The dashboard in a real headless browser (Debian's chromium driven by
 Playwright) while gateway traffic flows: sign in with the token, see a new
-session appear and change state when it closes, sort and filter, and save a
-screenshot.
+session appear and change state when it closes, token figures beyond 2^53
+shown to the last digit, sort and filter, and save a screenshot.
 
 The screenshot goes to the test's tmp_path; set ACCOUNTANT_DASHBOARD_SCREENSHOT
 to a path (docs/dashboard.png for the README) to write it there as well.
@@ -21,7 +21,9 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.integration.workers import REPO, Deployment, event, session_events
+from tests.support import REPO
+from tests.support.deployment import Deployment
+from tests.support.events import event, session_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -32,6 +34,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 SCREENSHOT_ENV = "ACCOUNTANT_DASHBOARD_SCREENSHOT"
 TOKEN = "dashboard-token"
 TENANTS = ["acme", "globex", "initech", "umbrella"]
+#: The largest token count one session may hold (SPEC: counts are below 2^63).
+MAX_COUNT = 2**63 - 1
 MODELS = [("openai", "gpt-4o"), ("anthropic", "claude-sonnet-4"), ("google", "gemini-2.0-flash")]
 
 
@@ -96,7 +100,7 @@ class GatewayTraffic:
                 batch.append({"session_id": session_id, "type": "round.completed"})  # invalid_event
             self.send(batch)
 
-    def __enter__(self) -> "GatewayTraffic":
+    def __enter__(self) -> GatewayTraffic:
         self.thread.start()
         return self
 
@@ -136,6 +140,16 @@ def test_web_dashboard_shows_sessions_live_in_a_real_browser(deployment: Deploym
         traffic.send([event("session.closed", "watched-session", 9, "acme")])
         expect(state).to_have_text("closed", timeout=30_000)
 
+        # Figures a JavaScript number cannot hold: two sessions at the largest
+        # count make a tenant total of 2^64 - 2. Parsed as doubles, they showed
+        # as 18,446,744,073,709,552,000 instead of 18,446,744,073,709,551,614.
+        traffic.send(session_events("whale-1", [], tenant_id="whale", initial=MAX_COUNT)
+                     + session_events("whale-2", [], tenant_id="whale", initial=MAX_COUNT))
+        expect(page.locator('#tenants tr[data-tenant-id="whale"] td[data-col="total_token_count"]')
+               ).to_have_text(f"{2 * MAX_COUNT:,}", timeout=30_000)
+        expect(page.locator('#sessions tr[data-session-id="whale-1"] td[data-col="total_token_count"]')
+               ).to_have_text(f"{MAX_COUNT:,}")
+
         # Sorting by tokens, largest first.
         tokens_header = page.locator('#sessions th[data-key="total_token_count"]')
         tokens_header.click()
@@ -144,6 +158,7 @@ def test_web_dashboard_shows_sessions_live_in_a_real_browser(deployment: Deploym
         shown = [int(text.replace(",", "")) for text in
                  page.locator('#sessions td[data-col="total_token_count"]').all_inner_texts()]
         assert len(shown) > 3 and shown == sorted(shown, reverse=True)
+        assert shown[:2] == [MAX_COUNT, MAX_COUNT], "the largest figures sort first, exactly"
 
         # Filtering by tenant and state.
         page.select_option("#tenant-filter", "globex")
@@ -173,7 +188,11 @@ def test_web_dashboard_shows_sessions_live_in_a_real_browser(deployment: Deploym
         created_header.click()
         created_header.click()
         expect(created_header).to_have_attribute("aria-sort", "descending")
-        page.wait_for_timeout(20_000)
+        # Some history for the picture: the rates of the last 20 s or so (a
+        # point per poll, 1.5 s apart), not a fixed pause.
+        page.wait_for_function(
+            "() => (document.querySelector('#closure-chart polyline')?.getAttribute('points') || '')"
+            ".split(' ').length >= 13", timeout=60_000)
         expect(page.locator("#total-closures")).not_to_have_text("0")
 
         screenshot = tmp_path / "dashboard.png"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -21,7 +21,7 @@ from app.ledger.closure_row import (
     parse_instant,
 )
 from app.rules import parse_timestamp
-from tests.ledger.closures import closure, encode, rfc3339
+from tests.support.closures import closure, encode, rfc3339
 
 SOURCE = SourceOffset("session-closures", 3, 1234)
 MAX_COUNT = 2**63 - 1
@@ -42,7 +42,7 @@ def test_a_closure_maps_to_its_columns() -> None:
     assert (row.initial_token_count, row.delta_token_count, row.total_token_count) == (7, 8, 15)
     assert (row.round_count, row.missing_rounds, row.ttl_secs) == (4, 1, 3600)
     assert row.closed_at == item["record"]["closed_at"] and row.activated_at is not None
-    assert parse_instant(row.closed_at) == datetime(2026, 1, 30, 22, 0, tzinfo=timezone.utc)
+    assert parse_instant(row.closed_at) == datetime(2026, 1, 30, 22, 0, tzinfo=UTC)
     assert row.record == item["record"]
     assert row.source == SOURCE and len(row.content_sha256) == 32
 
@@ -175,7 +175,7 @@ def closures(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @settings(max_examples=200)
-@given(closures(), st.datetimes(timezones=st.just(timezone.utc)))
+@given(closures(), st.datetimes(timezones=st.just(UTC)))
 def test_emitted_at_is_not_content(item: dict[str, Any], emitted_at: datetime) -> None:
     again = copy.deepcopy(item)
     again["emitted_at"] = emitted_at.isoformat()

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from app.ledger.closure_row import ClosureRow, SourceOffset, decode_closure
 from app.ledger.conflicts import Verdict, judge, plan_batch
-from tests.ledger.closures import BASE_TIME, closure, encode
+from tests.support.closures import BASE_TIME, closure, encode
 
 
 def row(closure_id: str, *, delta: int = 50, offset: int = 0, emitted_secs: int = 0) -> ClosureRow:

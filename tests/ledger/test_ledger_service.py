@@ -9,9 +9,9 @@ import orjson
 import pytest
 
 from app.ledger.read import read_conflicts, read_ledger_closures, read_usage_by_tenant
-from tests.integration.workers import REPO
-from tests.ledger.closures import ClosureSet, closure
-from tests.ledger.processes import LedgerDeployment
+from tests.support import REPO
+from tests.support.closures import ClosureSet, closure
+from tests.support.ledger_processes import LedgerDeployment
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 

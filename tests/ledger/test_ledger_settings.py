@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from app.settings import SettingsError, load_settings
-from tests.integration.workers import REPO
+from tests.support import REPO
 
 #: Addresses that are never contacted: start-up stops before.
 UNUSED_BROKER = "127.0.0.1:1"

@@ -14,7 +14,7 @@ from app.ledger.batch import LedgerBatch, OffsetAdvance
 from app.ledger.closure_row import ClosureRow, LedgerReject, SourceOffset, decode_closure
 from app.ledger.migrations import Migration, MigrationError, load_migrations, migrate
 from app.ledger.postgres_store import PostgresLedgerStore
-from tests.ledger.closures import BASE_TIME, closure, encode
+from tests.support.closures import BASE_TIME, closure, encode
 
 pytestmark = pytest.mark.postgres
 
@@ -52,8 +52,8 @@ def query(dsn: str, text: str, params: tuple = ()) -> list[tuple]:
 async def test_a_batch_writes_closures_rejects_and_offsets_together(ledger_dsn: str) -> None:
     store = await store_for(ledger_dsn)
     assert await store.claim(GROUP, [(TOPIC, 0)]) == {(TOPIC, 0): None}
-    decoded = rows([closure("s-1", initial=2**63 - 1, delta=2**63 - 1), closure("s-2")]) + [
-        decode_closure(SourceOffset(TOPIC, 0, 2), b"k", b"not json")]
+    decoded = [*rows([closure("s-1", initial=2**63 - 1, delta=2**63 - 1), closure("s-2")]),
+               decode_closure(SourceOffset(TOPIC, 0, 2), b"k", b"not json")]
     outcome = await store.write(batch(decoded, expected=None))
     await store.close()
 
@@ -155,7 +155,7 @@ def test_the_migration_files_are_numbered_without_gaps() -> None:
 def test_a_gap_in_the_numbering_is_refused(tmp_path: Path) -> None:
     (tmp_path / "0001_a.sql").write_text("SELECT 1")
     (tmp_path / "0003_c.sql").write_text("SELECT 1")
-    with pytest.raises(MigrationError, match="0003_c.sql: expected version 0002"):
+    with pytest.raises(MigrationError, match=r"0003_c\.sql: expected version 0002"):
         load_migrations(tmp_path)
 
 
@@ -175,7 +175,7 @@ async def test_an_edited_applied_migration_stops_start_up(ledger_dsn: str) -> No
     await (await store_for(ledger_dsn)).close()
     edited = [Migration(m.version, m.name, m.sql + "\n-- edited") for m in load_migrations()]
     async with await psycopg.AsyncConnection.connect(ledger_dsn) as connection:
-        with pytest.raises(MigrationError, match="0001_init.sql was changed after it was applied"):
+        with pytest.raises(MigrationError, match=r"0001_init\.sql was changed after it was applied"):
             await migrate(connection, edited)
 
 

@@ -2,18 +2,20 @@
 
 * Builders (`created`, `activated`, `round_`, `extended`, `closed`) make event
   dicts as a gateway would send them; `encode` turns them into Kafka bytes.
-* `Driver` folds `rules.apply` over deliveries, keeping `session_id -> Session`
+* `Driver` folds `rules.apply` over deliveries, keeping `session_id -> Stored`
   the way the agent keeps its table, and logs every step so a run can be
   replayed (Kafka redelivery after a crash).
 * `histories()` generates realistic gateway traffic for several sessions over a
-  few partitions: creations, activations, rounds with gaps and re-numbered
-  repeats, extensions, closes, malformed bytes, tenant and model clashes,
-  events for unknown sessions, clock-skewed events, and gateway re-sends (the
-  same bytes again at a later offset).
+  few partitions: creations, activations, rounds with gaps, swapped and late
+  rounds (a skipped number sent later) and re-numbered repeats, extensions,
+  closes, malformed bytes, tenant and model clashes, events for unknown
+  sessions, clock-skewed events, and gateway re-sends (the same bytes again
+  at a later offset).
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -24,13 +26,15 @@ from hypothesis import strategies as st
 from app import rules
 from app.rules import (
     SECOND,
-    Confirm,
+    Command,
     Delivery,
     Expire,
     Outcome,
     Policy,
+    Purge,
     Session,
     Source,
+    Stored,
     decode_event,
     format_timestamp,
     parse_timestamp,
@@ -38,7 +42,6 @@ from app.rules import (
 
 T0 = parse_timestamp("2024-05-01T12:00:00Z")
 EVENTS_TOPIC = "session-events"
-COMMANDS_TOPIC = "accountant-session-commands"
 POLICY = Policy()
 
 # --------------------------------------------------------------------------
@@ -104,15 +107,11 @@ def key_of(body: Any) -> bytes | None:
     return None
 
 
-def event_delivery(body: Any, *, partition: int = 0, offset: int = 0, key: bytes | None | type = ...,
+def event_delivery(body: Any, *, partition: int = 0, offset: int = 0, key: bytes | type | None = ...,
                    policy: Policy = POLICY) -> Delivery:
     """A delivery of one gateway record; the key defaults to the event's session_id."""
     kafka_key = key_of(body) if key is ... else key
     return Delivery(Source(EVENTS_TOPIC, partition, offset), decode_event(kafka_key, encode(body), policy))
-
-
-def command_delivery(command: rules.Command, *, partition: int = 0, offset: int = 0) -> Delivery:
-    return Delivery(Source(COMMANDS_TOPIC, partition, offset), command)
 
 
 # --------------------------------------------------------------------------
@@ -144,16 +143,22 @@ def closure_content(closure: rules.Closure) -> bytes:
 # The driver: `apply` folded over deliveries, like the agent over its table
 
 
-def lookup_key(message: Any) -> str | None:
+def is_open(state: Stored) -> bool:
+    return isinstance(state, Session) and state.close_reason is None
+
+
+def lookup_key(delivery: Delivery | Command) -> str | None:
     """The table key the agent reads for a delivery."""
-    if isinstance(message, rules.InvalidEvent):
-        return message.session_key
-    return message.session_id
+    if not isinstance(delivery, Delivery):
+        return delivery.session_id
+    if isinstance(delivery.message, rules.InvalidEvent):
+        return delivery.message.session_key
+    return delivery.message.session_id
 
 
 @dataclass(frozen=True)
 class Step:
-    delivery: Delivery
+    delivery: Delivery | Command
     now: int
 
 
@@ -161,22 +166,24 @@ class Step:
 class Logged:
     step: Step
     key: str | None
-    before: Session | None
-    after: Session | None
+    before: Stored | None
+    after: Stored | None
     outputs: tuple
 
 
 @dataclass
 class Driver:
     policy: Policy = POLICY
-    states: dict[str, Session] = field(default_factory=dict)
+    states: dict[str, Stored] = field(default_factory=dict)
     log: list[Logged] = field(default_factory=list)
-    command_offsets: dict[int, int] = field(default_factory=dict)
 
     def deliver(self, step: Step) -> tuple:
-        key = lookup_key(step.delivery.message)
+        key = lookup_key(step.delivery)
         before = self.states.get(key) if key is not None else None
+        unchanged = copy.deepcopy((before, step.delivery))
         after, outputs = rules.apply(before, step.delivery, step.now, self.policy)
+        # The rules' values are immutable for the type checker only (app/rules/values.py).
+        assert (before, step.delivery) == unchanged, "apply changed what it was given"
         if key is not None:
             if after is None:
                 self.states.pop(key, None)
@@ -187,31 +194,23 @@ class Driver:
         self.log.append(Logged(step, key, before, after, outputs))
         return outputs
 
-    def command(self, command: rules.Command, now: int) -> tuple:
-        """Send a command to the partition the session's events arrive on."""
-        session = self.states.get(command.session_id)
-        partition = session.partition if session is not None else 0
-        offset = self.command_offsets.get(partition, 0)
-        self.command_offsets[partition] = offset + 1
-        return self.deliver(Step(command_delivery(command, partition=partition, offset=offset), now))
+    def command(self, command: Command, now: int) -> tuple:
+        """What the agent's timer does: deliver a command for one session."""
+        return self.deliver(Step(command, now))
 
     def timer(self, now: int) -> None:
-        """What the scheduler does on a tick: expire open sessions that are due."""
-        due = sorted((s.due_at(self.policy), sid) for sid, s in self.states.items() if s.closed_seen_at is None)
+        """What the agent's timer does on a tick: expire the open sessions that
+        are due, purge the closed ones and tombstones whose time has come."""
+        due = sorted((s.due_at(self.policy), sid) for sid, s in self.states.items())
         for due_at, session_id in due:
             if due_at <= now:
-                self.command(Expire(session_id), now)
-
-    def confirm_outbox(self, session_id: str, now: int) -> tuple:
-        session = self.states.get(session_id)
-        ids = tuple(o.output_id for o in session.outbox) if session is not None else ()
-        return self.command(Confirm(session_id, ids), now)
+                self.command(Expire(session_id) if is_open(self.states[session_id]) else Purge(session_id), now)
 
     def closures(self) -> list[rules.Closure]:
         return [c for entry in self.log for c in closures_in(entry.outputs)]
 
 
-def replay(states: dict[str, Session], steps: list[Step], policy: Policy = POLICY) -> Driver:
+def replay(states: dict[str, Stored], steps: list[Step], policy: Policy = POLICY) -> Driver:
     driver = Driver(policy=policy, states=dict(states))
     for step in steps:
         driver.deliver(step)
@@ -251,7 +250,7 @@ class History:
         lags = lags or [0] * len(self.sent)
         now = 0
         result = []
-        for sent, offset, lag in zip(self.sent, self.offsets, lags):
+        for sent, offset, lag in zip(self.sent, self.offsets, lags, strict=True):
             now = max(now, sent.send_time + lag)
             assert now < sent.send_time + policy.grace
             delivery = Delivery(Source(EVENTS_TOPIC, sent.partition, offset),
@@ -267,8 +266,8 @@ def lags(n: int, policy: Policy = POLICY) -> st.SearchStrategy[list[int]]:
 
 TENANTS = ("acme", "globex")
 MODELS = ("gpt-x", "claude-y")
-ROUND_MOVES = ("next", "next", "next", "next", "gap", "renumbered", "wrong_model", "right_model",
-               "wrong_tenant", "extend", "extend", "skew", "malformed", "key_mismatch", "huge")
+ROUND_MOVES = ("next", "next", "next", "next", "gap", "gap", "swap", "late", "late", "renumbered", "wrong_model",
+               "right_model", "wrong_tenant", "extend", "extend", "skew", "malformed", "key_mismatch", "huge")
 
 
 @st.composite
@@ -305,18 +304,33 @@ def histories(draw: st.DrawFn, max_sessions: int = 5, resends: bool = True) -> H
             initial = rules.MAX_COUNT - 10 if near_max else draw(st.integers(0, 100_000))
             emit(sid, partition, activated(sid, at=t, tenant=tenant, initial=initial), t, "activated")
         n = 0
-        for _ in range(draw(st.integers(0, 7))):
+        skipped: list[int] = []  # round numbers jumped over, not sent yet
+        for _ in range(draw(st.integers(0, 9))):
             t += later(1, 25)
             move = draw(st.sampled_from(ROUND_MOVES))
             delta = draw(st.integers(0, 50_000))
+            if move == "gap":
+                jump = draw(st.integers(1, 3))
+                skipped.extend(range(n + 1, n + 1 + jump))
+                n += jump
             if move in ("next", "gap", "wrong_model", "right_model", "huge"):
-                n += 1 + (draw(st.integers(1, 3)) if move == "gap" else 0)
+                n += 1
                 use_model = {"wrong_model": "other-model", "right_model": model}.get(move)
                 if move == "huge":
                     delta = 2**62
                 emit(sid, partition, round_(sid, n=n, delta=delta, at=t, tenant=tenant, model=use_model), t, move)
+            elif move == "swap":
+                # Two new rounds, the later one first (a retried round landing late).
+                for number in (n + 2, n + 1):
+                    emit(sid, partition, round_(sid, n=number, delta=draw(st.integers(0, 50_000)), at=t,
+                                                tenant=tenant), t, move)
+                n += 2
+            elif move == "late" and skipped:
+                number = skipped.pop(draw(st.integers(0, len(skipped) - 1)))
+                emit(sid, partition, round_(sid, n=number, delta=delta, at=t, tenant=tenant), t, move)
             elif move == "renumbered":
-                # A round number already used, under a new event id: a duplicate.
+                # A round number already sent, under a new event id: a duplicate,
+                # unless that round was rejected and is still missing.
                 emit(sid, partition, round_(sid, n=max(n, 1), delta=delta, at=t, tenant=tenant), t, move)
             elif move == "wrong_tenant":
                 other = TENANTS[1 - TENANTS.index(tenant)]
@@ -363,20 +377,16 @@ def histories(draw: st.DrawFn, max_sessions: int = 5, resends: bool = True) -> H
     return History(tuple(sent), tuple(offsets), tuple(f"sess-{i}" for i in range(n_sessions)))
 
 
-def run_history(history: History, lags: list[int] | None = None, policy: Policy = POLICY,
-                confirm: list[bool] | None = None) -> tuple[Driver, list[tuple[Logged, Sent]]]:
+def run_history(history: History, lags: list[int] | None = None,
+                policy: Policy = POLICY) -> tuple[Driver, list[tuple[Logged, Sent]]]:
     """Deliver the history with the scheduler's timer running before each
-    event, and (optionally) confirm a session's outbox after an event.
-    Returns the driver and the log entry of each gateway record."""
+    event. Returns the driver and the log entry of each gateway record."""
     driver = Driver(policy=policy)
     per_event: list[tuple[Logged, Sent]] = []
-    for index, (step, sent) in enumerate(history.steps(lags, policy)):
+    for step, sent in history.steps(lags, policy):
         driver.timer(step.now)
         driver.deliver(step)
         per_event.append((driver.log[-1], sent))
-        key = driver.log[-1].key
-        if confirm and confirm[index % len(confirm)] and key in driver.states:
-            driver.confirm_outbox(key, step.now)
     return driver, per_event
 
 
@@ -384,7 +394,7 @@ def finish(driver: Driver) -> int:
     """Let every open session expire: deliver Expire once it is due.  Returns
     the time after the last expiry."""
     now = max([e.step.now for e in driver.log], default=T0)
-    open_due = [s.due_at(driver.policy) for s in driver.states.values() if s.closed_seen_at is None]
+    open_due = [s.due_at(driver.policy) for s in driver.states.values() if is_open(s)]
     now = max([now, *open_due])
     driver.timer(now)
     return now

@@ -4,9 +4,12 @@ rejections (§7) that come from the bytes alone."""
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app import rules
 from app.rules import (
@@ -119,8 +122,26 @@ def test_ids_of_128_characters_are_accepted() -> None:
     assert isinstance(event, SessionActivated)
 
 
-def test_no_kafka_key_is_accepted() -> None:
-    assert isinstance(decode(activated(), key=None), SessionActivated)
+def test_a_record_without_a_kafka_key_is_key_mismatch() -> None:
+    """SPEC §2/§3 (revision 2): a keyless record lands on any partition, away
+    from its session's state and order, so it is never accounted."""
+    body = activated()
+    result = invalid(body, key=None, field="session_id", reason=Reason.KEY_MISMATCH)
+    assert result.parsed == body and result.raw is None and result.session_key is None
+    existing, _ = rules.apply(None, event_delivery(created(), offset=1), T0)
+    state, outputs = rules.apply(existing, event_delivery(body, key=None, offset=2), T0 + SECOND)
+    assert state is existing  # judged on the record alone, like any invalid one
+    [rejection] = rejections_in(outputs)
+    assert outcome_of(outputs).reason is Reason.KEY_MISMATCH
+    wire = rejection.to_json(T0)
+    assert wire["event"] == body and "raw" not in wire and rejection.session_key is None
+
+
+def test_a_keyless_record_that_is_not_a_valid_event_is_invalid_event() -> None:
+    # The body is judged first, as with a wrong key.
+    invalid(activated(initial=-1), key=None, field="initial_token_count")
+    result = decode(b"not json", key=None)
+    assert isinstance(result, InvalidEvent) and result.reason is Reason.INVALID_EVENT and result.raw == b"not json"
 
 
 def test_non_ascii_ids_round_trip() -> None:
@@ -171,6 +192,34 @@ def test_occurred_at_accepts_rfc3339_with_an_offset(text: str, expected: int) ->
 ])
 def test_occurred_at_rejects_anything_else(text: str) -> None:
     invalid(activated(at=text), field="occurred_at")
+
+
+def digits(n: int) -> st.SearchStrategy[str]:
+    # Often the edges of each field, to reach invalid days, hours and offsets.
+    return st.text(st.sampled_from("0123456789") | st.sampled_from("0129"), min_size=n, max_size=n)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(day=st.tuples(st.sampled_from(["0001", "9999"]) | digits(4), st.sampled_from(["01", "12"]) | digits(2),
+                    st.sampled_from(["01", "31"]) | digits(2)), separator=st.sampled_from("Tt "),
+       clock=st.tuples(digits(2), digits(2), digits(2)), fraction=st.none() | st.integers(1, 9).flatmap(digits),
+       offset=st.sampled_from(["Z", "z"]) | st.tuples(st.sampled_from("+-"), digits(2), digits(2)))
+def test_parse_timestamp_agrees_with_datetime(day: tuple, separator: str, clock: tuple, fraction: str | None,
+                                              offset: str | tuple) -> None:
+    """Any RFC 3339-shaped text, valid or not: the instant datetime computes
+    (in UTC, years 1..9999), or refused where datetime refuses it."""
+    zone = "+00:00" if offset in ("Z", "z") else f"{offset[0]}{offset[1]}:{offset[2]}"
+    iso = f"{'-'.join(day)}T{':'.join(clock)}{zone}"
+    text = f"{'-'.join(day)}{separator}{':'.join(clock)}{'' if fraction is None else '.' + fraction}" + (
+        offset if isinstance(offset, str) else zone)
+    try:
+        moment = datetime.fromisoformat(iso).astimezone(UTC)
+    except (ValueError, OverflowError):
+        with pytest.raises((ValueError, OverflowError)):
+            parse_timestamp(text)
+        return
+    micros = int((fraction or "0")[:6].ljust(6, "0"))
+    assert parse_timestamp(text) == (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) + micros
 
 
 @pytest.mark.parametrize("value", [None, 1714564800, 1714564800.0, ["2024-05-01T12:00:00Z"], {}])
@@ -338,6 +387,15 @@ def test_close_reason_must_be_a_string_when_given(reason) -> None:
     invalid(closed(at=T0) | {"reason": reason}, field="reason")
 
 
+def test_an_empty_close_reason_is_invalid_and_an_absent_or_null_one_is_not() -> None:
+    """SPEC §3 / issue 12: a close reason is 1..1024 characters when given."""
+    invalid(closed(at=T0, reason=""), field="reason")
+    assert decode(closed(at=T0, event_id="e")) == SessionClosed("e", "s-1", "acme", T0, None)
+    assert decode(closed(at=T0, event_id="e") | {"reason": None}) == SessionClosed("e", "s-1", "acme", T0, None)
+    assert decode(closed(at=T0, reason="x")).reason == "x"
+    assert decode(closed(at=T0, reason="r" * rules.MAX_NAME_CHARS)).reason == "r" * 1024
+
+
 # --------------------------------------------------------------------------
 # key_mismatch
 
@@ -391,7 +449,7 @@ def test_metadata_too_deep_for_orjson_is_invalid_not_an_exception() -> None:
 
 def test_accepted_metadata_survives_every_encoding_it_goes_through() -> None:
     """A creation's metadata is nested in the closure, the stored session and,
-    when a clashing creation is rejected, in the outbox's copy of that event."""
+    when a clashing creation is rejected, in the rejection's copy of that event."""
     metadata = nested(rules.MAX_JSON_DEPTH)
     event = decode(created(metadata=metadata))
     assert isinstance(event, SessionCreated)
@@ -402,7 +460,7 @@ def test_accepted_metadata_survives_every_encoding_it_goes_through() -> None:
     [rejection] = rejections_in(outputs)
     orjson.dumps(rejection.to_json(T0))
     session, outputs = rules.apply(session, event_delivery(closed(at=T0 + SECOND), offset=3), T0)
-    assert rules.decode_session(rules.encode_session(session)) == session
+    assert rules.decode_state(rules.encode_state(session)) == session
     for closure in (o for o in outputs if isinstance(o, rules.Closure)):
         orjson.dumps(closure.to_json(T0))
     orjson.dumps(session.record.to_view())

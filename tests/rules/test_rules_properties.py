@@ -17,36 +17,41 @@ from app import rules
 from app.rules import (
     MAX_COUNT,
     SECOND,
-    Confirm,
+    Delivery,
     Expire,
     InvalidEvent,
     Outcome,
     Purge,
+    Reason,
     Result,
+    Session,
     SessionRecord,
+    Source,
+    Tombstone,
     decode_event,
-    decode_session,
-    encode_session,
+    decode_state,
+    encode_state,
 )
 from tests.rules.strategies import (
     POLICY,
-    activated,
-    closed,
-    created,
-    extended,
-    round_,
     T0,
     Driver,
     History,
     Step,
+    activated,
+    closed,
     closure_content,
     closures_in,
+    created,
+    event_delivery,
+    extended,
     finish,
     histories,
     lags,
     outcome_of,
     rejections_in,
     replay,
+    round_,
     run_history,
     shift,
 )
@@ -67,10 +72,11 @@ def closures_by_session(driver: Driver) -> dict[str, bytes]:
     return found
 
 
-def assert_round_trips(session: rules.Session) -> None:
-    assert decode_session(encode_session(session)) == session
-    record = session.record
-    assert SessionRecord.from_json(orjson.loads(orjson.dumps(record.to_json()))) == record
+def assert_round_trips(state: rules.Stored) -> None:
+    assert decode_state(encode_state(state)) == state
+    if isinstance(state, Session):
+        record = state.record
+        assert SessionRecord.from_json(orjson.loads(orjson.dumps(record.to_json()))) == record
 
 
 # --------------------------------------------------------------------------
@@ -80,9 +86,8 @@ def assert_round_trips(session: rules.Session) -> None:
 @SETTINGS
 @given(data=st.data(), history=histories())
 def test_conservation(data: st.DataObject, history: History) -> None:
-    confirm = data.draw(st.lists(st.booleans(), min_size=1, max_size=8), label="confirm pattern")
     delays = data.draw(lags(len(history.sent)), label="lags")
-    driver, per_event = run_history(history, delays, confirm=confirm)
+    driver, per_event = run_history(history, delays)
     finish(driver)
 
     applied: dict[str, list] = defaultdict(list)  # session -> applied events, in order
@@ -97,18 +102,7 @@ def test_conservation(data: st.DataObject, history: History) -> None:
             assert len(rejections) == 1
             assert rejections[0].reason == outcome.reason
             assert rejections[0].source == logged.step.delivery.source
-            # A rejection is either kept in the outbox of the session it was
-            # judged against, or derived again on redelivery (state untouched).
-            # The outbox's copy may leave out the event body (OUTBOX_EVENT_BYTES).
-            [rejection] = rejections
-            assert not rejection.event_omitted
-            if logged.after is not logged.before:
-                copies = [o for o in logged.after.outbox if o.output_id == rejection.output_id]
-                assert copies in ([rejection], [replace(rejection, event=None, event_omitted=True)])
-            if logged.after is not None:
-                kept = sum(len(orjson.dumps(o.event)) for o in logged.after.outbox
-                           if isinstance(o, rules.Rejection) and o.event is not None)
-                assert kept <= rules.OUTBOX_EVENT_BYTES
+            assert not rejections[0].event_omitted
         else:
             assert rejections == [] and outcome.reason is None
         if outcome.result is Result.DUPLICATE:
@@ -122,11 +116,11 @@ def test_conservation(data: st.DataObject, history: History) -> None:
 
     for entry in driver.log:
         outcome = outcome_of(entry.outputs)
-        if isinstance(entry.step.delivery.message, (Expire, Purge, Confirm)):
+        if not isinstance(entry.step.delivery, Delivery):
             assert outcome.result is Result.COMMAND
             assert rejections_in(entry.outputs) == []
             if closures_in(entry.outputs):
-                assert isinstance(entry.step.delivery.message, Expire)
+                assert isinstance(entry.step.delivery, Expire)
         if entry.after is not None:
             assert_round_trips(entry.after)
 
@@ -159,7 +153,7 @@ def test_conservation(data: st.DataObject, history: History) -> None:
         assert record["delta_token_count"] == deltas
         assert record["round_count"] == last_round
         assert body["missing_rounds"] == last_round - len(rounds)
-        assert [r.round for r in rounds] == sorted({r.round for r in rounds}), "rounds applied twice or backwards"
+        assert len({r.round for r in rounds}) == len(rounds), "a round number applied twice"
         assert record["ttl_secs"] == ttl
         assert record["tenant_id"] == creation.tenant_id and record["model"] == creation.model
         assert record["created_at"] == rules.format_timestamp(creation.occurred_at)
@@ -181,66 +175,97 @@ def test_conservation(data: st.DataObject, history: History) -> None:
 
 
 # --------------------------------------------------------------------------
-# Outbox, confirmation and retention
+# Retention
+
+
+def next_offsets(history: History) -> dict[int, int]:
+    """The next free offset of each partition after the history."""
+    ends: dict[int, int] = defaultdict(int)
+    for sent, offset in zip(history.sent, history.offsets, strict=True):
+        ends[sent.partition] = max(ends[sent.partition], offset + 1)
+    return ends
 
 
 @SETTINGS
-@given(data=st.data(), history=histories())
-def test_outbox_until_confirmed_then_purged_after_retention(data: st.DataObject, history: History) -> None:
-    confirm = data.draw(st.lists(st.booleans(), min_size=1, max_size=8), label="confirm pattern")
-    driver, _ = run_history(history, confirm=confirm)
+@given(history=histories())
+def test_retention_then_a_tombstone_then_nothing_and_never_open_again(history: History) -> None:
+    """SPEC §5.10. A closed record stays for retention; then, while a re-send
+    of its creation could still be accepted, a tombstone that calls that
+    re-send a duplicate and anything else session_closed; then nothing, and
+    the re-send is refused as too late. At no point does it open again."""
+    driver, per_event = run_history(history)
     now = finish(driver)
+    creations = {logged.step.delivery.message.session_id: sent for logged, sent in per_event
+                 if outcome_of(logged.outputs) == Outcome(Result.APPLIED, "session.created")}
+    offsets = next_offsets(history)
 
-    # While running: a closure stays in the outbox until a Confirm names it.
-    confirmed: dict[str, set[str]] = defaultdict(set)
-    for entry in driver.log:
-        message = entry.step.delivery.message
-        if isinstance(message, Confirm):
-            confirmed[message.session_id].update(message.output_ids)
-        for closure in closures_in(entry.outputs):
-            if not isinstance(message, Purge):
-                assert closure in entry.after.outbox
-        if entry.after is not None and entry.after.close_reason is not None:
-            in_outbox = entry.after.closure() in entry.after.outbox
-            assert in_outbox == ("closure" not in confirmed[entry.key])
-        if entry.after is not None:
-            for output in entry.after.outbox:
-                assert output.output_id not in confirmed[entry.key]
+    def send(sent, at: int, body: bytes | None = None) -> tuple:
+        offset = offsets[sent.partition]
+        offsets[sent.partition] += 1
+        message = decode_event(sent.key, body if body is not None else sent.value)
+        return driver.deliver(Step(Delivery(Source("session-events", sent.partition, offset), message), at))
 
-    # Before retention is over, Purge keeps every record and emits nothing.
     for session_id in sorted(driver.states):
         session = driver.states[session_id]
-        just_before = session.purge_at(POLICY) - 1
-        outputs = driver.command(Purge(session_id), max(now, just_before))
-        assert outputs == (Outcome(Result.COMMAND, "purge"),)
-        assert driver.states[session_id] is session
-
-    # After retention: records with an empty outbox go; the others stay and
-    # their outbox is emitted again.
-    for session_id in sorted(driver.states):
-        session = driver.states[session_id]
-        outputs = driver.command(Purge(session_id), session.purge_at(POLICY))
-        assert outputs[-1] == Outcome(Result.COMMAND, "purge")
-        if session.outbox:
-            assert outputs[:-1] == session.outbox
-            assert driver.states[session_id] is session
+        creation = creations[session_id]
+        retention_over = session.due_at(POLICY)
+        assert retention_over == session.closed_seen_at + POLICY.retention
+        kept = driver.command(Purge(session_id), max(now, retention_over - 1))
+        assert kept == (Outcome(Result.COMMAND, "purge"),) and driver.states[session_id] is session
+        driver.command(Purge(session_id), retention_over)
+        until = session.tombstone_until(POLICY)
+        if until > retention_over:
+            tombstone = driver.states[session_id]
+            assert tombstone == Tombstone(session.creation_digest(), session.partition, session.created_offset,
+                                          session.last_offset, until)
+            assert tombstone.due_at(POLICY) == until
+            assert outcome_of(send(creation, until - 1)) == Outcome(Result.DUPLICATE, "session.created")
+            clash = orjson.dumps(orjson.loads(creation.value) | {"model": "another"})
+            assert outcome_of(send(creation, until - 1, clash)).reason is Reason.SESSION_CLOSED
+            assert driver.states[session_id].last_offset == offsets[creation.partition] - 1
+            redelivered = Delivery(Source("session-events", session.partition, session.last_offset),
+                                   decode_event(creation.key, creation.value))
+            assert outcome_of(driver.deliver(Step(redelivered, until - 1))).result is Result.REDELIVERED
+            driver.command(Purge(session_id), until - 1)
+            assert isinstance(driver.states[session_id], Tombstone)
+            driver.command(Purge(session_id), until)
         else:
-            assert outputs[:-1] == ()
-            assert session_id not in driver.states
-
-    # Confirm everything: the next purge deletes the rest.
-    late = max([now] + [s.purge_at(POLICY) for s in driver.states.values()]) + POLICY.retention
-    for session_id in sorted(driver.states):
-        driver.confirm_outbox(session_id, late)
-        assert driver.states[session_id].outbox == ()
-        driver.command(Purge(session_id), late)
+            until = retention_over
         assert session_id not in driver.states
+        assert outcome_of(send(creation, until)) == Outcome(Result.REJECTED, "session.created",
+                                                            Reason.SESSION_EXPIRED)
     assert driver.states == {}
     # Commands for a deleted session are harmless.
+    late = now + 10 * POLICY.retention
     for session_id in history.sessions:
-        for command in (Expire(session_id), Purge(session_id), Confirm(session_id, ("closure",))):
+        for command in (Expire(session_id), Purge(session_id)):
             assert driver.command(command, late) == (Outcome(Result.COMMAND, type(command).__name__.lower()),)
             assert session_id not in driver.states
+
+
+# --------------------------------------------------------------------------
+# Extensions (SPEC §3)
+
+
+@SETTINGS
+@given(data=st.data(), extensions=st.lists(st.tuples(st.integers(1, 100), st.integers(200, 3600)), min_size=1,
+                                           max_size=6))
+def test_the_latest_extension_stands_whatever_the_order_and_the_repeats(
+        data: st.DataObject, extensions: list[tuple[int, int]]) -> None:
+    """Of the extensions a session received, the one with the latest
+    occurred_at, then the larger ttl_secs, stands, in any arrival order and
+    with any of them re-sent (every TTL here outlives every occurred_at)."""
+    resent = data.draw(st.lists(st.sampled_from(extensions), max_size=4), label="re-sent")
+    arrival = data.draw(st.permutations(extensions + resent), label="arrival order")
+    now = T0 + 200 * SECOND
+    state, _ = rules.apply(None, event_delivery(created(ttl=600), offset=0), now)
+    for offset, (at, ttl) in enumerate(arrival, start=1):
+        state, outputs = rules.apply(state, event_delivery(extended(ttl=ttl, at=T0 + at * SECOND), offset=offset),
+                                     now)
+        assert outcome_of(outputs).result in (Result.APPLIED, Result.DUPLICATE)
+    at, ttl = max(extensions)
+    assert isinstance(state, Session)
+    assert (state.record.ttl_secs, state.extended_at, state.created_ttl_secs) == (ttl, T0 + at * SECOND, 600)
 
 
 # --------------------------------------------------------------------------
@@ -255,13 +280,13 @@ def same_verdict(original: tuple, again: tuple) -> bool:
 @SETTINGS
 @given(data=st.data(), history=histories())
 def test_redelivering_one_event_changes_nothing(data: st.DataObject, history: History) -> None:
-    driver, _ = run_history(history, confirm=[True, False, False])
+    driver, _ = run_history(history)
     finish(driver)
     log = [entry.step for entry in driver.log]
-    gateway = [i for i, step in enumerate(log) if step.delivery.source.topic == "session-events"]
+    gateway = [i for i, step in enumerate(log) if isinstance(step.delivery, Delivery)]
     i = data.draw(st.sampled_from(gateway), label="redelivered index")
     p = data.draw(st.integers(i + 1, len(log)), label="redelivered before position")
-    steps = log[:p] + [Step(log[i].delivery, log[p - 1].now)] + log[p:]
+    steps = [*log[:p], Step(log[i].delivery, log[p - 1].now), *log[p:]]
     again = replay({}, steps)
     assert again.states == driver.states
     assert closure_set(again.closures()) == closure_set(driver.closures())
@@ -272,31 +297,49 @@ def test_redelivering_one_event_changes_nothing(data: st.DataObject, history: Hi
         assert again.log[p].after is again.log[p].before
 
 
+def closed_seen_at(state: rules.Stored) -> int | None:
+    return state.closed_seen_at if isinstance(state, Session) else None
+
+
+def without_closed_seen_at(states: dict[str, rules.Stored]) -> dict[str, rules.Stored]:
+    return {sid: replace(state, closed_seen_at=None) if isinstance(state, Session) else state
+            for sid, state in states.items()}
+
+
 @SETTINGS
 @given(data=st.data(), history=histories())
 def test_crash_and_replay_from_a_snapshot(data: st.DataObject, history: History) -> None:
-    driver, _ = run_history(history, confirm=data.draw(st.lists(st.booleans(), min_size=1, max_size=5)))
+    """The agent publishes a batch's outputs, then stores the states, then
+    commits the input offsets. A crash anywhere leaves outputs published up
+    to some point k of the log, the table stored as of m <= k, and offsets
+    committed up to j <= m; the restarted worker (`delay` later) loads the
+    table and applies the log again from j. It ends with the same table and
+    publishes no closure that differs from the ones without the crash."""
+    driver, _ = run_history(history)
     finish(driver)
     log = [entry.step for entry in driver.log]
-    k = data.draw(st.integers(1, len(log)), label="crash after k deliveries")
-    j = data.draw(st.integers(0, k - 1), label="replay from j")
+    k = data.draw(st.integers(1, len(log)), label="outputs published up to k")
+    m = data.draw(st.integers(0, k), label="table stored as of m")
+    j = data.draw(st.integers(0, m), label="offsets committed up to j")
     delay = data.draw(st.integers(0, POLICY.grace - 1), label="restart delay")
 
-    # The table as the changelog restores it after k deliveries.
-    before_crash = replay({}, log[:k])
-    recovered = {sid: decode_session(encode_session(s)) for sid, s in before_crash.states.items()}
-    republished = [o for s in recovered.values() for o in s.outbox if isinstance(o, rules.Closure)]
-    after = replay(recovered, [shift(step, delay) for step in log[j:k]] + log[k:])
+    published_before = replay({}, log[:k]).closures()
+    stored = {sid: decode_state(encode_state(s)) for sid, s in replay({}, log[:m]).states.items()}
+    after = replay(stored, [shift(step, delay) for step in log[j:]])
 
-    assert after.states == driver.states
-    published = before_crash.closures() + republished + after.closures()
+    # Closing again after the restart sees a later clock; nothing else differs.
+    assert without_closed_seen_at(after.states) == without_closed_seen_at(driver.states)
+    for sid, state in after.states.items():
+        original = closed_seen_at(driver.states[sid])
+        assert closed_seen_at(state) in (original, None if original is None else original + delay)
+    published = published_before + after.closures()
     assert closure_set(published) == closure_set(driver.closures())
     for position, entry in enumerate(after.log):
         original = driver.log[j + position].outputs
-        if j + position < k:
+        if j + position < m:
             assert same_verdict(original, entry.outputs)
         else:
-            assert entry.outputs == original  # past the crash point, the run is the same
+            assert entry.outputs == original  # applied again to the same state: the same outputs
 
 
 def without_resends(history: History) -> History:
@@ -378,23 +421,19 @@ def test_record_and_session_round_trip(record: SessionRecord, data: st.DataObjec
     reason = data.draw(st.none() | st.sampled_from(list(rules.CloseReason)))
     if reason is not None and record.closed_at is None:
         record = replace(record, closed_at=record.created_at)
+    bounds = sorted(data.draw(st.sets(st.integers(1, MAX_COUNT), max_size=8)))
+    missing = rules.MissingRounds(tuple(bounds[:len(bounds) // 2 * 2]), data.draw(st.integers(0, MAX_COUNT)))
     session = rules.Session(
-        record=record, created_ttl_secs=data.draw(st.integers(1, rules.MAX_TTL_SECS)),
-        missing_rounds=data.draw(counts), close_reason=reason,
+        record=record, created_ttl_secs=data.draw(st.integers(1, rules.MAX_TTL_SECS)), close_reason=reason,
         closed_seen_at=None if reason is None else data.draw(micros),
         partition=data.draw(st.integers(0, 1000)), created_offset=data.draw(st.integers(0, 2**40)),
         last_offset=data.draw(st.integers(0, 2**40)), extended_at=data.draw(st.none() | micros),
+        missing=data.draw(st.sampled_from([missing, rules.NO_MISSING_ROUNDS])),
     )
-    outbox = []
-    if reason is not None:
-        outbox.append(session.closure())
-    for n in range(data.draw(st.integers(0, 3))):
-        event = orjson.loads(orjson.dumps(data.draw(json_values)))
-        outbox.append(rules.Rejection(record.session_id, data.draw(st.sampled_from(list(rules.Reason))),
-                                      data.draw(st.text(st.characters(exclude_categories=("Cs",)), max_size=30)),
-                                      event, None, rules.Source("session-events", n, n * 7)))
-    session = replace(session, outbox=tuple(outbox))
-    assert decode_session(encode_session(session)) == session
+    assert decode_state(encode_state(session)) == session
+    tombstone = rules.Tombstone(session.creation_digest(), session.partition, session.created_offset,
+                                session.last_offset, data.draw(micros))
+    assert decode_state(encode_state(tombstone)) == tombstone
 
 
 # Values that are wrong or at the edge for any field.
@@ -430,12 +469,13 @@ def test_no_bytes_stop_the_worker(base: dict, changes: dict, dropped: set, occur
     body = {k: v for k, v in (base | {"occurred_at": occurred} | changes).items() if k not in dropped}
     existing = rules.Session(
         record=SessionRecord("x", "x", "p", "x", T0, T0, None, 3600, 2, 10, 20, {}),
-        created_ttl_secs=3600, missing_rounds=0, close_reason=None, closed_seen_at=None,
-        partition=0, created_offset=5, last_offset=9,
+        created_ttl_secs=3600, close_reason=None, closed_seen_at=None,
+        partition=0, created_offset=5, last_offset=9, missing=rules.MissingRounds((1, 2), 0),
     )
+    tombstone = rules.Tombstone(existing.creation_digest(), 0, 5, 9, T0 + 3600 * SECOND)
     for value in (orjson.dumps(body), raw):
         message = decode_event(key, value)
-        for state in (None, existing):
+        for state in (None, existing, tombstone):
             for offset in (3, 7, 12):
                 delivery = rules.Delivery(rules.Source("session-events", 0, offset), message)
                 _, outputs = rules.apply(state, delivery, T0 + 60 * SECOND)

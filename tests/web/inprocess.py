@@ -15,9 +15,9 @@ import orjson
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
-from app.broker import pick_free_loopback_port
-from app.faust_app import Service, build_app
+from app.dev.kafka import pick_free_loopback_port
 from app.rules import SECOND, CloseReason, Session, SessionRecord, parse_timestamp
+from app.service import Service, build_app
 from app.settings import load_settings
 
 T0 = parse_timestamp("2026-01-05T10:00:00Z")
@@ -33,7 +33,7 @@ def make_session(session_id: str, *, tenant: str = "acme", partition: int = 0, a
         ttl_secs=ttl_secs, round_count=rounds if activated else 0, initial_token_count=initial if activated else 0,
         delta_token_count=delta if activated else 0, metadata={"team": "search"},
     )
-    return Session(record=record, created_ttl_secs=ttl_secs, missing_rounds=0, close_reason=close,
+    return Session(record=record, created_ttl_secs=ttl_secs, close_reason=close,
                    closed_seen_at=T0 + 9 * SECOND if close else None, partition=partition, created_offset=0,
                    last_offset=3)
 
@@ -50,7 +50,7 @@ class InProcessWorker:
         self.table: dict[str, Session] = {}
         self.service.table = self.table  # type: ignore[assignment]  # get() and values() are all the views use
         self.owned = set(owned)
-        self.service.accountant._active_partitions = lambda: set(self.owned)  # type: ignore[method-assign]
+        self.service.accountant.active_partitions = lambda: set(self.owned)  # type: ignore[method-assign]
         self.service.accountant.recovered = True
         self.group: list[str] = [self.url]
         self.service.app.assignor.tables_metadata = lambda: {url: {} for url in self.group}  # type: ignore
@@ -64,7 +64,7 @@ class InProcessWorker:
         for session in sessions:
             self.table[session.record.session_id] = session
 
-    async def start(self) -> "InProcessWorker":
+    async def start(self) -> InProcessWorker:
         web = self.service.app.web
         web.init_server()
         self.client = TestClient(TestServer(web.web_app, host="127.0.0.1", port=self.port))

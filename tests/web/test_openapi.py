@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 from jsonschema import ValidationError
 from openapi_spec_validator import OpenAPIV31SpecValidator
 
-from app.openapi import build_openapi
 from app.rules import MAX_COUNT, SECOND, SessionRecord
+from app.web.openapi import build_openapi
+from app.web.paging import CURSOR_PATTERN
 from tests.web.openapi_check import validate_response
 
 DOCUMENT = build_openapi(token_required=False)
@@ -89,3 +90,32 @@ def test_with_a_token_every_operation_but_the_probes_documents_401() -> None:
             assert item["get"]["security"] == [] and "401" not in responses
         else:
             assert "401" in responses, path
+
+
+def test_the_parameters_are_written_from_the_models_the_views_validate_with() -> None:
+    cursor = {"name": "cursor", "in": "query", "required": False,
+              "schema": {"type": "string", "minLength": 2, "pattern": f"^{CURSOR_PATTERN.pattern}$"},
+              "description": "Opaque: the `next_cursor` of the previous page."}
+    limit = {"name": "limit", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+             "description": "Items per page, 1..1000."}
+    identifier = {"type": "string", "minLength": 1, "maxLength": 128}
+    paths = DOCUMENT["paths"]
+    assert paths["/sessions"]["get"]["parameters"] == [
+        {"name": "tenant_id", "in": "query", "required": False, "schema": identifier},
+        {"name": "state", "in": "query", "required": False, "style": "form", "explode": False,
+         "schema": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/State"}},
+         "description": "Comma-separated states to include, e.g. `pending,active`."},
+        limit,
+        cursor,
+    ]
+    assert paths["/tenants"]["get"]["parameters"] == [limit, cursor]
+    assert paths["/sessions/{session_id}"]["get"]["parameters"] == [
+        {"name": "session_id", "in": "path", "required": True, "schema": identifier}]
+    assert paths["/tenants/{tenant_id}/usage"]["get"]["parameters"] == [
+        {"name": "tenant_id", "in": "path", "required": True, "schema": identifier}]
+    for path in ("/", "/stats", "/metrics", "/openapi.json", "/healthz", "/readyz"):
+        assert "parameters" not in paths[path]["get"], path
+    # The dashboard's sign-in parameter exists only when there is a token to sign in with.
+    (token,) = build_openapi(token_required=True)["paths"]["/"]["get"]["parameters"]
+    assert token["name"] == "token" and token["in"] == "query" and token["schema"] == {"type": "string"}

@@ -5,14 +5,23 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from multidict import MultiDict
 
-from app.openapi import CURSOR_PATTERN
 from app.rules import State
-from app.web import (
-    ApiError, add_counts, decode_cursor, encode_cursor, merge_pages, page_after, page_limit, state_filter,
-)
+from app.web.errors import ApiError
+from app.web.fanout import add_counts
+from app.web.paging import CURSOR_PATTERN, decode_cursor, encode_cursor, merge_pages, page_after
+from app.web.params import SessionListParams, SessionParams, TenantListParams, parse
 
 keys = st.text(min_size=1, max_size=12)
+
+
+def refused(model, query: list[tuple[str, str]], match_info: dict[str, str] | None = None) -> dict:
+    """The body of the 400 answer to a request with these parameters."""
+    with pytest.raises(ApiError) as error:
+        parse(model, "/sessions", MultiDict(query), match_info or {})
+    assert error.value.status == 400
+    return error.value.body
 
 
 @given(keys)
@@ -20,6 +29,7 @@ def test_a_cursor_is_the_position_after_its_key(key: str) -> None:
     cursor = encode_cursor(key)
     assert CURSOR_PATTERN.fullmatch(cursor)
     assert decode_cursor(cursor) == key.encode("utf-8")
+    assert parse(SessionListParams, "/sessions", MultiDict(cursor=cursor), {}).cursor == key.encode("utf-8")
 
 
 @given(st.from_regex(CURSOR_PATTERN, fullmatch=True).filter(bool))
@@ -29,25 +39,52 @@ def test_every_well_formed_cursor_is_a_position(cursor: str) -> None:
 
 @pytest.mark.parametrize("cursor", ["", "A", "AAAAA", "a+b/", "ab=", "é"])
 def test_a_malformed_cursor_is_refused(cursor: str) -> None:
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(ValueError):
         decode_cursor(cursor)
-    assert refused.value.status == 400 and refused.value.body["parameter"] == "cursor"
+    body = refused(TenantListParams, [("cursor", cursor)])
+    assert body["parameter"] == "cursor" and body["detail"] == "parameter 'cursor' is not a cursor this API gave out"
 
 
 def test_limit_defaults_to_100_and_stays_within_1_to_1000() -> None:
-    assert page_limit(None) == 100
-    assert page_limit("1") == 1 and page_limit("1000") == 1000
+    def limit(value: str | None) -> int:
+        return parse(SessionListParams, "/sessions", MultiDict([] if value is None else [("limit", value)]), {}).limit
+
+    assert limit(None) == 100
+    assert limit("1") == 1 and limit("1000") == 1000
     for bad in ("0", "1001", "-5", "+5", "1.5", "", " 7", "1_0", "١٢", "9" * 5000):
-        with pytest.raises(ApiError):
-            page_limit(bad)
+        body = refused(SessionListParams, [("limit", bad)])
+        assert body["parameter"] == "limit" and body["detail"] == "parameter 'limit' must be an integer in 1..1000"
 
 
 def test_state_filter_takes_a_comma_separated_list() -> None:
-    assert state_filter(None) is None
-    assert state_filter("pending,active") == {State.PENDING, State.ACTIVE}
+    def states(value: str | None) -> set[State] | None:
+        query = MultiDict([] if value is None else [("state", value)])
+        state = parse(SessionListParams, "/sessions", query, {}).state
+        return None if state is None else set(state)
+
+    assert states(None) is None
+    assert states("pending,active") == {State.PENDING, State.ACTIVE}
     for bad in ("", "live", "active,", "ACTIVE"):
-        with pytest.raises(ApiError):
-            state_filter(bad)
+        body = refused(SessionListParams, [("state", bad)])
+        assert body["detail"] == "parameter 'state' must be a comma-separated list of pending, active, closed"
+
+
+def test_identifiers_are_1_to_128_characters_in_the_path_and_the_query() -> None:
+    assert parse(SessionParams, "/sessions/x", MultiDict(), {"session_id": "s" * 128}).session_id == "s" * 128
+    body = refused(SessionParams, [], {"session_id": "s" * 129})
+    assert body == {"error": "bad_request", "detail": "parameter 'session_id' must be 1..128 characters",
+                    "parameter": "session_id"}
+    assert refused(SessionListParams, [("tenant_id", "")])["parameter"] == "tenant_id"
+
+
+def test_unknown_and_repeated_parameters_are_refused() -> None:
+    assert refused(SessionListParams, [("tenant", "acme")]) == {
+        "error": "bad_request", "parameter": "tenant",
+        "detail": "parameter 'tenant' is not a parameter of /sessions (expected: cursor, limit, state, tenant_id)"}
+    assert refused(SessionListParams, [("limit", "1"), ("limit", "2")])["detail"] == \
+        "parameter 'limit' is given more than once"
+    # A path parameter is not also a query parameter.
+    assert refused(SessionParams, [("session_id", "y")], {"session_id": "x"})["detail"].endswith("(expected: none)")
 
 
 def test_counts_add_up_field_by_field() -> None:

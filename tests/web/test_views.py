@@ -245,7 +245,7 @@ async def test_stats_add_up_over_the_workers(workers) -> None:
     second.service.metrics.results["applied"] += 4
     second.service.metrics.closures_by_reason["closed"] += 2
     status, stats = await checked_get(first, "/stats")
-    assert stats["applied"] == 7 and stats["closures"] == {"closed": 2}
+    assert status == 200 and stats["applied"] == 7 and stats["closures"] == {"closed": 2}
     assert sorted(stats["workers"]) == sorted([first.url, second.url]) and stats["unreachable"] == []
 
 

@@ -1,0 +1,385 @@
+"""The accounting agent: whole input batches through `rules.apply`.
+
+One Faust agent on the input topic. The consumer (app/faust_compat.py) hands
+it every record of one fetch as one `InputBatch`. Per batch the agent decodes
+and applies each event against the batch's changes (agents/changes.py), then:
+
+1. publishes the batch's closures and rejections and waits for the broker to
+   acknowledge every one;
+2. writes one changelog record per changed session, to the session's own
+   partition, and waits for those acknowledgements;
+3. writes the store;
+4. reports each partition's position as accounted, which is all the consumer
+   ever commits.
+
+A send that cannot be delivered stops the worker before step 4
+(agents/sender.py), so no commit passes an event whose outputs or state were
+lost; a restart accounts it again. TTL closes and purges run in the same
+order, between batches, under the same lock: the agent is the only writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+import faust
+from faust.types import TP
+
+from agents.changes import BatchChanges
+from agents.cursors import InputCursors
+from agents.scheduler import DeadlineSchedule
+from agents.sender import AcknowledgedSender, Record, SendFailed
+from app.faust_compat import BatchConsumer, InputBatch, enable_batches
+from app.metrics import AccountingMetrics
+from app.rules import (
+    SECOND,
+    Closure,
+    Delivery,
+    Expire,
+    InvalidEvent,
+    Outcome,
+    Policy,
+    Purge,
+    Reason,
+    Rejection,
+    Result,
+    Session,
+    Source,
+    Stored,
+    apply,
+    decode_event,
+    encode_output,
+    encode_state,
+    settle_owed,
+)
+from app.settings import Settings
+from tables.store import SessionStore
+
+log = logging.getLogger(__name__)
+
+#: A due session whose state did not change is looked at again after this long.
+RETRY_DUE = 5 * SECOND
+
+
+def now_micros() -> int:
+    return time.time_ns() // 1000
+
+
+def policy_from(settings: Settings) -> Policy:
+    return Policy(
+        grace=int(settings.grace_secs * SECOND),
+        max_clock_skew=int(settings.max_clock_skew_secs * SECOND),
+        retention=int(settings.retention_secs * SECOND),
+        metadata_max_bytes=settings.metadata_max_bytes,
+    )
+
+
+class SessionAccountant:
+    """Wires the rules to one Faust app: agent, timer, recovery hooks."""
+
+    def __init__(self, app: faust.App, table: faust.Table, settings: Settings, metrics: AccountingMetrics,
+                 request_stop: Callable[[], None] = lambda: os.kill(os.getpid(), signal.SIGTERM)) -> None:
+        self.app = app
+        self.table = table
+        self.settings = settings
+        self.metrics = metrics
+        self.policy = policy_from(settings)
+        self.schedule = DeadlineSchedule()
+        self.cursors = InputCursors()
+        self.events_topic = app.topic(settings.events_topic, partitions=settings.partitions, key_type=bytes,
+                                      value_type=bytes, key_serializer="raw", value_serializer="raw")
+        self.consumer: BatchConsumer = enable_batches(app, [settings.events_topic])
+        self.sender = AcknowledgedSender(app.producer)
+        #: Held while a batch or a tick is applied and written: one writer.
+        self._lock = asyncio.Lock()
+        #: Set when a write failed: the worker is stopping and accounts nothing more.
+        self.failure: Exception | None = None
+        self._request_stop = request_stop
+        self._scheduled_partitions: set[int] = set()
+        #: Sessions not yet closed, per owned partition.
+        self.open_sessions: dict[int, int] = {}
+        #: Monotonic time of the last batch or tick the agent finished.
+        self.last_progress = time.monotonic()
+        self.recovered = False
+        metrics.live_sessions.set_function(lambda: sum(self.open_sessions.values()))
+        metrics.watch(self)
+
+    @property
+    def store(self) -> SessionStore:
+        return cast(SessionStore, self.table.data)
+
+    def register(self) -> None:
+        self.app.agent(self.events_topic, name="account", concurrency=1)(self._consume)
+        self.app.timer(self.settings.timer_interval_secs, name="deadlines")(self._on_tick)
+        self.table.on_recover(self._on_recovered)
+        # mode types a receiver as taking any positional arguments.
+        self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+
+    # -- the agent -----------------------------------------------------------
+
+    async def _consume(self, stream: faust.StreamT) -> None:
+        async for batch in stream:
+            if self.failure is not None:
+                continue  # stopping: nothing after the failure is accounted
+            self.consumer.batch_started(batch)
+            try:
+                async with self._lock:
+                    await self._account_batch(batch)
+            except Exception as error:
+                self._stop_on(error)
+            finally:
+                self.consumer.batch_finished(batch)
+
+    def _stop_on(self, error: Exception) -> None:
+        """A batch or tick could not be written whole: stop the worker, as an
+        operator's SIGTERM would, so Faust commits what was accounted before
+        it and nothing after. (Faust's crash path would restart the agent, or
+        hang committing through a consumer thread it has already crashed.)
+        The CLI then exits non-zero, naming `failure`."""
+        if self.failure is None:
+            self.failure = error
+            log.critical("stopping the worker: %s. Nothing after the last commit is accounted; a restart "
+                         "accounts it again.", error, exc_info=not isinstance(error, SendFailed))
+            self._request_stop()
+
+    async def _account_batch(self, batch: InputBatch) -> None:
+        now = now_micros()
+        changes = BatchChanges(self.store)
+        accounted = []
+        for fetch in batch.fetches:
+            fresh = self.cursors.fresh(fetch, self.consumer.read_start(TP(batch.topic, fetch.partition)))
+            if fresh is None:
+                self.metrics.stale_fetches.inc()
+                continue
+            if fresh.offsets_without_records:
+                self.metrics.input_offsets_without_records.inc(fresh.offsets_without_records)
+            for record in fresh.records:
+                self._account_record(record, changes, now)
+            accounted.append(fetch)
+        self.metrics.batch_events.observe(len(batch))
+        await self._write(changes, now)
+        for fetch in accounted:
+            self.cursors.advance(fetch)
+            self.consumer.mark_accounted(TP(batch.topic, fetch.partition), fetch.position)
+        self.last_progress = time.monotonic()
+
+    def _account_record(self, record: Any, changes: BatchChanges, now: int) -> None:
+        source = Source(record.topic, record.partition, record.offset)
+        try:
+            body = decode_event(record.key, record.value, self.policy)
+            if isinstance(body, InvalidEvent):
+                session_id, state = None, None  # judged on its bytes alone
+            else:
+                session_id = body.session_id
+                state = changes.get(session_id)
+            new_state, outputs = apply(state, Delivery(source, body), now, self.policy)
+            published = self._encode_outputs(outputs, changes, now, record.value)
+        except Exception:
+            # The rules never raise on data; if they do, the event is still
+            # accounted: rejected internal_error, never skipped.
+            log.exception("internal error on %s[%s]@%s", record.topic, record.partition, record.offset)
+            self._reject_internal(record, changes, now)
+            return
+        if new_state is not state:
+            assert session_id is not None
+            changes.put(session_id, record.partition, state, new_state)
+        for output in published:
+            changes.publish(output)
+
+    def _encode_outputs(self, outputs: tuple[Any, ...], changes: BatchChanges, now: int,
+                        original: bytes | None = None) -> list[Record]:
+        """The outputs as records to publish; their outcome is tallied once all encoded."""
+        records, outcomes = [], []
+        for output in outputs:
+            if isinstance(output, Outcome):
+                outcomes.append(output)
+                continue
+            topic = self.settings.closures_topic if isinstance(output, Closure) else self.settings.rejected_topic
+            key = None if output.session_id is None else output.session_id.encode("utf-8")
+            records.append(Record(topic, key, encode_output(output, now, original)))
+        changes.outcomes.update(outcomes)
+        return records
+
+    def _reject_internal(self, record: Any, changes: BatchChanges, now: int) -> None:
+        rejection = Rejection(
+            record.key.decode("utf-8", "replace") if record.key is not None else None,
+            Reason.INTERNAL_ERROR, "the worker failed on this event; see its log", None, record.value,
+            Source(record.topic, record.partition, record.offset))
+        for output in self._encode_outputs((rejection, Outcome(Result.REJECTED, None, Reason.INTERNAL_ERROR)),
+                                           changes, now, record.value):
+            changes.publish(output)
+
+    # -- writing: outputs, then changelog, then store -------------------------
+
+    async def _write(self, changes: BatchChanges, now: int) -> None:
+        if not changes:
+            self.metrics.count(changes.outcomes)
+            return
+        self.metrics.outputs_in_flight.set(len(changes.outputs))
+        await self.sender.send_all(changes.outputs)
+        self.metrics.outputs_in_flight.set(0)
+        changelog = self.table.changelog_topic.get_topic_name()
+        acknowledged = await self.sender.send_all([
+            Record(changelog, session_id.encode("utf-8"),
+                   None if change.after is None else encode_state(change.after), change.partition)
+            for session_id, change in changes.states.items()])
+        self._store(changes, acknowledged, changelog, now)
+        self.metrics.count(changes.outcomes)
+
+    def _store(self, changes: BatchChanges, acknowledged: list[Any], changelog: str, now: int) -> None:
+        by_partition: dict[int, dict[str, Any]] = {}
+        for session_id, change in changes.states.items():
+            by_partition.setdefault(change.partition, {})[session_id] = change.after
+            self._track(session_id, change.partition, change.before, change.after, now)
+        store = self.store
+        for partition, states in by_partition.items():
+            store.write(partition, states)
+        last_offsets: dict[int, int] = {}
+        for metadata in acknowledged:
+            last_offsets[metadata.partition] = max(metadata.offset, last_offsets.get(metadata.partition, -1))
+        for partition, offset in last_offsets.items():
+            store.set_persisted_offset(TP(changelog, partition), offset)
+
+    def _track(self, session_id: str, partition: int, before: Any, after: Any, now: int) -> None:
+        """Deadlines, the live-session count and the closure counter follow each write."""
+        if after is None:
+            self.schedule.discard(session_id)
+        else:
+            self.schedule.set(partition, session_id, max(after.due_at(self.policy), now))
+        if partition in self.open_sessions:
+            self.open_sessions[partition] += _is_open(after) - _is_open(before)
+        # Closed now and not before: one batch may create and close a session.
+        if isinstance(after, Session) and after.close_reason is not None and (before is None or _is_open(before)):
+            self.metrics.count_closure(after.close_reason.value)
+
+    # -- the timer: TTL closes and purges -------------------------------------
+
+    async def _on_tick(self) -> None:
+        if not self.recovered or self.app.rebalancing or self.failure is not None:
+            return
+        async with self._lock:
+            try:
+                await self._close_and_purge_due()
+            except Exception as error:
+                self._stop_on(error)
+
+    async def _close_and_purge_due(self) -> None:
+        now = now_micros()
+        changes = BatchChanges(self.store)
+        for partition in sorted(self._scheduled_partitions):
+            if not self._caught_up(partition):
+                # Events still waiting in this partition may belong to a
+                # session that is due; closing it first would reject them.
+                continue
+            for session_id in self.schedule.pop_due(now, partition):
+                self._apply_due(session_id, partition, changes, now)
+        await self._write(changes, now)
+        self.last_progress = time.monotonic()
+
+    def _apply_due(self, session_id: str, partition: int, changes: BatchChanges, now: int) -> None:
+        state: Stored | None = changes.get(session_id)
+        if state is None or state.partition != partition:
+            return
+        due_at = state.due_at(self.policy)
+        command = Expire(session_id) if _is_open(state) else Purge(session_id)
+        new_state, outputs = apply(state, command, now, self.policy)
+        for output in self._encode_outputs(outputs, changes, now):
+            changes.publish(output)
+        if new_state is state:
+            self.schedule.set(partition, session_id, max(due_at, now + RETRY_DUE))
+        else:
+            changes.put(session_id, partition, state, new_state)
+
+    def _caught_up(self, partition: int) -> bool:
+        """Whether every event of the partition up to its stable end, as the
+        consumer last saw it, is accounted: the position passes transaction
+        markers, so a trailing marker does not hold TTL closes back."""
+        tp = TP(self.settings.events_topic, partition)
+        start = self.consumer.read_start(tp)
+        fetched = self.consumer.fetched_to(tp)
+        end = self.consumer.stable_end(tp)
+        accounted = self.cursors.offset(partition, start)
+        if start is None or fetched is None or end is None:
+            return False
+        if accounted is None:
+            accounted = start.offset  # nothing fetched since the seek
+        return accounted >= fetched >= end
+
+    # -- progress (app/metrics.py `Progress`, and /healthz) -------------------
+
+    def lags(self) -> dict[int, int]:
+        """Input records not yet accounted per owned partition, as of the last fetch."""
+        lags = {}
+        for partition in self._scheduled_partitions:
+            tp = TP(self.settings.events_topic, partition)
+            start = self.consumer.read_start(tp)
+            end = self.consumer.stable_end(tp)
+            if start is not None and end is not None:
+                accounted = self.cursors.offset(partition, start)
+                lags[partition] = max(end - (start.offset if accounted is None else accounted), 0)
+        return lags
+
+    def last_commit_age(self) -> float | None:
+        committed_at = self.consumer.last_commit_at
+        return None if committed_at is None else time.monotonic() - committed_at
+
+    def stalled_seconds(self) -> float:
+        if self.failure is None and not any(self.lags().values()):
+            return 0.0
+        return time.monotonic() - self.last_progress
+
+    # -- rebalancing ----------------------------------------------------------
+
+    def active_partitions(self) -> set[int]:
+        topic = self.settings.events_topic
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+
+    async def _on_recovered(self) -> None:
+        """Rebuild the deadlines of newly assigned partitions, and publish what
+        records of an older format still owe."""
+        active = self.active_partitions()
+        gone = self._scheduled_partitions - active
+        self.schedule.drop_partitions(gone)
+        for partition in gone:
+            self.open_sessions.pop(partition, None)
+        fresh = active - self._scheduled_partitions
+        self._scheduled_partitions = active
+        if fresh:
+            async with self._lock:
+                await self._schedule_partitions(fresh)
+        self.recovered = True
+
+    async def _schedule_partitions(self, partitions: set[int]) -> None:
+        """One pass over the partitions' sessions, once per assignment, never per tick."""
+        now = now_micros()
+        changes = BatchChanges(self.store)
+        for partition in partitions:
+            self.open_sessions[partition] = 0
+        for session_id, state in self.store.items_in(partitions):
+            self.schedule.set(state.partition, session_id, state.due_at(self.policy))
+            self.open_sessions[state.partition] += _is_open(state)
+            if isinstance(state, Session) and state.owed:  # a value of the v1 changelog format
+                settled, owed = settle_owed(state)
+                changes.put(session_id, state.partition, state, settled)
+                for output in self._encode_outputs(owed, changes, now):
+                    changes.publish(output)
+        await self._write(changes, now)
+        log.info("scheduled partitions %s: %d sessions due-tracked", sorted(partitions), len(self.schedule))
+
+    async def _on_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
+        partitions = {tp.partition for tp in revoked if tp.topic == self.settings.events_topic}
+        self.schedule.drop_partitions(partitions)
+        self._scheduled_partitions -= partitions
+        self.cursors.forget(partitions)
+        for partition in partitions:
+            self.open_sessions.pop(partition, None)
+
+
+def _is_open(state: Any) -> bool:
+    return isinstance(state, Session) and state.close_reason is None

@@ -1,0 +1,103 @@
+"""Sending a set of records and waiting until the broker has acknowledged each.
+
+Stock Faust only logs a changelog send that finally fails, and commits the
+input offset anyway (canary: tests/compat, `_on_published`). Here every send
+of a batch is awaited: a retriable failure (a broker away, a leader moving)
+is sent again after a pause, for at most `RETRY_FOR_SECS`; anything else, or
+a failure that outlasts that, raises `SendFailed`, and the agent stops the
+worker without committing past the batch. A restart then accounts the batch
+again from the last commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, NodeNotReadyError
+from faust.exceptions import ProducerSendError
+
+log = logging.getLogger(__name__)
+
+#: How long retriable failures of one record are retried before the worker stops.
+RETRY_FOR_SECS = 300.0
+_FIRST_PAUSE_SECS = 0.5
+_MAX_PAUSE_SECS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    #: None: the producer's partitioner picks one from the key.
+    partition: int | None = None
+
+
+class SendFailed(RuntimeError):
+    """A record could not be delivered; the batch it belongs to is not accounted."""
+
+
+def _retriable(error: BaseException) -> bool:
+    if isinstance(error, ProducerSendError):  # Faust's wrapper of an aiokafka error
+        error = error.__cause__ or error
+    if isinstance(error, (KafkaTimeoutError, KafkaConnectionError, NodeNotReadyError)):
+        return True
+    return isinstance(error, KafkaError) and bool(getattr(error, "retriable", False))
+
+
+class AcknowledgedSender:
+    """Sends records through the app's producer and awaits their acknowledgements."""
+
+    def __init__(self, producer: Any) -> None:
+        self._producer = producer
+
+    async def send_all(self, records: Sequence[Record]) -> list[Any]:
+        """The broker's acknowledgement (RecordMetadata) of each record, in
+        order, once it has acknowledged every one; raise SendFailed when one
+        cannot be delivered."""
+        acknowledgements: list[Any] = [None] * len(records)
+        pending = list(range(len(records)))
+        started = time.monotonic()
+        pause = _FIRST_PAUSE_SECS
+        while pending:
+            outcomes = await self._send_and_wait([records[index] for index in pending])
+            failed = []
+            for index, outcome in zip(pending, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    failed.append((index, outcome))
+                else:
+                    acknowledgements[index] = outcome
+            if not failed:
+                break
+            first, error = records[failed[0][0]], failed[0][1]
+            if isinstance(error, asyncio.CancelledError):
+                raise error
+            if not _retriable(error) or time.monotonic() - started > RETRY_FOR_SECS:
+                raise SendFailed(f"{len(failed)} record(s) to {first.topic} not delivered "
+                                 f"(first: partition {first.partition}, {len(first.value or b'')} bytes): "
+                                 f"{error!r}") from error
+            log.warning("%d record(s) to %s not delivered yet (%r); sending them again in %.1f s",
+                        len(failed), first.topic, error, pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _MAX_PAUSE_SECS)
+            pending = [index for index, _ in failed]
+        return acknowledgements
+
+    async def _send_and_wait(self, records: Sequence[Record]) -> list[Any]:
+        """Each record's acknowledgement, or the error that stopped it."""
+        send = self._producer.send
+        deliveries: list[Any] = []
+        for record in records:
+            try:
+                # Returns once the record is in the producer's buffer.
+                deliveries.append(await send(record.topic, record.key, record.value, record.partition, None, None))
+            except Exception as error:  # refused before buffering: too large, unknown topic
+                deliveries.append(error)
+        waiting = [delivery for delivery in deliveries if not isinstance(delivery, Exception)]
+        acknowledged = iter(await asyncio.gather(*waiting, return_exceptions=True))
+        return [delivery if isinstance(delivery, Exception) else next(acknowledged) for delivery in deliveries]

@@ -1,0 +1,104 @@
+"""The Faust application: configuration, table, agent and web views, from settings."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+
+import aiohttp
+import faust
+
+from agents.accountant import SessionAccountant
+from app.faust_compat import TRANSPORT_SCHEME, check_pinned_versions
+from app.metrics import AccountingMetrics
+from app.rules import Session
+from app.settings import Settings
+from app.web import register_views
+from tables.table import define_sessions_table, store_url
+
+
+@dataclass
+class Service:
+    """What the web views and tests need to reach: the app and its parts.
+
+    It is the `app.web.Worker` the views read (the methods below).
+    """
+
+    app: faust.App
+    settings: Settings
+    table: faust.Table
+    accountant: SessionAccountant
+    metrics: AccountingMetrics
+
+    def ready(self) -> bool:
+        return self.accountant.recovered and not self.app.rebalancing
+
+    def active_partitions(self) -> Collection[int]:
+        return self.accountant.active_partitions()
+
+    def stored_session(self, session_id: str) -> Session | None:
+        # A tombstone is what is left of a purged session: its record is gone.
+        state = self.table.get(session_id)
+        return state if isinstance(state, Session) else None
+
+    def stored_sessions(self) -> Iterator[Session]:
+        return (state for state in self.table.values() if isinstance(state, Session))
+
+    def live_sessions(self) -> int:
+        return sum(self.accountant.open_sessions.values())
+
+    def own_url(self) -> str:
+        return str(self.app.conf.canonical_url)
+
+    def member_urls(self) -> Collection[str]:
+        return self.app.assignor.tables_metadata().keys()
+
+    def http_client(self) -> aiohttp.ClientSession:
+        return self.app.http_client
+
+
+def build_app(settings: Settings) -> Service:
+    check_pinned_versions()
+    app = faust.App(
+        settings.app_id,
+        broker=[f"{TRANSPORT_SCHEME}://{server}" for server in settings.bootstrap_servers],
+        store=store_url(settings),
+        datadir=settings.data_dir,
+        autodiscover=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication,
+        topic_allow_declare=True,
+        processing_guarantee=settings.processing_guarantee,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=settings.commit_interval_secs,
+        broker_session_timeout=settings.session_timeout_secs,
+        broker_heartbeat_interval=max(settings.session_timeout_secs / 5, 0.5),
+        broker_rebalance_timeout=max(settings.session_timeout_secs * 2, 20.0),
+        producer_acks=-1,
+        # The agent awaits every send of a batch before the next step, so
+        # linger is pure delay: a batch already fills the producer's batches.
+        producer_linger=0.005,
+        producer_max_batch_size=256 * 1024,
+        # A standby only helps a store that keeps its data across restarts:
+        # Faust's memory store drops standby data when recovery completes.
+        table_standby_replicas=1 if settings.store == "rocksdb" else 0,
+        stream_wait_empty=True,
+        web_enabled=True,
+        # Faust's /table/ and /router/ pages route keys by murmur2, not by
+        # the gateways' partitioning: app/web/ answers lookups instead.
+        web_tables_enabled=False,
+        web_router_enabled=False,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        canonical_url=settings.advertised_url,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    metrics = AccountingMetrics()
+    table = define_sessions_table(app, settings)
+    accountant = SessionAccountant(app, table, settings, metrics)
+    accountant.register()
+    service = Service(app, settings, table, accountant, metrics)
+    register_views(app, service)
+    return service

@@ -1,0 +1,63 @@
+"""HTTP on the Faust web server (SPEC §8): the JSON API, metrics, the OpenAPI
+document and the dashboard.
+
+- `worker`: what the views need of the worker they run in (the interface);
+- `api`: the views; `fanout`: asking the other workers and merging their
+  answers; `paging`: cursors and pages; `params`: every operation's
+  parameters, one pydantic model each, validated and documented from it;
+- `openapi`: the response shapes and the document; `errors`: JSON errors;
+  `auth`: the API token; `assets` and `static/`: the dashboard's files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import faust
+from aiohttp import web
+from faust.web.drivers.aiohttp import Web as AiohttpWeb
+
+from app.web.api import Api
+from app.web.assets import STATIC_DIR
+from app.web.auth import token_middleware
+from app.web.errors import Handler, json_errors
+from app.web.worker import Worker
+
+__all__ = ["Worker", "register_views"]
+
+
+def register_views(app: faust.App, worker: Worker) -> None:
+    """Serve the API and the dashboard on `app`'s web server, answering from `worker`."""
+    api = Api(worker)
+    routes: dict[str, Handler] = {
+        "/": api.dashboard_page,
+        "/healthz": api.healthz,
+        "/readyz": api.readyz,
+        "/sessions": api.list_sessions,
+        "/sessions/{session_id}": api.get_session,
+        "/tenants": api.list_tenants,
+        "/tenants/{tenant_id}/usage": api.tenant_usage,
+        "/stats": api.stats,
+        "/metrics": api.metrics,
+        "/openapi.json": api.openapi_document,
+    }
+    for path, handler in routes.items():
+        app.page(path, name=handler.__name__)(_faust_handler(handler))
+    server = app.web
+    assert isinstance(server, AiohttpWeb), "Faust's web driver is aiohttp, the only one it ships"
+    server.add_static("/static/", str(STATIC_DIR))
+    middlewares = server.web_app.middlewares
+    middlewares.append(json_errors)  # outermost: also turns a 401 into JSON
+    if worker.settings.api_token:
+        middlewares.append(token_middleware(worker.settings.api_token))
+
+
+def _faust_handler(handler: Handler) -> Callable[..., Any]:
+    """Faust calls a page's function with its View first; ours need the request only."""
+
+    async def get(view: Any, request: web.Request, **match_info: str) -> web.StreamResponse:
+        return await handler(request)
+
+    get.__name__ = handler.__name__
+    return get

@@ -1,0 +1,63 @@
+"""What the HTTP views need of the worker they run in.
+
+The views read the worker through this interface only, so the web package
+does not import the module that builds the Faust app (which imports the
+views to register them): the service passes itself, and any object of this
+shape will do (the in-process web tests fill a plain dict instead of a table).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from typing import Protocol
+
+import aiohttp
+
+from app.metrics import AccountingMetrics
+from app.rules import Session
+from app.settings import Settings
+
+__all__ = ["Worker"]
+
+
+class Worker(Protocol):
+    """One worker of the group, as its web views see it."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def metrics(self) -> AccountingMetrics: ...
+
+    def ready(self) -> bool:
+        """The table is recovered and no rebalance runs: the worker may answer for its partitions."""
+        ...
+
+    def active_partitions(self) -> Collection[int]:
+        """The input partitions this worker is active for now."""
+        ...
+
+    def stored_session(self, session_id: str) -> Session | None:
+        """The session stored under `session_id`, of whichever partition (the
+        store may hold standby and left-over keys: the views check the partition)."""
+        ...
+
+    def stored_sessions(self) -> Iterable[Session]:
+        """Every session stored, of whichever partition."""
+        ...
+
+    def live_sessions(self) -> int:
+        """Sessions not yet closed on this worker's partitions."""
+        ...
+
+    def own_url(self) -> str:
+        """The web address this worker advertises to the group."""
+        ...
+
+    def member_urls(self) -> Collection[str]:
+        """The web addresses every member of the group advertises, this one's included."""
+        ...
+
+    def http_client(self) -> aiohttp.ClientSession:
+        """The client to ask the other workers with."""
+        ...

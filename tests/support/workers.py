@@ -1,0 +1,142 @@
+"""Real workers as subprocesses, watched over their HTTP API.
+
+Workers run as `python -m app.cli worker` so a test can SIGKILL one: an
+in-process Faust app cannot be crashed, and it runs at-least-once only.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from app.dev.kafka import pick_free_loopback_port
+from app.web.fanout import FANOUT_HEADER, PARTITIONS_HEADER, parse_partitions
+from tests.support import REPO
+from tests.support.waiting import wait_for
+
+__all__ = ["WORKER_COMMAND", "WorkerProcess", "accounted"]
+
+WORKER_COMMAND = ["-m", "app.cli", "worker"]
+
+
+class WorkerProcess:
+    """One worker: its own web port, data directory and log file under `workdir`."""
+
+    def __init__(self, name: str, env: Mapping[str, str], workdir: Path, *, command: list[str] | None = None) -> None:
+        self.name = name
+        self.env = dict(env)
+        self.port = pick_free_loopback_port()
+        self.data_dir = workdir / name
+        self.log_path = workdir / f"{name}.log"
+        #: The arguments to the Python interpreter (a benchmark may instrument the worker).
+        self.command = command or WORKER_COMMAND
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        #: Seconds from start to the first ready answer, once `wait_ready` saw it.
+        self.ready_secs: float | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, f"{self.name} was not started"
+        return self.process.pid
+
+    def start(self) -> WorkerProcess:
+        env = {**os.environ, **self.env, "ACCOUNTANT_WEB_PORT": str(self.port),
+               "ACCOUNTANT_DATA_DIR": str(self.data_dir)}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.started_at = time.monotonic()
+            self.ready_secs = None
+            self.process = subprocess.Popen([sys.executable, *self.command], cwd=REPO, env=env,
+                                            stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def check_alive(self) -> None:
+        assert self.process is not None, f"{self.name} was not started"
+        if self.process.poll() is not None:
+            raise AssertionError(f"{self.name} exited with {self.process.returncode}; log:\n{self.log_tail()}")
+
+    def wait_ready(self, timeout: float = 90, interval: float = 0.3) -> WorkerProcess:
+        """Wait for /readyz to answer 200 (failing at once if the worker exits)."""
+
+        def ready() -> bool:
+            self.check_alive()
+            try:
+                return self.get("/readyz")[0] == 200
+            except OSError:
+                return False
+
+        wait_for(f"{self.name} to be ready", ready, timeout, interval, observed=lambda: self.log_tail())
+        self.ready_secs = time.monotonic() - self.started_at
+        return self
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        """Status and body (parsed when JSON) of GET `path`."""
+        request = urllib.request.Request(self.url + path, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, _maybe_json(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, _maybe_json(error.read())
+
+    def stats(self, *, local: bool = False, headers: dict[str, str] | None = None) -> dict[str, Any]:
+        """/stats over the group, or this process's own counters (`local`: the
+        fan-out header stops it asking its peers)."""
+        status, body = self.get("/stats", {**(headers or {}), **({FANOUT_HEADER: "1"} if local else {})})
+        assert status == 200, f"{self.name} /stats answered {status}: {body}"
+        return body
+
+    def owned_partitions(self, headers: dict[str, str] | None = None) -> frozenset[int]:
+        """The input partitions this worker is active for now (empty while rebalancing)."""
+        request = urllib.request.Request(self.url + "/sessions?limit=1",
+                                         headers={**(headers or {}), FANOUT_HEADER: "1"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return parse_partitions(response.headers.get(PARTITIONS_HEADER))
+
+    def stop(self, timeout: float = 60) -> None:
+        """Graceful stop, as on a deploy: SIGTERM, then wait (SIGKILL after `timeout`)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, no chance to flush or commit."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+def accounted(stats: Mapping[str, Any]) -> int:
+    """Events of a /stats answer that ended applied, duplicate or rejected (SPEC §5)."""
+    return stats["applied"] + stats["duplicate"] + stats["rejected_total"]
+
+
+def _maybe_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", "replace")
