@@ -27,6 +27,7 @@ def _run_worker(settings: Settings) -> None:
     """Create the topics, build the app and run its worker until stopped."""
     import faust
 
+    from app.ledger.service import describe_dsn
     from app.service import build_app
     from app.topics import ensure_topics
 
@@ -40,7 +41,8 @@ def _run_worker(settings: Settings) -> None:
             await asyncio.sleep(0.2)
         url = f"{settings.advertised_url}/"
         # Faust redirects sys.stdout/stderr into its log; a person wants this line plain.
-        print(f"usage-accountant ready: dashboard {url}  (broker {settings.broker})", file=sys.__stderr__,
+        ledger = f"; ledger database {describe_dsn(settings.ledger_dsn)}" if settings.ledger_dsn else ""
+        print(f"usage-accountant ready: dashboard {url}  (broker {settings.broker}{ledger})", file=sys.__stderr__,
               flush=True)
 
     # A fresh loop: asyncio.run above closed its own.
@@ -86,6 +88,8 @@ def dev(data_dir: Path) -> None:
         # So `accountant simulate` in another shell can be told where to go.
         (data_dir / "broker.txt").write_text(broker.bootstrap + "\n")
     ledger = _start_dev_ledger(settings, data_dir)
+    # The worker's dashboard shows whether this ledger caught up.
+    settings = settings.model_copy(update={"ledger_dsn": ledger.dsn})
     # Faust handles SIGINT; make SIGTERM stop it the same way.
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     try:

@@ -16,14 +16,20 @@ from app.dev.kafka import _die_with_parent_preexec
 from app.dev.postgres import LocalPostgres, server_can_reach
 from app.settings import Settings
 
+#: In the data directory: the ledger's DSN, for `accountant usage` and `accountant simulate` in another shell.
+DSN_FILE = "ledger-dsn.txt"
+
 
 @dataclass
 class DevLedger:
     dsn: str
     process: subprocess.Popen[bytes]
     postgres: LocalPostgres | None
+    dsn_file: Path
 
     def stop(self, timeout: float = 15) -> None:
+        # Gone with the ledger: `accountant simulate` then checks no ledger rather than a stopped one.
+        self.dsn_file.unlink(missing_ok=True)
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -55,8 +61,9 @@ def start_dev_ledger(settings: Settings, data_dir: Path) -> DevLedger:
                                    stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent_preexec())
     click.echo(f"ledger: database {dsn}  metrics http://{settings.ledger_web_host}:{settings.ledger_web_port}"
                f"/metrics  log {log_path}", err=True)
-    (data_dir / "ledger-dsn.txt").write_text(dsn + "\n")  # for `accountant usage` in another shell
-    return DevLedger(dsn, process, postgres)
+    dsn_file = data_dir / DSN_FILE
+    dsn_file.write_text(dsn + "\n")
+    return DevLedger(dsn, process, postgres, dsn_file)
 
 
 def _postgres_datadir(data_dir: Path) -> Path:

@@ -21,6 +21,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from app.ledger.consumer import LedgerConsumer
 from app.ledger.http import build_web_app, serve
+from app.ledger.kafka_options import kafka_client_options
 from app.ledger.metrics import LedgerMetrics
 from app.ledger.postgres_store import PostgresLedgerStore
 from app.ledger.retry import DatabaseRetry, Stopped
@@ -60,7 +61,7 @@ async def run_ledger(settings: Settings, stop: asyncio.Event) -> None:
         await _ensure_topic(settings, stop, retry)
         session_timeout_ms = int(settings.session_timeout_secs * 1000)
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
+            **kafka_client_options(settings),
             group_id=settings.ledger_group,
             client_id="accountant-ledger",
             # Offsets live in the database, written with the closures; Kafka's are never used.
@@ -94,7 +95,7 @@ async def _ensure_topic(settings: Settings, stop: asyncio.Event, retry: Database
     """Create the closures topic if missing, with the service's partition count
     (subscribing alone could auto-create it with the broker's default)."""
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=15_000)
+        admin = AIOKafkaAdminClient(**kafka_client_options(settings), request_timeout_ms=15_000)
         try:
             await admin.start()
             try:

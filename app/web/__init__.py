@@ -5,6 +5,7 @@ document and the dashboard.
 - `api`: the views; `fanout`: asking the other workers and merging their
   answers; `paging`: cursors and pages; `params`: every operation's
   parameters, one pydantic model each, validated and documented from it;
+- `ledger`: whether the ledger caught up with the closures (its lag);
 - `openapi`: the response shapes and the document; `errors`: JSON errors;
   `auth`: the API token; `assets` and `static/`: the dashboard's files.
 """
@@ -22,6 +23,7 @@ from app.web.api import Api
 from app.web.assets import STATIC_DIR
 from app.web.auth import token_middleware
 from app.web.errors import Handler, json_errors
+from app.web.ledger import LedgerView
 from app.web.worker import Worker
 
 __all__ = ["Worker", "register_views"]
@@ -30,6 +32,7 @@ __all__ = ["Worker", "register_views"]
 def register_views(app: faust.App, worker: Worker) -> None:
     """Serve the API and the dashboard on `app`'s web server, answering from `worker`."""
     api = Api(worker)
+    ledger = LedgerView.from_settings(worker.settings)
     routes: dict[str, Handler] = {
         "/": api.dashboard_page,
         "/healthz": api.healthz,
@@ -39,6 +42,7 @@ def register_views(app: faust.App, worker: Worker) -> None:
         "/tenants": api.list_tenants,
         "/tenants/{tenant_id}/usage": api.tenant_usage,
         "/stats": api.stats,
+        "/ledger": ledger.ledger_status,
         "/metrics": api.metrics,
         "/openapi.json": api.openapi_document,
     }
@@ -47,6 +51,7 @@ def register_views(app: faust.App, worker: Worker) -> None:
     server = app.web
     assert isinstance(server, AiohttpWeb), "Faust's web driver is aiohttp, the only one it ships"
     server.add_static("/static/", str(STATIC_DIR))
+    server.web_app.on_cleanup.append(ledger.close)
     middlewares = server.web_app.middlewares
     middlewares.append(json_errors)  # outermost: also turns a 401 into JSON
     if worker.settings.api_token:
