@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from app.ledger.kafka_options import kafka_client_options
 from app.settings import Settings
@@ -64,6 +65,7 @@ class LedgerLagReader:
         self._client_options = dict(client_options)
         self._max_age = max_age
         self._consumer: AIOKafkaConsumer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
         self._connection: psycopg.AsyncConnection[Any] | None = None
         self._lock = asyncio.Lock()
         self._last: tuple[float, dict[int, int] | BaseException] | None = None
@@ -95,25 +97,32 @@ class LedgerLagReader:
         return dict(result)
 
     async def _read(self) -> dict[int, int]:
-        consumer = await self._kafka()
-        # Fresh metadata, so a topic created since the last read is seen.
-        if self.topic not in await consumer.topics():
+        consumer, admin = await self._kafka()
+        # Fresh metadata, so a topic created since the last read is seen. (Not
+        # consumer.topics() + partitions_for_topic(): the first does not update
+        # the metadata the second reads, which then knows no partitions.)
+        [description] = await admin.describe_topics([self.topic])
+        if description.get("error_code") or not description.get("partitions"):
             raise LookupError(f"topic {self.topic!r} does not exist")
-        partitions = [TopicPartition(self.topic, number)
-                      for number in sorted(consumer.partitions_for_topic(self.topic) or ())]
+        partitions = [TopicPartition(self.topic, meta["partition"])
+                      for meta in sorted(description["partitions"], key=lambda meta: meta["partition"])]
         end = await consumer.end_offsets(partitions)
         beginning = await consumer.beginning_offsets(partitions)
         stored = await stored_offsets(await self._database(), self.group, self.topic)
         return lag_per_partition({tp.partition: offset for tp, offset in end.items()}, stored,
                                  {tp.partition: offset for tp, offset in beginning.items()})
 
-    async def _kafka(self) -> AIOKafkaConsumer:
+    async def _kafka(self) -> tuple[AIOKafkaConsumer, AIOKafkaAdminClient]:
         if self._consumer is None:
             consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, isolation_level="read_committed",
                                         **self._client_options)
             await consumer.start()
             self._consumer = consumer
-        return self._consumer
+        if self._admin is None:
+            admin = AIOKafkaAdminClient(**self._client_options)
+            await admin.start()
+            self._admin = admin
+        return self._consumer, self._admin
 
     async def _database(self) -> psycopg.AsyncConnection[Any]:
         if self._connection is None or self._connection.closed or self._connection.broken:
@@ -122,10 +131,14 @@ class LedgerLagReader:
 
     async def close(self) -> None:
         consumer, self._consumer = self._consumer, None
+        admin, self._admin = self._admin, None
         connection, self._connection = self._connection, None
         if consumer is not None:
             with contextlib.suppress(Exception):  # a broken client is dropped all the same
                 await consumer.stop()
+        if admin is not None:
+            with contextlib.suppress(Exception):
+                await admin.close()
         if connection is not None:
             with contextlib.suppress(psycopg.Error):
                 await connection.close()

@@ -10,9 +10,10 @@ and the stored offsets say exactly which records it holds.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import orjson
@@ -79,24 +80,23 @@ WHERE o.consumer_group = %s AND o.topic = u.topic AND o.partition = u.partition
 """
 
 
-class PostgresLedgerStore:
-    """A `LedgerStore` on one PostgreSQL connection, opened on first use and
-    again after it breaks. Errors are the caller's to retry (app/ledger/retry.py)."""
+class _Link:
+    """One connection, opened on first use and again after it breaks, used by
+    one task at a time (a psycopg connection holds one transaction)."""
 
     def __init__(self, dsn: str) -> None:
-        given = conninfo_to_dict(dsn)
-        # Defaults only: what the DSN says wins. A short connect timeout keeps
-        # retries against a database that is down frequent.
-        defaults: dict[str, str | int] = {"application_name": APPLICATION_NAME, "connect_timeout": 5}
-        self._dsn = make_conninfo(dsn, **{name: value for name, value in defaults.items() if name not in given})
+        self._dsn = dsn
         self._connection: psycopg.AsyncConnection | None = None
+        self._lock = asyncio.Lock()
 
-    async def _connect(self) -> psycopg.AsyncConnection:
-        if self._connection is not None and not self._connection.closed and not self._connection.broken:
-            return self._connection
-        await self.close()
-        self._connection = await psycopg.AsyncConnection.connect(self._dsn)
-        return self._connection
+    @contextlib.asynccontextmanager
+    async def use(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        async with self._lock:
+            connection = self._connection
+            if connection is None or connection.closed or connection.broken:
+                await self.close()
+                connection = self._connection = await psycopg.AsyncConnection.connect(self._dsn)
+            yield connection
 
     async def close(self) -> None:
         connection, self._connection = self._connection, None
@@ -104,15 +104,35 @@ class PostgresLedgerStore:
             with contextlib.suppress(psycopg.Error):  # a broken connection is closed all the same
                 await connection.close()
 
+
+class PostgresLedgerStore:
+    """A `LedgerStore` on two PostgreSQL connections: one for writes and one
+    for claims, so that a rebalance reads the stored offsets at once even while
+    a write waits (for locks, or for a database that is down). Errors are the
+    caller's to retry (app/ledger/retry.py)."""
+
+    def __init__(self, dsn: str) -> None:
+        given = conninfo_to_dict(dsn)
+        # Defaults only: what the DSN says wins. A short connect timeout keeps
+        # retries against a database that is down frequent.
+        defaults: dict[str, str | int] = {"application_name": APPLICATION_NAME, "connect_timeout": 5}
+        dsn = make_conninfo(dsn, **{name: value for name, value in defaults.items() if name not in given})
+        self._writes = _Link(dsn)
+        self._claims = _Link(dsn)
+
+    async def close(self) -> None:
+        await self._writes.close()
+        await self._claims.close()
+
     async def migrate(self) -> list[str]:
-        return await migrate(await self._connect())
+        async with self._writes.use() as connection:
+            return await migrate(connection)
 
     async def claim(self, group: str, partitions: Iterable[Partition]) -> dict[Partition, int | None]:
         keys = sorted(set(partitions))
         if not keys:
             return {}
-        connection = await self._connect()
-        async with connection.transaction():
+        async with self._claims.use() as connection, connection.transaction():
             topics, numbers = [topic for topic, _ in keys], [number for _, number in keys]
             await connection.execute(_ENSURE_OFFSET_ROWS, (group, topics, numbers))
             cursor = await connection.execute(
@@ -122,8 +142,7 @@ class PostgresLedgerStore:
             return {(topic, number): offset for topic, number, offset in await cursor.fetchall()}
 
     async def write(self, batch: LedgerBatch, *, isolate: bool = False) -> BatchOutcome:
-        connection = await self._connect()
-        async with connection.transaction():
+        async with self._writes.use() as connection, connection.transaction():
             fenced = await self._lock_offsets(connection, batch)
             if fenced:
                 batch = batch.without(fenced)

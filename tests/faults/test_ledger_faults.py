@@ -7,8 +7,9 @@ sent (an over-count would reveal a batch written twice), and no conflicts.
 
 from __future__ import annotations
 
-import asyncio
+import os
 import random
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ import psycopg
 import pytest
 
 from app.dev.postgres import LocalPostgres
-from app.ledger.postgres_store import APPLICATION_NAME, PostgresLedgerStore
+from app.ledger.postgres_store import APPLICATION_NAME
 from tests.ledger.test_ledger_service import assert_exact
 from tests.support.closures import ClosureSet, rfc3339
 from tests.support.ledger_processes import LedgerDeployment
@@ -208,37 +209,43 @@ def test_two_ledgers_in_one_group_with_rebalances(ledger_deployment: LedgerDeplo
 
 def test_a_batch_in_flight_for_a_revoked_partition_is_fenced(ledger_deployment: LedgerDeployment,
                                                             fault_figures: Callable[[dict], None]) -> None:
-    """Ledger A's first write (all four partitions) is held up in the database (a
-    lock the test holds) past its revocation; ledger B, now owning two of those
-    partitions, reads them from the same stored offsets and writes too. A's write
-    goes first: B's batch is fenced, and B reads on from what A stored. Nothing doubles."""
+    """Ledger A is frozen (SIGSTOP) in the middle of writing a batch, its
+    transaction open and its offset rows locked. It stops heartbeating, the
+    group evicts it, and ledger B takes every partition, reads them from the
+    offsets the database held before A's batch, and writes too: B's write waits
+    for A's locks. A thaws (SIGCONT) and commits; B finds other offsets than it
+    expected, leaves those partitions out (fenced) and reads on from there.
+    Nothing is lost or doubled."""
     deployment = ledger_deployment
-    population = ClosureSet(4000, seed=71)
+    population = ClosureSet(40_000, seed=71)
     deployment.publish_closures(population.closures)
-    asyncio.run(_claim(deployment))  # the offset rows the test locks
-    with psycopg.connect(deployment.dsn) as blocker:
-        blocker.execute("SELECT * FROM ledger_offsets FOR UPDATE")  # held until the block ends
+    first = deployment.ledger("ledger-a").start()
+    frozen = False
+    try:
         with psycopg.connect(deployment.dsn, autocommit=True) as watcher:
-            first = deployment.ledger("ledger-a").start()
-            wait_until(lambda: watcher.execute(_BLOCKED_ON_LOCKS).fetchone()[0] == 1, 60, "ledger-a blocked")
+            while not frozen:
+                assert _rows(watcher) < len(population.closures), "ledger-a finished before it could be frozen"
+                wait_until(lambda: watcher.execute(_WRITING_A_BATCH).fetchone()[0] > 0, 120, "writing a batch",
+                           poll=0.002)
+                os.kill(first.process.pid, signal.SIGSTOP)
+                # Frozen with the transaction open? (It may have committed just before.)
+                if watcher.execute(_WRITING_A_BATCH).fetchone()[0] > 0:
+                    frozen = True
+                else:
+                    os.kill(first.process.pid, signal.SIGCONT)
             second = deployment.ledger("ledger-b").start().wait_ready(timeout=90)
-            wait_until(lambda: watcher.execute(_BLOCKED_ON_LOCKS).fetchone()[0] == 2, 60, "ledger-b blocked")
-        blocker.rollback()
+            wait_until(lambda: watcher.execute(_BLOCKED_ON_LOCKS).fetchone()[0] == 1, 90,
+                       "ledger-b waiting for ledger-a's locks")
+    finally:
+        if frozen:
+            os.kill(first.process.pid, signal.SIGCONT)
     deployment.wait_caught_up(alive=[first, second])
 
     stored = assert_exact(deployment, population)
     assert sum(row["duplicates"] for row in stored) == 0
     assert_offsets_match_rows(deployment)
     wait_until(lambda: second.metric("accountant_ledger_fenced_partitions_total") >= 1, 30,
-               "fencing ledger-b's batch for the moved partitions")
+               "fencing ledger-b's batch for the partitions ledger-a wrote")
     fenced = second.metric("accountant_ledger_fenced_partitions_total")
-    assert first.metric("accountant_ledger_fenced_partitions_total") == 0
     fault_figures({"closures": len(population.closures), "fenced_partitions": fenced, "lost": 0,
                    "double_billed": 0})
-
-
-async def _claim(deployment: LedgerDeployment) -> None:
-    store = PostgresLedgerStore(deployment.dsn)
-    await store.migrate()
-    await store.claim(deployment.group, [(deployment.topic, number) for number in range(deployment.partitions)])
-    await store.close()

@@ -31,6 +31,16 @@ def assert_exact(deployment: LedgerDeployment, population: ClosureSet) -> list[d
     return stored
 
 
+def test_the_lag_counts_the_records_the_ledger_has_not_stored(ledger_deployment: LedgerDeployment) -> None:
+    population = ClosureSet(30, seed=3)
+    ledger_deployment.publish_closures(population.closures)
+    assert ledger_deployment.lag() == 30  # no ledger yet, not even its schema
+    ledger = ledger_deployment.ledger().start().wait_ready()
+    ledger_deployment.wait_caught_up(alive=[ledger])
+    assert ledger_deployment.lag() == 0
+    assert len(read_ledger_closures(ledger_deployment.dsn)) == 30
+
+
 def test_closures_land_once_with_their_figures_and_offsets(ledger_deployment: LedgerDeployment) -> None:
     population = ClosureSet(3000, seed=11)
     ledger_deployment.publish_closures(population.closures)
