@@ -19,7 +19,8 @@ A failing test that used it gets a "PostgreSQL" report section naming the server
 ``deployment`` gives real workers on that broker (tests/support/deployment.py),
 with a fresh app id and topic prefix per test; ``ledger_dsn`` a fresh database
 on that server; ``ledger_deployment`` `accountant ledger` processes on both
-(tests/support/ledger_processes.py).
+(tests/support/ledger_processes.py), ``deployment_ledger`` ledgers reading the
+closures of ``deployment``'s workers.
 
 What tests and benchmarks share lives in tests/support/.
 """
@@ -156,6 +157,21 @@ def ledger_deployment(kafka_bootstrap: str, ledger_dsn: str, unique_name: Callab
     from it is stopped afterwards, and its log shown when the test failed."""
     ledgers = LedgerDeployment(kafka_bootstrap, ledger_dsn, unique_name("t") + ".", unique_name("ledger"), tmp_path)
     ledgers.create_topic()
+    yield ledgers
+    ledgers.stop_all()
+    if body_failed(request):
+        print(ledgers.logs())
+
+
+@pytest.fixture
+def deployment_ledger(deployment: Deployment, ledger_dsn: str, unique_name: Callable[[str], str],
+                      request: pytest.FixtureRequest) -> Iterator[LedgerDeployment]:
+    """`accountant ledger` processes reading the closures of ``deployment``'s
+    workers into a fresh database; the workers know it (their /ledger and the
+    dashboard show its lag). Ledgers are stopped afterwards, and their logs shown
+    when the test failed."""
+    ledgers = LedgerDeployment.beside(deployment, ledger_dsn, unique_name("ledger"))
+    deployment.settings.update({"ACCOUNTANT_LEDGER_DSN": ledgers.dsn, "ACCOUNTANT_LEDGER_GROUP": ledgers.group})
     yield ledgers
     ledgers.stop_all()
     if body_failed(request):

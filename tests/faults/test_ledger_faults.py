@@ -1,8 +1,16 @@
-"""The ledger under faults: every closure exactly once in the database, whatever happens.
+"""The billing ledger (`accountant ledger`, app/ledger) under faults.
 
-Each test checks the ledger against the closures it published: one row per
-closure_id, per-tenant token sums equal, no duplicate counted unless one was
-sent (an over-count would reveal a batch written twice), and no conflicts.
+Simulator runs against a real worker, with a ledger writing the closures into
+a real PostgreSQL: `finish` checks the worker's outputs with the fault oracle
+as every fault test does, then the ledger against the same oracle once it
+caught up: one row per closed session with the oracle's figures, per-tenant
+token sums equal, lost = 0, double-billed = 0, and no conflict but the
+expected ones. The faults: kill -9 of the ledger mid-batch, PostgreSQL stopped
+for 10 s under load, every closure delivered 2-3 times, a closure re-sent with
+a changed total (test_kill_worker.py runs a ledger through its worker kills).
+
+Two more tests drive ledgers alone, with hand-made closures: rebalances in a
+group of ledgers under load, and a batch fenced after its partitions moved.
 """
 
 from __future__ import annotations
@@ -13,158 +21,192 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
-from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
 from app.dev.postgres import LocalPostgres
+from app.dev.simulator import Simulation, SimulationConfig, new_run_id
 from app.ledger.postgres_store import APPLICATION_NAME
+from app.rules import SECOND, format_timestamp, parse_timestamp
+from tests.faults.harness import Timeline, finish, publish_piece
 from tests.ledger.test_ledger_service import assert_exact
-from tests.support.closures import ClosureSet, rfc3339
-from tests.support.ledger_processes import LedgerDeployment
+from tests.support.closures import ClosureSet
+from tests.support.deployment import Deployment
+from tests.support.ledger import pieces, simulated, split_points
+from tests.support.ledger_processes import WRITING_A_BATCH, LedgerDeployment, resend_closures
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.postgres]
 
-#: A transaction of the ledger is open and has gone past locking its offsets: a batch is being written.
-_WRITING_A_BATCH = f"""
-SELECT count(*) FROM pg_stat_activity
-WHERE datname = current_database() AND application_name = '{APPLICATION_NAME}' AND xact_start IS NOT NULL
-  AND (query LIKE '%FOR UPDATE%' OR query LIKE 'SELECT closure_id, content_sha256%' OR query LIKE 'COPY closures%'
-       OR query LIKE '%UPDATE closures%' OR query LIKE '%UPDATE ledger_offsets%')
-"""
-_ROLLED_BACK = "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+OUTAGE_SECS = 10.0
+
 _BLOCKED_ON_LOCKS = f"""
 SELECT count(*) FROM pg_stat_activity
 WHERE datname = current_database() AND application_name = '{APPLICATION_NAME}' AND wait_event_type = 'Lock'
 """
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str, poll: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} after {timeout} s")
-        time.sleep(poll)
+def assert_every_record_accounted_once(ledgers: LedgerDeployment) -> None:
+    """The stored offsets count exactly the records the database accounts for: batches are atomic."""
+    offsets, records = ledgers.offsets_and_records()
+    assert offsets == records, f"stored offsets cover {offsets} records, the database accounts for {records}"
 
 
-def _rows(connection: psycopg.Connection) -> int:
-    try:
-        return connection.execute("SELECT count(*) FROM closures").fetchone()[0]
-    except psycopg.errors.UndefinedTable:
-        return 0
+def emitted_later(closure: dict[str, Any], seconds: int) -> dict[str, Any]:
+    """The same closure sent again `seconds` later (all of it the same but emitted_at)."""
+    return {**closure, "emitted_at": format_timestamp(parse_timestamp(closure["emitted_at"]) + seconds * SECOND)}
 
 
-def assert_offsets_match_rows(deployment: LedgerDeployment) -> None:
-    """With valid closures sent once each, the stored offsets count exactly the rows: atomicity."""
-    [(offsets, rows)] = deployment.query(
-        "SELECT (SELECT coalesce(sum(next_offset), 0) FROM ledger_offsets WHERE consumer_group = %s), "
-        "(SELECT count(*) FROM closures)", (deployment.group,))
-    assert offsets == rows, f"stored offsets cover {offsets} records but {rows} rows are stored"
+# --------------------------------------------------------------------------
+# Simulator runs: a worker and a ledger, checked with the oracle
 
 
-def test_kill_9_mid_batch_then_restart(ledger_deployment: LedgerDeployment,
-                                        fault_figures: Callable[[dict], None]) -> None:
-    population = ClosureSet(40_000, seed=31)
-    ledger_deployment.publish_closures(population.closures)
-    rows_at_kills = []
-    for attempt in range(2):
-        ledger = ledger_deployment.ledger(f"ledger-{attempt}").start()
-        with psycopg.connect(ledger_deployment.dsn, autocommit=True) as watcher:
-            # Past a committed batch of its own, so the restart resumes mid-partition.
-            before = rows_at_kills[-1] if rows_at_kills else 0
-            wait_until(lambda before=before: _rows(watcher) > before, 120, "writing")
-            rolled_back = watcher.execute(_ROLLED_BACK).fetchone()[0]
-            wait_until(lambda: watcher.execute(_WRITING_A_BATCH).fetchone()[0] > 0, 120, "writing a batch",
-                       poll=0.002)
-            ledger.kill()
-            # The server rolls back the transaction the kill left open: the kill was mid-batch.
-            wait_until(lambda rolled_back=rolled_back: watcher.execute(_ROLLED_BACK).fetchone()[0] > rolled_back, 30,
-                       "rolling back the killed ledger's transaction")
-        [(rows,)] = ledger_deployment.query("SELECT count(*) FROM closures")
-        rows_at_kills.append(rows)
-        assert rows < len(population.closures), "the ledger had finished before the kill"
-        assert_offsets_match_rows(ledger_deployment)
-    ledger = ledger_deployment.ledger("ledger-final").start()
-    ledger_deployment.wait_caught_up(alive=[ledger])
+def test_ledger_killed_mid_batch_twice_under_load(deployment: Deployment, deployment_ledger: LedgerDeployment,
+                                                  fault_figures: Callable[[dict], None]) -> None:
+    timeline = Timeline()
+    simulation = Simulation(SimulationConfig(sessions=3000, rounds=4, seed=7007, run_id=new_run_id()))
+    ledger, stamper = simulated(simulation)
+    events = list(simulation.events())
+    first, second = pieces(events, split_points(events, simulation, (0.5,)))
+    billing = deployment_ledger
+    # Small transactions, many of them: a kill lands inside one, past others.
+    billing.settings["ACCOUNTANT_LEDGER_BATCH_MAX_RECORDS"] = "200"
+    deployment.create_topics()
+    worker = deployment.worker().start().wait_ready()
+    billing.ledger("ledger-1").start().wait_ready()
+    timeline("ready")
 
-    stored = assert_exact(ledger_deployment, population)
-    assert sum(row["duplicates"] for row in stored) == 0
-    assert_offsets_match_rows(ledger_deployment)
-    fault_figures({"closures": len(population.closures), "rows_at_kills": rows_at_kills, "lost": 0,
-                   "double_billed": 0})
+    # Each kill while the worker pours out closures and the ledger writes them.
+    publish_piece(deployment, first, stamper)
+    rows_at_kills = [billing.kill_mid_batch(billing.started[-1])]
+    timeline("ledger-1 killed")
+    assert_every_record_accounted_once(billing)
+    billing.ledger("ledger-2").start().wait_ready()
+    publish_piece(deployment, second, stamper)
+    rows_at_kills.append(billing.kill_mid_batch(billing.started[-1], past_rows=rows_at_kills[0]))
+    timeline("ledger-2 killed")
+    assert_every_record_accounted_once(billing)
+    assert rows_at_kills[-1] < simulation.expected.sessions, "the ledger had written everything before the kill"
+
+    billing.ledger("ledger-3").start()
+    finish(deployment, ledger, simulation, faults=2, report=fault_figures, stats_from=worker, exact_stats=True,
+           timeline=timeline, billing=billing,
+           extra={"ledger_kills": 2, "ledger_rows_at_kills": "+".join(map(str, rows_at_kills))})
+    assert_every_record_accounted_once(billing)
 
 
-def test_postgres_down_for_10_s_under_load(kafka_bootstrap: str, private_postgres: LocalPostgres, tmp_path: Path,
-                                           unique_name: Callable[[str], str],
+def test_postgres_down_for_10_s_under_load(deployment: Deployment, private_postgres: LocalPostgres,
+                                           private_postgres_ledger: LedgerDeployment,
                                            fault_figures: Callable[[dict], None]) -> None:
-    with psycopg.connect(private_postgres.dsn, autocommit=True) as connection:
-        connection.execute("CREATE DATABASE ledger")
-    dsn = psycopg.conninfo.make_conninfo(private_postgres.dsn, dbname="ledger")
-    deployment = LedgerDeployment(kafka_bootstrap, dsn, unique_name("t") + ".", unique_name("ledger"), tmp_path)
-    deployment.create_topic()
-    population = ClosureSet(24_000, seed=41)
-    chunks = [population.closures[start:start + 2000] for start in range(0, len(population.closures), 2000)]
-    try:
-        ledger = deployment.ledger().start().wait_ready()
-        pid = ledger.process.pid
-        deployment.publish_closures(chunks[0] + chunks[1])
-        wait_until(lambda: deployment.query("SELECT count(*) FROM closures")[0][0] > 0, 60, "writing")
-        private_postgres.stop()
-        stopped = time.monotonic()
-        health, database_up, published = [], [], 2
-        while time.monotonic() - stopped < 10:
-            if published < len(chunks) - 2:  # the load goes on while the database is away
-                deployment.publish_closures(chunks[published])
-                published += 1
-            health.append(ledger.get("/healthz")[0])
-            database_up.append(ledger.metric("accountant_ledger_database_up"))
-            ledger.check_alive()
-            time.sleep(0.2)
-        private_postgres.start()
-        outage = time.monotonic() - stopped
-        for chunk in chunks[published:]:
-            deployment.publish_closures(chunk)
-        deployment.wait_caught_up(alive=[ledger])
+    timeline = Timeline()
+    simulation = Simulation(SimulationConfig(sessions=2000, rounds=5, seed=8008, run_id=new_run_id()))
+    ledger, stamper = simulated(simulation)
+    events = list(simulation.events())
+    first, second, third = pieces(events, split_points(events, simulation, (0.3, 0.65)))
+    billing = private_postgres_ledger
+    deployment.create_topics()
+    worker = deployment.worker().start().wait_ready()
+    writer = billing.ledger().start().wait_ready()
+    pid = writer.pid
+    timeline("ready")
 
-        assert ledger.process.pid == pid and set(health) == {200}
-        assert 0.0 in database_up, "the ledger never noticed the database was down"
-        retries = ledger.metric("accountant_ledger_database_retries_total")
-        assert retries > 0
-        stored = assert_exact(deployment, population)
-        assert sum(row["duplicates"] for row in stored) == 0
-        ledger.wait_metric("accountant_ledger_database_up", 1)
-        fault_figures({"closures": len(population.closures), "outage_secs": round(outage, 1),
-                       "database_retries": retries, "lost": 0, "double_billed": 0})
-    finally:
-        deployment.stop_all()
+    publish_piece(deployment, first, stamper)
+    wait_for("the ledger to write", lambda: billing.rows() > 0, timeout=60)
+    private_postgres.stop()
+    stopped = time.monotonic()
+    timeline("PostgreSQL stopped")
+    # The load goes on: the worker publishes the closures of this piece while the database is away.
+    publish_piece(deployment, second, stamper)
+    health, database_up = [], []
+    while time.monotonic() - stopped < OUTAGE_SECS:
+        writer.check_alive()
+        health.append(writer.get("/healthz")[0])
+        database_up.append(writer.metric("accountant_ledger_database_up"))
+        time.sleep(0.5)
+    private_postgres.start()
+    outage = time.monotonic() - stopped
+    timeline("PostgreSQL started")
+
+    publish_piece(deployment, third, stamper)
+    timeline("published")
+    finish(deployment, ledger, simulation, faults=1, report=fault_figures, stats_from=worker, exact_stats=True,
+           timeline=timeline, billing=billing,
+           extra={"outage_secs": round(outage, 1),
+                  "database_retries": writer.metric("accountant_ledger_database_retries_total")})
+    assert writer.pid == pid and set(health) == {200}, f"/healthz during the outage: {sorted(set(health))}"
+    assert 0.0 in database_up, "the ledger never noticed the database was down"
+    assert writer.metric("accountant_ledger_database_retries_total") > 0
+    writer.wait_metric("accountant_ledger_database_up", 1)
+    assert_every_record_accounted_once(billing)
 
 
-def test_every_closure_delivered_two_or_three_times(ledger_deployment: LedgerDeployment,
+def test_every_closure_delivered_two_or_three_times(deployment: Deployment, deployment_ledger: LedgerDeployment,
                                                     fault_figures: Callable[[dict], None]) -> None:
-    population = ClosureSet(5000, seed=51)
-    rng = random.Random(51)
-    deliveries = []
-    for item in population.closures:
-        for copy_number in range(rng.choice([2, 3])):
-            emitted = datetime.fromisoformat(item["emitted_at"].replace("Z", "+00:00"))
-            deliveries.append(dict(item, emitted_at=rfc3339(emitted + timedelta(seconds=7 * copy_number))))
-    rng.shuffle(deliveries)
-    # Half before the ledger starts, half while it runs.
-    ledger_deployment.publish_closures(deliveries[: len(deliveries) // 2])
-    ledger = ledger_deployment.ledger().start().wait_ready()
-    ledger_deployment.publish_closures(deliveries[len(deliveries) // 2:])
-    ledger_deployment.wait_caught_up(alive=[ledger])
+    """Each closure the worker publishes is followed, on its partition, by one or
+    two copies that differ only in `emitted_at` (a replay's copies do): the
+    ledger counts them as repeats and bills the session once."""
+    timeline = Timeline()
+    simulation = Simulation(SimulationConfig(sessions=1000, rounds=5, seed=9009, run_id=new_run_id()))
+    ledger, stamper = simulated(simulation)
+    billing = deployment_ledger
+    deployment.create_topics()
+    worker = deployment.worker().start().wait_ready()
+    writer = billing.ledger().start().wait_ready()
+    timeline("ready")
 
-    stored = assert_exact(ledger_deployment, population)
-    repeats = len(deliveries) - len(population.closures)
-    assert sum(row["duplicates"] for row in stored) == repeats
-    ledger.wait_metric("accountant_ledger_duplicates_total", repeats)
-    assert ledger.metric("accountant_ledger_conflicts_total") == 0
-    assert ledger_deployment.query("SELECT count(*) FROM closure_conflicts") == [(0,)]
-    fault_figures({"closures": len(population.closures), "deliveries": len(deliveries), "duplicates": repeats,
-                   "lost": 0, "double_billed": 0})
+    publish_piece(deployment, list(simulation.events()), stamper)
+    chance = random.Random(9009)
+    injected = resend_closures(deployment.bootstrap, deployment.closures_topic, ledger.closures,
+                               lambda closure: [emitted_later(closure, 7 * n)
+                                                for n in range(1, chance.choice((2, 3)))])
+    timeline("copies sent")
+    verdict = finish(deployment, ledger, simulation, faults=len(injected), report=fault_figures,
+                     stats_from=worker, exact_stats=True, timeline=timeline, billing=billing, injected=injected,
+                     extra={"closure_copies": len(injected)})
+    repeats = len(injected) + len(verdict.outputs.closures) - simulation.expected.sessions
+    assert verdict.figures["ledger_duplicates"] == repeats
+    writer.wait_metric("accountant_ledger_duplicates_total", repeats)
+    assert writer.metric("accountant_ledger_conflicts_total") == 0
+    assert_every_record_accounted_once(billing)
+
+
+def test_a_closure_resent_with_a_changed_total_lands_in_conflicts(
+        deployment: Deployment, deployment_ledger: LedgerDeployment, fault_figures: Callable[[dict], None]) -> None:
+    """Every 25th closure is followed by a copy whose total is 1,000 tokens more:
+    the stored row stands (the oracle's total), the copy goes to
+    closure_conflicts, and the metric and the log raise the alarm."""
+    timeline = Timeline()
+    simulation = Simulation(SimulationConfig(sessions=600, rounds=5, seed=10010, run_id=new_run_id()))
+    ledger, stamper = simulated(simulation)
+    billing = deployment_ledger
+    deployment.create_topics()
+    worker = deployment.worker().start().wait_ready()
+    writer = billing.ledger().start().wait_ready()
+    timeline("ready")
+
+    publish_piece(deployment, list(simulation.events()), stamper)
+    changed = sorted(ledger.closures)[::25]
+
+    def more_tokens(closure: dict[str, Any]) -> list[dict[str, Any]]:
+        record = {**closure["record"], "delta_token_count": closure["record"]["delta_token_count"] + 1000}
+        return [{**emitted_later(closure, 5), "record": record,
+                 "total_token_count": closure["total_token_count"] + 1000}]
+
+    injected = resend_closures(deployment.bootstrap, deployment.closures_topic, changed, more_tokens)
+    timeline("changed copies sent")
+    finish(deployment, ledger, simulation, faults=len(injected), report=fault_figures, stats_from=worker,
+           exact_stats=True, timeline=timeline, billing=billing, injected=injected, expected_conflicts=changed,
+           extra={"changed_copies": len(injected)})
+    writer.wait_metric("accountant_ledger_conflicts_total", len(changed))
+    log = writer.log_tail(2000)
+    assert all(f"CONFLICT: closure {closure_id!r}" in log for closure_id in changed)
+    assert_every_record_accounted_once(billing)
+
+
+# --------------------------------------------------------------------------
+# Ledgers alone, with hand-made closures
 
 
 def test_two_ledgers_in_one_group_with_rebalances(ledger_deployment: LedgerDeployment,
@@ -187,12 +229,14 @@ def test_two_ledgers_in_one_group_with_rebalances(ledger_deployment: LedgerDeplo
     publisher = threading.Thread(target=publish_steadily, name="publisher")
     publisher.start()
     try:
-        wait_until(lambda: first.metric("accountant_ledger_closures_written_total") > 0, 60, "writing")
+        wait_for("ledger-a to write", lambda: first.metric("accountant_ledger_closures_written_total") > 0, 60)
         second = deployment.ledger("ledger-b").start().wait_ready()  # joins: a rebalance under load
-        wait_until(lambda: second.metric("accountant_ledger_closures_written_total") > 0, 60, "sharing the work")
+        wait_for("ledger-b to share the work",
+                 lambda: second.metric("accountant_ledger_closures_written_total") > 0, 60)
         first.kill()  # a crash: its partitions move on after the session timeout
         third = deployment.ledger("ledger-c").start().wait_ready()  # and another rebalance
-        wait_until(lambda: third.metric("accountant_ledger_closures_written_total") > 0, 60, "sharing the work")
+        wait_for("ledger-c to share the work",
+                 lambda: third.metric("accountant_ledger_closures_written_total") > 0, 60)
         fenced = second.metric("accountant_ledger_fenced_partitions_total")
         second.stop()  # a graceful leave: one more
     finally:
@@ -202,7 +246,7 @@ def test_two_ledgers_in_one_group_with_rebalances(ledger_deployment: LedgerDeplo
 
     stored = assert_exact(deployment, population)
     assert sum(row["duplicates"] for row in stored) == 0
-    assert_offsets_match_rows(deployment)
+    assert_every_record_accounted_once(deployment)
     fault_figures({"closures": len(population.closures), "lost": 0, "double_billed": 0,
                    "fenced_partitions": fenced})
 
@@ -224,18 +268,18 @@ def test_a_batch_in_flight_for_a_revoked_partition_is_fenced(ledger_deployment: 
     try:
         with psycopg.connect(deployment.dsn, autocommit=True) as watcher:
             while not frozen:
-                assert _rows(watcher) < len(population.closures), "ledger-a finished before it could be frozen"
-                wait_until(lambda: watcher.execute(_WRITING_A_BATCH).fetchone()[0] > 0, 120, "writing a batch",
-                           poll=0.002)
+                assert deployment.rows() < len(population.closures), "ledger-a finished before it could be frozen"
+                wait_for("ledger-a to be writing a batch",
+                         lambda: watcher.execute(WRITING_A_BATCH).fetchone()[0] > 0, 120, interval=0.002)
                 os.kill(first.process.pid, signal.SIGSTOP)
                 # Frozen with the transaction open? (It may have committed just before.)
-                if watcher.execute(_WRITING_A_BATCH).fetchone()[0] > 0:
+                if watcher.execute(WRITING_A_BATCH).fetchone()[0] > 0:
                     frozen = True
                 else:
                     os.kill(first.process.pid, signal.SIGCONT)
             second = deployment.ledger("ledger-b").start().wait_ready(timeout=90)
-            wait_until(lambda: watcher.execute(_BLOCKED_ON_LOCKS).fetchone()[0] == 1, 90,
-                       "ledger-b waiting for ledger-a's locks")
+            wait_for("ledger-b to wait for ledger-a's locks",
+                     lambda: watcher.execute(_BLOCKED_ON_LOCKS).fetchone()[0] == 1, 90)
     finally:
         if frozen:
             os.kill(first.process.pid, signal.SIGCONT)
@@ -243,9 +287,9 @@ def test_a_batch_in_flight_for_a_revoked_partition_is_fenced(ledger_deployment: 
 
     stored = assert_exact(deployment, population)
     assert sum(row["duplicates"] for row in stored) == 0
-    assert_offsets_match_rows(deployment)
-    wait_until(lambda: second.metric("accountant_ledger_fenced_partitions_total") >= 1, 30,
-               "fencing ledger-b's batch for the partitions ledger-a wrote")
+    assert_every_record_accounted_once(deployment)
+    wait_for("ledger-b to fence its batch for the partitions ledger-a wrote",
+             lambda: second.metric("accountant_ledger_fenced_partitions_total") >= 1, 30)
     fenced = second.metric("accountant_ledger_fenced_partitions_total")
     fault_figures({"closures": len(population.closures), "fenced_partitions": fenced, "lost": 0,
                    "double_billed": 0})

@@ -9,24 +9,39 @@ app/ledger/.)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 import psycopg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from app.dev.kafka import create_topics
-from app.ledger.lag import read_ledger_lag
+from app.dev.ledger_check import LedgerReport, verify_ledger
+from app.dev.oracle import Expected
+from app.ledger.lag import LedgerLagReader, read_ledger_lag
+from app.ledger.postgres_store import APPLICATION_NAME
 from tests.support.deployment import Deployment
 from tests.support.kafka import produce
 from tests.support.waiting import wait_for
 from tests.support.workers import WorkerProcess
 
-__all__ = ["LEDGER_COMMAND", "LedgerDeployment", "LedgerProcess"]
+__all__ = ["LEDGER_COMMAND", "ROLLED_BACK", "WRITING_A_BATCH", "Copies", "LedgerDeployment", "LedgerProcess",
+           "resend_closures"]
 
 LEDGER_COMMAND = ["-m", "app.cli", "ledger"]
+
+#: A transaction of the ledger is open and past locking its offsets: a batch is being written.
+WRITING_A_BATCH = f"""
+SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND application_name = '{APPLICATION_NAME}' AND xact_start IS NOT NULL
+  AND (query LIKE '%FOR UPDATE%' OR query LIKE 'SELECT closure_id, content_sha256%' OR query LIKE 'COPY closures%'
+       OR query LIKE '%UPDATE closures%' OR query LIKE '%UPDATE ledger_offsets%')
+"""
+ROLLED_BACK = "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()"
 
 
 @dataclass
@@ -109,6 +124,46 @@ class LedgerDeployment:
         except psycopg.errors.UndefinedTable:
             return 0
 
+    def verify(self, expected: Expected, *, timeout: float = 120,
+               expected_conflicts: Collection[str] = ()) -> LedgerReport:
+        """The ledger against the oracle, once it caught up (app/dev/ledger_check.py)."""
+        async def verify() -> LedgerReport:
+            async with LedgerLagReader(self.dsn, self.group, self.topic,
+                                       {"bootstrap_servers": self.bootstrap}) as reader:
+                return await verify_ledger(expected, reader, timeout=timeout, expected_conflicts=expected_conflicts)
+
+        return asyncio.run(verify())
+
+    def kill_mid_batch(self, process: LedgerProcess, *, past_rows: int = 0, timeout: float = 120) -> int:
+        """SIGKILL `process` while it writes a batch, once the database holds more
+        than `past_rows` rows; returns the rows the database holds after the kill.
+        The server then rolls back the transaction the kill left open: waiting for
+        that rollback proves the kill came mid-batch."""
+        with psycopg.connect(self.dsn, autocommit=True) as watcher:
+            def count(query: str) -> int:
+                return int(watcher.execute(query).fetchone()[0])  # type: ignore[index]
+
+            wait_for(f"{process.name} to write more than {past_rows} rows",
+                     lambda: process.check_alive() or self.rows() > past_rows, timeout, interval=0.05)
+            rolled_back = count(ROLLED_BACK)
+            wait_for(f"{process.name} to be writing a batch", lambda: count(WRITING_A_BATCH) > 0, timeout,
+                     interval=0.002)
+            process.kill()
+            wait_for("the server to roll back the killed ledger's transaction",
+                     lambda: count(ROLLED_BACK) > rolled_back, 30)
+        return self.rows()
+
+    def offsets_and_records(self) -> tuple[int, int]:
+        """(records the stored offsets say were consumed, records the database
+        accounts for: rows, repeats counted, conflicts and rejects). Equal when
+        every batch was written whole or not at all, on a topic that starts at
+        offset 0 and holds no transaction markers."""
+        [(offsets, records)] = self.query(
+            "SELECT (SELECT coalesce(sum(next_offset), 0) FROM ledger_offsets WHERE consumer_group = %s),"
+            " (SELECT count(*) + coalesce(sum(duplicates), 0) FROM closures)"
+            " + (SELECT count(*) FROM closure_conflicts) + (SELECT count(*) FROM ledger_rejects)", (self.group,))
+        return int(offsets), int(records)
+
     def stop_all(self) -> None:
         for process in self.started:
             process.stop(timeout=20)
@@ -144,3 +199,51 @@ class LedgerProcess(WorkerProcess):
 
         wait_for(f"{self.name}: {name} to be {expected}", reached, timeout, interval=0.2,
                  observed=lambda: f"{self.metric(name)}\n{self.log_tail()}")
+
+
+#: The copies to deliver of one closure.
+Copies = Callable[[dict[str, Any]], list[dict[str, Any]]]
+
+
+def resend_closures(bootstrap: str, topic: str, closure_ids: Collection[str], copies: Copies,
+                    timeout: float = 120) -> list[dict[str, Any]]:
+    """Deliver closures again, as a replaying worker or a broken producer would:
+    read `topic` from the start and, the first time each of `closure_ids` shows,
+    publish `copies(closure)` right behind it on the same partition (same key).
+    Returns every copy sent; fails unless every closure id showed within `timeout`."""
+    return asyncio.run(_resend(bootstrap, topic, set(closure_ids), copies, timeout))
+
+
+async def _resend(bootstrap: str, topic: str, closure_ids: set[str], copies: Copies,
+                  timeout: float) -> list[dict[str, Any]]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await consumer.start()
+    await producer.start()
+    try:
+        await consumer.topics()  # metadata, so the partitions are known
+        partitions = [TopicPartition(topic, number) for number in sorted(consumer.partitions_for_topic(topic) or ())]
+        assert partitions, f"topic {topic!r} does not exist"
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        seen: set[str] = set()
+        sent: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while seen < closure_ids and time.monotonic() < deadline:
+            for tp, records in (await consumer.getmany(timeout_ms=500)).items():
+                for record in records:
+                    closure = orjson.loads(record.value)
+                    closure_id = closure.get("closure_id")
+                    if closure_id not in closure_ids or closure_id in seen:
+                        continue  # not asked for, or a copy (ours, or a worker's repeat)
+                    seen.add(closure_id)
+                    for copy in copies(closure):
+                        await producer.send(topic, orjson.dumps(copy), key=record.key, partition=tp.partition)
+                        sent.append(copy)
+        await producer.flush()
+        missing = closure_ids - seen
+        assert not missing, f"{len(missing)} closures never showed on {topic} in {timeout} s: {sorted(missing)[:5]}"
+        return sent
+    finally:
+        await producer.stop()
+        await consumer.stop()
