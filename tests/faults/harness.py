@@ -112,13 +112,12 @@ def finish(deployment: Deployment, ledger: Ledger, simulation: Simulation, *, fa
         in_flight = [line for line in str(metrics).splitlines() if line.startswith("accountant_outputs_in_flight ")]
         if status != 200 or in_flight != ["accountant_outputs_in_flight 0.0"]:
             verdict.problems.append(f"outputs still in flight at rest: {status} {in_flight}")
-    ledger_figures: dict[str, Any] = {}
     if billing is not None:
         billed = billing.verify(ledger.expected(simulation.config.run_id), timeout=timeout,
                                 expected_conflicts=expected_conflicts)
         verdict.problems.extend(f"ledger: {problem}" for problem in billed.problems())
-        ledger_figures = billed.figures()
-    figures = {**verdict.figures, **ledger_figures, "faults_injected": faults, **(extra or {})}
+        verdict.figures.update(billed.figures())
+    figures = {**verdict.figures, "faults_injected": faults, **(extra or {})}
     if timeline is not None:
         timeline("checked")
         figures["seconds"] = round(time.monotonic() - timeline.start, 1)

@@ -35,7 +35,7 @@ from tests.ledger.test_ledger_service import assert_exact
 from tests.support.closures import ClosureSet
 from tests.support.deployment import Deployment
 from tests.support.ledger import pieces, simulated, split_points
-from tests.support.ledger_processes import WRITING_A_BATCH, LedgerDeployment, resend_closures
+from tests.support.ledger_processes import LedgerDeployment, resend_closures
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.postgres]
@@ -66,7 +66,7 @@ def emitted_later(closure: dict[str, Any], seconds: int) -> dict[str, Any]:
 def test_ledger_killed_mid_batch_twice_under_load(deployment: Deployment, deployment_ledger: LedgerDeployment,
                                                   fault_figures: Callable[[dict], None]) -> None:
     timeline = Timeline()
-    simulation = Simulation(SimulationConfig(sessions=3000, rounds=4, seed=7007, run_id=new_run_id()))
+    simulation = Simulation(SimulationConfig(sessions=3000, rounds=4, seed=7014, run_id=new_run_id()))
     ledger, stamper = simulated(simulation)
     events = list(simulation.events())
     first, second = pieces(events, split_points(events, simulation, (0.5,)))
@@ -148,7 +148,7 @@ def test_every_closure_delivered_two_or_three_times(deployment: Deployment, depl
     two copies that differ only in `emitted_at` (a replay's copies do): the
     ledger counts them as repeats and bills the session once."""
     timeline = Timeline()
-    simulation = Simulation(SimulationConfig(sessions=1000, rounds=5, seed=9009, run_id=new_run_id()))
+    simulation = Simulation(SimulationConfig(sessions=1000, rounds=5, seed=9011, run_id=new_run_id()))
     ledger, stamper = simulated(simulation)
     billing = deployment_ledger
     deployment.create_topics()
@@ -157,7 +157,7 @@ def test_every_closure_delivered_two_or_three_times(deployment: Deployment, depl
     timeline("ready")
 
     publish_piece(deployment, list(simulation.events()), stamper)
-    chance = random.Random(9009)
+    chance = random.Random(9011)
     injected = resend_closures(deployment.bootstrap, deployment.closures_topic, ledger.closures,
                                lambda closure: [emitted_later(closure, 7 * n)
                                                 for n in range(1, chance.choice((2, 3)))])
@@ -178,7 +178,7 @@ def test_a_closure_resent_with_a_changed_total_lands_in_conflicts(
     the stored row stands (the oracle's total), the copy goes to
     closure_conflicts, and the metric and the log raise the alarm."""
     timeline = Timeline()
-    simulation = Simulation(SimulationConfig(sessions=600, rounds=5, seed=10010, run_id=new_run_id()))
+    simulation = Simulation(SimulationConfig(sessions=600, rounds=5, seed=10012, run_id=new_run_id()))
     ledger, stamper = simulated(simulation)
     billing = deployment_ledger
     deployment.create_topics()
@@ -264,25 +264,15 @@ def test_a_batch_in_flight_for_a_revoked_partition_is_fenced(ledger_deployment: 
     population = ClosureSet(40_000, seed=71)
     deployment.publish_closures(population.closures)
     first = deployment.ledger("ledger-a").start()
-    frozen = False
+    deployment.freeze_mid_batch(first)
     try:
+        assert deployment.rows() < len(population.closures), "ledger-a finished before it could be frozen"
+        second = deployment.ledger("ledger-b").start().wait_ready(timeout=90)
         with psycopg.connect(deployment.dsn, autocommit=True) as watcher:
-            while not frozen:
-                assert deployment.rows() < len(population.closures), "ledger-a finished before it could be frozen"
-                wait_for("ledger-a to be writing a batch",
-                         lambda: watcher.execute(WRITING_A_BATCH).fetchone()[0] > 0, 120, interval=0.002)
-                os.kill(first.process.pid, signal.SIGSTOP)
-                # Frozen with the transaction open? (It may have committed just before.)
-                if watcher.execute(WRITING_A_BATCH).fetchone()[0] > 0:
-                    frozen = True
-                else:
-                    os.kill(first.process.pid, signal.SIGCONT)
-            second = deployment.ledger("ledger-b").start().wait_ready(timeout=90)
             wait_for("ledger-b to wait for ledger-a's locks",
                      lambda: watcher.execute(_BLOCKED_ON_LOCKS).fetchone()[0] == 1, 90)
     finally:
-        if frozen:
-            os.kill(first.process.pid, signal.SIGCONT)
+        os.kill(first.pid, signal.SIGCONT)
     deployment.wait_caught_up(alive=[first, second])
 
     stored = assert_exact(deployment, population)

@@ -9,6 +9,8 @@ app/ledger/.)
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from app.dev.oracle import Expected
 from app.ledger.lag import LedgerLagReader, read_ledger_lag
 from app.ledger.postgres_store import APPLICATION_NAME
 from tests.support.deployment import Deployment
-from tests.support.kafka import produce
+from tests.support.kafka import partition_count, produce
 from tests.support.waiting import wait_for
 from tests.support.workers import WorkerProcess
 
@@ -134,23 +136,38 @@ class LedgerDeployment:
 
         return asyncio.run(verify())
 
-    def kill_mid_batch(self, process: LedgerProcess, *, past_rows: int = 0, timeout: float = 120) -> int:
-        """SIGKILL `process` while it writes a batch, once the database holds more
-        than `past_rows` rows; returns the rows the database holds after the kill.
-        The server then rolls back the transaction the kill left open: waiting for
-        that rollback proves the kill came mid-batch."""
+    def freeze_mid_batch(self, process: LedgerProcess, *, timeout: float = 120) -> None:
+        """SIGSTOP `process` in the middle of writing a batch, its transaction
+        open (SIGCONT thaws it). Frozen as soon as a write is seen; if the
+        transaction had committed just before, it is thawed and watched again."""
+        deadline = time.monotonic() + timeout
         with psycopg.connect(self.dsn, autocommit=True) as watcher:
-            def count(query: str) -> int:
-                return int(watcher.execute(query).fetchone()[0])  # type: ignore[index]
+            def writing() -> bool:
+                return int(watcher.execute(WRITING_A_BATCH).fetchone()[0]) > 0  # type: ignore[index]
 
-            wait_for(f"{process.name} to write more than {past_rows} rows",
-                     lambda: process.check_alive() or self.rows() > past_rows, timeout, interval=0.05)
-            rolled_back = count(ROLLED_BACK)
-            wait_for(f"{process.name} to be writing a batch", lambda: count(WRITING_A_BATCH) > 0, timeout,
-                     interval=0.002)
+            while True:
+                wait_for(f"{process.name} to be writing a batch", writing, deadline - time.monotonic(),
+                         interval=0.002, observed=process.log_tail)
+                os.kill(process.pid, signal.SIGSTOP)
+                if writing():
+                    return
+                os.kill(process.pid, signal.SIGCONT)
+
+    def kill_mid_batch(self, process: LedgerProcess, *, past_rows: int = 0, timeout: float = 120) -> int:
+        """SIGKILL `process` in the middle of writing a batch, once the database
+        holds more than `past_rows` rows; returns the rows it holds after the kill.
+        The server rolls back the transaction the kill left open: waiting for
+        that rollback proves the kill came mid-batch."""
+        wait_for(f"{process.name} to write more than {past_rows} rows",
+                 lambda: process.check_alive() or self.rows() > past_rows, timeout, interval=0.05)
+        self.freeze_mid_batch(process, timeout=timeout)
+        with psycopg.connect(self.dsn, autocommit=True) as watcher:
+            def rolled_back() -> int:
+                return int(watcher.execute(ROLLED_BACK).fetchone()[0])  # type: ignore[index]
+
+            before = rolled_back()
             process.kill()
-            wait_for("the server to roll back the killed ledger's transaction",
-                     lambda: count(ROLLED_BACK) > rolled_back, 30)
+            wait_for("the server to roll back the killed ledger's transaction", lambda: rolled_back() > before, 30)
         return self.rows()
 
     def offsets_and_records(self) -> tuple[int, int]:
@@ -221,8 +238,7 @@ async def _resend(bootstrap: str, topic: str, closure_ids: set[str], copies: Cop
     await consumer.start()
     await producer.start()
     try:
-        await consumer.topics()  # metadata, so the partitions are known
-        partitions = [TopicPartition(topic, number) for number in sorted(consumer.partitions_for_topic(topic) or ())]
+        partitions = [TopicPartition(topic, number) for number in range(await partition_count(bootstrap, topic))]
         assert partitions, f"topic {topic!r} does not exist"
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
