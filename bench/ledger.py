@@ -21,7 +21,8 @@ same closures, same batch size, each round into a fresh database:
 
 Target (issue 13): ledger >= 20,000 closures/s and >= 0.5 x insert_loop.
 The machine's load average is recorded: other processes share the 2 cores.
-``ledger_benchmark()`` is what bench.run can call.
+``python -m bench.run --only ledger`` runs it too (``for_bench_run``), with
+the end-to-end figure on bench.run's broker.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +214,28 @@ async def ledger_benchmark(server_dsn: str, *, closures: int = 100_000, batch_si
     return results
 
 
+@contextmanager
+def postgres_server(log: Any = _log) -> Iterator[str]:
+    """The DSN of a server whose role may create databases: ACCOUNTANT_LEDGER_DSN's,
+    else a LocalPostgres with default settings (fsync on, as in production)."""
+    server_dsn = os.environ.get("ACCOUNTANT_LEDGER_DSN", "").strip()
+    if server_dsn:
+        yield server_dsn
+        return
+    from app.dev.postgres import LocalPostgres
+
+    with LocalPostgres() as postgres:
+        log(f"local PostgreSQL at {postgres.dsn}")
+        yield postgres.dsn
+
+
+async def for_bench_run(bootstrap: str, workdir: Path, *, quick: bool, log: Any = _log) -> dict[str, Any]:
+    """The figures for bench.run: smaller with ``quick``; end to end on its broker."""
+    with postgres_server(log) as server_dsn:
+        return await ledger_benchmark(server_dsn, closures=20_000 if quick else 100_000, rounds=2 if quick else 3,
+                                      bootstrap=bootstrap, workdir=workdir / "ledger", log=log)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ledger", description=__doc__.split("\n\n")[0])
     parser.add_argument("--closures", type=int, default=100_000)
@@ -222,17 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from app.dev.kafka import LocalKafka
-    from app.dev.postgres import LocalPostgres
 
-    with tempfile.TemporaryDirectory(prefix="bench-ledger-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-ledger-") as tmp, postgres_server() as server_dsn:
         workdir = Path(tmp)
-        postgres = kafka = None
-        server_dsn = os.environ.get("ACCOUNTANT_LEDGER_DSN", "").strip()
+        kafka = None
         try:
-            if not server_dsn:
-                postgres = LocalPostgres().start()  # default settings: fsync on, as in production
-                server_dsn = postgres.dsn
-                _log(f"local PostgreSQL at {server_dsn}")
             bootstrap = None
             if args.end_to_end:
                 bootstrap = os.environ.get("ACCOUNTANT_BROKER", "").strip()
@@ -245,8 +263,6 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if kafka is not None:
                 kafka.stop()
-            if postgres is not None:
-                postgres.close()
     ledger, loop = results["ledger"]["closures_per_sec"], results["insert_loop"]["closures_per_sec"]
     print(f"ledger:       {ledger:>9,} closures/s   (target >= {TARGET_PER_SEC:,})")
     print(f"insert loop:  {loop:>9,} closures/s")
