@@ -4,7 +4,11 @@
   Maven Central, KRaft, loopback only), used by `accountant dev`, the tests
   and the benchmarks;
 - `simulator`: a gateway fleet publishing realistic sessions (`accountant simulate`);
-- `oracle`: what the service must conclude from a simulation, and the checks.
+- `oracle`: what the service must conclude from a simulation, and the checks;
+- `postgres`: `LocalPostgres`, a throw-away PostgreSQL (Debian's package, loopback
+  only), and `ledger`: the ledger part of `accountant dev` (PostgreSQL and one
+  `accountant ledger`);
+- `ledger_check`: the ledger's rows against a simulation's oracle (`simulate --verify`).
 
 The service (rules, agents, tables, web) never imports this package; only the
 CLI's `dev`, `broker` and `simulate` commands do.

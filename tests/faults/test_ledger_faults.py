@@ -35,8 +35,9 @@ from tests.ledger.test_ledger_service import assert_exact
 from tests.support.closures import ClosureSet
 from tests.support.deployment import Deployment
 from tests.support.ledger import pieces, simulated, split_points
-from tests.support.ledger_processes import LedgerDeployment, resend_closures
+from tests.support.ledger_processes import LedgerDeployment, LedgerProcess, resend_closures
 from tests.support.waiting import wait_for
+from tests.support.workers import WorkerProcess
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.postgres]
 
@@ -61,6 +62,15 @@ def emitted_later(closure: dict[str, Any], seconds: int) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------
 # Simulator runs: a worker and a ledger, checked with the oracle
+
+
+def start_worker_and_ledger(deployment: Deployment, billing: LedgerDeployment,
+                            timeline: Timeline) -> tuple[WorkerProcess, LedgerProcess]:
+    deployment.create_topics()
+    worker = deployment.worker().start().wait_ready()
+    writer = billing.ledger().start().wait_ready()
+    timeline("ready")
+    return worker, writer
 
 
 def test_ledger_killed_mid_batch_twice_under_load(deployment: Deployment, deployment_ledger: LedgerDeployment,
@@ -106,11 +116,8 @@ def test_postgres_down_for_10_s_under_load(deployment: Deployment, private_postg
     events = list(simulation.events())
     first, second, third = pieces(events, split_points(events, simulation, (0.3, 0.65)))
     billing = private_postgres_ledger
-    deployment.create_topics()
-    worker = deployment.worker().start().wait_ready()
-    writer = billing.ledger().start().wait_ready()
+    worker, writer = start_worker_and_ledger(deployment, billing, timeline)
     pid = writer.pid
-    timeline("ready")
 
     publish_piece(deployment, first, stamper)
     wait_for("the ledger to write", lambda: billing.rows() > 0, timeout=60)
@@ -151,10 +158,7 @@ def test_every_closure_delivered_two_or_three_times(deployment: Deployment, depl
     simulation = Simulation(SimulationConfig(sessions=1000, rounds=5, seed=9011, run_id=new_run_id()))
     ledger, stamper = simulated(simulation)
     billing = deployment_ledger
-    deployment.create_topics()
-    worker = deployment.worker().start().wait_ready()
-    writer = billing.ledger().start().wait_ready()
-    timeline("ready")
+    worker, writer = start_worker_and_ledger(deployment, billing, timeline)
 
     publish_piece(deployment, list(simulation.events()), stamper)
     chance = random.Random(9011)
@@ -181,10 +185,7 @@ def test_a_closure_resent_with_a_changed_total_lands_in_conflicts(
     simulation = Simulation(SimulationConfig(sessions=600, rounds=5, seed=10012, run_id=new_run_id()))
     ledger, stamper = simulated(simulation)
     billing = deployment_ledger
-    deployment.create_topics()
-    worker = deployment.worker().start().wait_ready()
-    writer = billing.ledger().start().wait_ready()
-    timeline("ready")
+    worker, writer = start_worker_and_ledger(deployment, billing, timeline)
 
     publish_piece(deployment, list(simulation.events()), stamper)
     changed = sorted(ledger.closures)[::25]
