@@ -34,8 +34,9 @@ from faust.types import TP
 from agents.changes import BatchChanges
 from agents.cursors import InputCursors
 from agents.scheduler import DeadlineSchedule
-from agents.sender import AcknowledgedSender, Record, SendFailed
+from agents.sender import AcknowledgedSender, Record, SendFailed, record_log_fields
 from app.faust_compat import BatchConsumer, InputBatch, enable_batches
+from app.logs import log_fields
 from app.metrics import AccountingMetrics
 from app.rules import (
     SECOND,
@@ -104,7 +105,7 @@ class SessionAccountant:
         self._scheduled_partitions: set[int] = set()
         #: Sessions not yet closed, per owned partition.
         self.open_sessions: dict[int, int] = {}
-        #: Monotonic time of the last batch or tick the agent finished.
+        #: Monotonic time of the last batch, tick or recovery the agent finished.
         self.last_progress = time.monotonic()
         self.recovered = False
         metrics.live_sessions.set_function(lambda: sum(self.open_sessions.values()))
@@ -144,8 +145,10 @@ class SessionAccountant:
         The CLI then exits non-zero, naming `failure`."""
         if self.failure is None:
             self.failure = error
-            log.critical("stopping the worker: %s. Nothing after the last commit is accounted; a restart "
-                         "accounts it again.", error, exc_info=not isinstance(error, SendFailed))
+            fields = record_log_fields(error.record) if isinstance(error, SendFailed) else {}
+            with log_fields(**fields):
+                log.critical("stopping the worker: %s. Nothing after the last commit is accounted; a restart "
+                             "accounts it again.", error, exc_info=not isinstance(error, SendFailed))
             self._request_stop()
 
     async def _account_batch(self, batch: InputBatch) -> None:
@@ -183,7 +186,10 @@ class SessionAccountant:
         except Exception:
             # The rules never raise on data; if they do, the event is still
             # accounted: rejected internal_error, never skipped.
-            log.exception("internal error on %s[%s]@%s", record.topic, record.partition, record.offset)
+            with log_fields(topic=record.topic, partition=record.partition, offset=record.offset,
+                            session_id=_key_text(record)):
+                log.exception("internal error on %s[%s]@%s; the event is rejected internal_error",
+                              record.topic, record.partition, record.offset)
             self._reject_internal(record, changes, now)
             return
         if new_state is not state:
@@ -208,7 +214,7 @@ class SessionAccountant:
 
     def _reject_internal(self, record: Any, changes: BatchChanges, now: int) -> None:
         rejection = Rejection(
-            record.key.decode("utf-8", "replace") if record.key is not None else None,
+            _key_text(record),
             Reason.INTERNAL_ERROR, "the worker failed on this event; see its log", None, record.value,
             Source(record.topic, record.partition, record.offset))
         for output in self._encode_outputs((rejection, Outcome(Result.REJECTED, None, Reason.INTERNAL_ERROR)),
@@ -225,24 +231,26 @@ class SessionAccountant:
         await self.sender.send_all(changes.outputs)
         self.metrics.outputs_in_flight.set(0)
         changelog = self.table.changelog_topic.get_topic_name()
-        acknowledged = await self.sender.send_all([
-            Record(changelog, session_id.encode("utf-8"),
-                   None if change.after is None else encode_state(change.after), change.partition)
-            for session_id, change in changes.states.items()])
-        self._store(changes, acknowledged, changelog, now)
+        records = [Record(changelog, session_id.encode("utf-8"),
+                          None if change.after is None else encode_state(change.after), change.partition)
+                   for session_id, change in changes.states.items()]
+        acknowledged = await self.sender.send_all(records)
+        self._store(changes, records, acknowledged, now)
         self.metrics.count(changes.outcomes)
 
-    def _store(self, changes: BatchChanges, acknowledged: list[Any], changelog: str, now: int) -> None:
-        by_partition: dict[int, dict[str, Any]] = {}
-        for session_id, change in changes.states.items():
-            by_partition.setdefault(change.partition, {})[session_id] = change.after
+    def _store(self, changes: BatchChanges, records: list[Record], acknowledged: list[Any], now: int) -> None:
+        """The store takes the very bytes the changelog holds."""
+        by_partition: dict[int, dict[str, bytes | None]] = {}
+        for (session_id, change), record in zip(changes.states.items(), records, strict=True):
+            by_partition.setdefault(change.partition, {})[session_id] = record.value
             self._track(session_id, change.partition, change.before, change.after, now)
         store = self.store
-        for partition, states in by_partition.items():
-            store.write(partition, states)
+        for partition, values in by_partition.items():
+            store.write(partition, values)
         last_offsets: dict[int, int] = {}
         for metadata in acknowledged:
             last_offsets[metadata.partition] = max(metadata.offset, last_offsets.get(metadata.partition, -1))
+        changelog = records[0].topic if records else ""
         for partition, offset in last_offsets.items():
             store.set_persisted_offset(TP(changelog, partition), offset)
 
@@ -330,7 +338,11 @@ class SessionAccountant:
         return None if committed_at is None else time.monotonic() - committed_at
 
     def stalled_seconds(self) -> float:
-        if self.failure is None and not any(self.lags().values()):
+        # A rebalance and the table's recovery after it (app.rebalancing until
+        # the streams resume) hold the agent back, not a fault of its own: they
+        # can take minutes for a large table, and /healthz must not have the
+        # worker restarted for that. /readyz answers 503 meanwhile.
+        if self.failure is None and (self.app.rebalancing or not any(self.lags().values())):
             return 0.0
         return time.monotonic() - self.last_progress
 
@@ -353,6 +365,8 @@ class SessionAccountant:
         if fresh:
             async with self._lock:
                 await self._schedule_partitions(fresh)
+        # Progress is counted from here: not since before the rebalance.
+        self.last_progress = time.monotonic()
         self.recovered = True
 
     async def _schedule_partitions(self, partitions: set[int]) -> None:
@@ -379,6 +393,11 @@ class SessionAccountant:
         self.cursors.forget(partitions)
         for partition in partitions:
             self.open_sessions.pop(partition, None)
+
+
+def _key_text(record: Any) -> str | None:
+    """An input record's key as text: the session id it is published under."""
+    return None if record.key is None else record.key.decode("utf-8", "replace")
 
 
 def _is_open(state: Any) -> bool:

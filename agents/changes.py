@@ -34,6 +34,7 @@ class BatchChanges:
     def __init__(self, store: Lookup) -> None:
         self._store = store
         self.states: dict[str, Change] = {}
+        self._read: dict[str, Any] = {}
         self.outputs: list[Record] = []
         #: How the batch's events ended, counted once the batch is written.
         self.outcomes: Counter[Any] = Counter()
@@ -43,7 +44,12 @@ class BatchChanges:
 
     def get(self, session_id: str) -> Any:
         change = self.states.get(session_id)
-        return self._store.get(session_id) if change is None else change.after
+        if change is not None:
+            return change.after
+        if session_id not in self._read:
+            # The store decodes on every read; a batch reads a session once.
+            self._read[session_id] = self._store.get(session_id)
+        return self._read[session_id]
 
     def put(self, session_id: str, partition: int, before: Any, after: Any) -> None:
         change = self.states.get(session_id)

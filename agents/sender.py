@@ -21,6 +21,8 @@ from typing import Any
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, NodeNotReadyError
 from faust.exceptions import ProducerSendError
 
+from app.logs import log_fields
+
 log = logging.getLogger(__name__)
 
 #: How long retriable failures of one record are retried before the worker stops.
@@ -40,6 +42,18 @@ class Record:
 
 class SendFailed(RuntimeError):
     """A record could not be delivered; the batch it belongs to is not accounted."""
+
+    def __init__(self, message: str, record: Record) -> None:
+        super().__init__(message)
+        #: The first record that was not delivered.
+        self.record = record
+
+
+def record_log_fields(record: Record) -> dict[str, Any]:
+    """What a log line about a record says of it (app/logs.py LOG_FIELDS):
+    every record the agent sends is keyed by its session."""
+    return {"topic": record.topic, "partition": record.partition,
+            "session_id": None if record.key is None else record.key.decode("utf-8", "replace")}
 
 
 def _retriable(error: BaseException) -> bool:
@@ -80,9 +94,10 @@ class AcknowledgedSender:
             if not _retriable(error) or time.monotonic() - started > RETRY_FOR_SECS:
                 raise SendFailed(f"{len(failed)} record(s) to {first.topic} not delivered "
                                  f"(first: partition {first.partition}, {len(first.value or b'')} bytes): "
-                                 f"{error!r}") from error
-            log.warning("%d record(s) to %s not delivered yet (%r); sending them again in %.1f s",
-                        len(failed), first.topic, error, pause)
+                                 f"{error!r}", first) from error
+            with log_fields(**record_log_fields(first)):
+                log.warning("%d record(s) to %s not delivered yet (%r); sending them again in %.1f s",
+                            len(failed), first.topic, error, pause)
             await asyncio.sleep(pause)
             pause = min(pause * 2, _MAX_PAUSE_SECS)
             pending = [index for index, _ in failed]

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import click
 
+from app import logs
 from app.dev.simulator import simulate_command
+from app.preflight import KafkaCheckError, run_kafka_check
 from app.settings import Settings, SettingsError, load_settings
+
+# Named, not __name__: run as `python -m app.cli` that would be "__main__".
+log = logging.getLogger("app.cli")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,13 +31,20 @@ def main() -> None:
 
 
 def _run_worker(settings: Settings) -> None:
-    """Create the topics, build the app and run its worker until stopped."""
+    """Check the cluster, create the topics, build the app and run its worker until stopped."""
     import faust
 
     from app.ledger.service import describe_dsn
     from app.service import build_app
     from app.topics import ensure_topics
 
+    logs.configure(settings)
+    try:
+        run_kafka_check(settings)
+    except KafkaCheckError as error:
+        # Through logging, so that a JSON log collector gets it as one record too.
+        log.critical("%s", error)
+        raise SystemExit(1) from None
     asyncio.run(ensure_topics(settings))
     service = build_app(settings)
     app = service.app
@@ -40,14 +54,17 @@ def _run_worker(settings: Settings) -> None:
         while not service.accountant.recovered:
             await asyncio.sleep(0.2)
         url = f"{settings.advertised_url}/"
-        # Faust redirects sys.stdout/stderr into its log; a person wants this line plain.
         ledger = f"; ledger database {describe_dsn(settings.ledger_dsn)}" if settings.ledger_dsn else ""
-        print(f"usage-accountant ready: dashboard {url}  (broker {settings.broker}{ledger})", file=sys.__stderr__,
-              flush=True)
+        ready = f"usage-accountant ready: dashboard {url}  (broker {settings.broker}{ledger})"
+        if settings.log_format == "json":
+            log.info("%s", ready)
+        else:
+            # Faust redirects sys.stdout/stderr into its log; a person wants this line plain.
+            print(ready, file=sys.__stderr__, flush=True)
 
     # A fresh loop: asyncio.run above closed its own.
     asyncio.set_event_loop(asyncio.new_event_loop())
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+    worker = faust.Worker(app, loglevel=settings.log_level, logging_config=logs.logging_config(settings), quiet=True)
     # At level warning or above Faust adds a terminal spinner that turns every
     # log call of every library into a record: it sets the root logger to
     # DEBUG. That cost 15-25% of the worker's CPU; a service needs no spinner.
@@ -56,7 +73,9 @@ def _run_worker(settings: Settings) -> None:
         worker.execute_from_commandline()
     finally:
         if service.accountant.failure is not None:
-            raise SystemExit(f"usage-accountant: the worker stopped because {service.accountant.failure}")
+            # With json the failure is already a record ("stopping the worker"): no plain line after it.
+            raise SystemExit(1 if settings.log_format == "json" else
+                             f"usage-accountant: the worker stopped because {service.accountant.failure}")
 
 
 @main.command()
@@ -71,22 +90,40 @@ def worker() -> None:
 @main.command()
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data"), show_default=True,
               help="Where the local broker and the worker keep their files.")
-def dev(data_dir: Path) -> None:
+@click.option("--secure", is_flag=True,
+              help="Run the local broker with a SASL_SSL listener (a CA, certificates and a SCRAM user made "
+                   "in DATA_DIR/kafka/tls) and connect the worker over it.")
+def dev(data_dir: Path, secure: bool) -> None:
     """Run the service on a laptop: a local Kafka broker (unless ACCOUNTANT_BROKER is set),
     one worker and its web dashboard. Ctrl-C or SIGTERM stops all of it."""
     from app.dev.kafka import LocalKafka
 
-    settings = load_settings(data_dir=str(data_dir / "worker")) if "ACCOUNTANT_DATA_DIR" not in os.environ \
-        else load_settings()
+    overrides = {} if "ACCOUNTANT_DATA_DIR" in os.environ else {"data_dir": str(data_dir / "worker")}
+    settings = load_settings(**overrides)
     broker = None
+    if secure and settings.bootstrap_servers:
+        raise SettingsError("--secure starts a local broker with a SASL_SSL listener; unset ACCOUNTANT_BROKER")
     if not settings.bootstrap_servers:
+        security = None
+        if secure:
+            from app.dev.kafka_security import BrokerSecurity
+
+            security = BrokerSecurity(data_dir / "kafka" / "tls")
         click.echo("starting a local Kafka broker (first run downloads it with Maven) ...", err=True)
-        broker = LocalKafka(workdir=data_dir / "kafka")
+        broker = LocalKafka(workdir=data_dir / "kafka", security=security)
         broker.start()
         click.echo(f"local Kafka at {broker.bootstrap}; log {broker.log_path}", err=True)
-        settings = settings.model_copy(update={"broker": broker.bootstrap})
+        security_env = security.settings_env() if security is not None else {}
+        settings = load_settings(**overrides, broker=broker.bootstrap,
+                                 **{name.removeprefix("ACCOUNTANT_").lower(): value
+                                    for name, value in security_env.items()})
         # So `accountant simulate` in another shell can be told where to go.
         (data_dir / "broker.txt").write_text(broker.bootstrap + "\n")
+        (data_dir / "kafka.env").write_text("".join(f"{name}={value}\n" for name, value in
+                                                    {"ACCOUNTANT_BROKER": broker.bootstrap, **security_env}.items()))
+        if security is not None:
+            click.echo(f"SASL_SSL, user {security.username}; clients in another shell: "
+                       f"set -a; . {data_dir / 'kafka.env'}; set +a", err=True)
     ledger = _start_dev_ledger(settings, data_dir)
     # The worker's dashboard shows whether this ledger caught up.
     settings = settings.model_copy(update={"ledger_dsn": ledger.dsn})
@@ -112,12 +149,24 @@ def _start_dev_ledger(settings: Settings, data_dir: Path):
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Keep the broker's data here (default: a temporary folder).")
 @click.option("--port", type=int, default=None, help="Loopback port (default: a free one).")
-def broker(data_dir: Path | None, port: int | None) -> None:
+@click.option("--secure", is_flag=True, help="SASL_SSL on the port (TLS files and user in DATA_DIR/tls); prints "
+                                             "the ACCOUNTANT_KAFKA_* settings of a client.")
+def broker(data_dir: Path | None, port: int | None, secure: bool) -> None:
     """Run only the local Kafka broker, in the foreground."""
     from app.dev.kafka import LocalKafka
 
-    with LocalKafka(workdir=data_dir, port=port) as kafka:
+    with contextlib.ExitStack() as cleanup:
+        security = None
+        if secure:
+            from app.dev.kafka_security import BrokerSecurity
+
+            tls_dir = data_dir / "tls" if data_dir else Path(cleanup.enter_context(tempfile.TemporaryDirectory()))
+            security = BrokerSecurity(tls_dir)
+        kafka = cleanup.enter_context(LocalKafka(workdir=data_dir, port=port, security=security))
         click.echo(kafka.bootstrap)
+        if security is not None:
+            for name, value in security.settings_env().items():
+                click.echo(f"{name}={value}")
         stop = asyncio.Event()
         loop = asyncio.new_event_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

@@ -41,6 +41,9 @@ from faust.types.tuples import ConsumerMessage
 PINNED = {"faust-streaming": "0.15.3", "mode-streaming": "0.7.1", "aiokafka": "0.14.0"}
 #: The broker URL scheme of `BatchTransport`.
 TRANSPORT_SCHEME = "accountant"
+#: How long the broker may hold a fetch for data to come (see
+#: `BatchConsumerThread._create_worker_consumer`).
+READ_COMMITTED_FETCH_WAIT_MS = 20
 #: Appended to the input topic's name in an `InputBatchMessage`.
 BATCH_TOPIC_SUFFIX = ".batch"
 #: Input batches handed over and not yet finished by the agent, at most.
@@ -158,6 +161,11 @@ class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         # says events of an aborted transaction are never accounted. The
         # fetcher takes the level from here when the consumer starts.
         consumer._isolation_level = "read_committed"
+        # Faust asks the broker to hold a fetch up to 1.5 s for data to come.
+        # Kafka 4.4 answers a read_committed fetch only when that wait ends,
+        # even with data waiting: events sat up to 1.5 s before the agent saw
+        # them (at 5,000 ev/s, p99 1.9 s). The fetcher asks again at once.
+        consumer._fetch_max_wait_ms = READ_COMMITTED_FETCH_WAIT_MS
         return consumer
 
     async def _fetch_records(self, consumer: Any, active_partitions: set[TP], timeout: float | None = None,
@@ -526,9 +534,17 @@ def rocksdb_key_index(store: RocksDBStore) -> MutableMapping[bytes, int]:
 
 
 def rocksdb_get_any_partition(store: RocksDBStore, key: bytes) -> bytes | None:
-    """A key's value from whichever partition database holds it.
-
-    Faust's `_get` reads only the partition of `current_event()`; in a batch
-    that is the first partition of the batch, not the key's."""
+    """A key's value from whichever partition database holds it."""
     found = store._get_bucket_for_key(key)
     return None if found is None else found.value
+
+
+class AnyPartitionRocksDBStore(RocksDBStore):
+    """Faust's RocksDB store, reading a key from whichever partition holds it.
+
+    Faust's `_get` reads only the partition of `current_event()`; in a batch
+    that is the first partition of the batch, not the key's (canary
+    test_faust_rocksdb_store_reads_only_the_current_events_partition)."""
+
+    def _get(self, key: bytes) -> bytes | None:
+        return rocksdb_get_any_partition(self, key)

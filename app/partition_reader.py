@@ -11,14 +11,14 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from faust.types import AppT
 
 
-def plain_consumer(app: AppT, **options: Any) -> AIOKafkaConsumer:
-    """A consumer of the app's brokers that belongs to no group and commits nothing."""
-    servers = [f"{url.host}:{url.port}" for url in app.conf.broker]
-    return AIOKafkaConsumer(bootstrap_servers=servers, group_id=None, enable_auto_commit=False,
-                            auto_offset_reset="earliest", **options)
+def plain_consumer(kafka: Mapping[str, Any], **options: Any) -> AIOKafkaConsumer:
+    """A consumer that belongs to no group and commits nothing. `kafka` is
+    `app.kafka_config.client_options(settings)`: the servers and the login
+    the worker's own clients use."""
+    return AIOKafkaConsumer(**kafka, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+                            **options)
 
 
 async def read_ranges(consumer: AIOKafkaConsumer, ranges: Mapping[TopicPartition, tuple[int, int]],

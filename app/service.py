@@ -9,7 +9,8 @@ import aiohttp
 import faust
 
 from agents.accountant import SessionAccountant
-from app.faust_compat import TRANSPORT_SCHEME, check_pinned_versions
+from app.faust_compat import check_pinned_versions
+from app.kafka_config import faust_options
 from app.metrics import AccountingMetrics
 from app.rules import Session
 from app.settings import Settings
@@ -38,14 +39,18 @@ class Service:
 
     def stored_session(self, session_id: str) -> Session | None:
         # A tombstone is what is left of a purged session: its record is gone.
-        state = self.table.get(session_id)
+        state = self.accountant.store.get(session_id)
         return state if isinstance(state, Session) else None
 
     def stored_sessions(self) -> Iterator[Session]:
-        return (state for state in self.table.values() if isinstance(state, Session))
+        states = self.accountant.store.items_in(self.active_partitions())
+        return (state for _, state in states if isinstance(state, Session))
 
     def live_sessions(self) -> int:
         return sum(self.accountant.open_sessions.values())
+
+    def stalled_seconds(self) -> float:
+        return self.accountant.stalled_seconds()
 
     def own_url(self) -> str:
         return str(self.app.conf.canonical_url)
@@ -61,7 +66,6 @@ def build_app(settings: Settings) -> Service:
     check_pinned_versions()
     app = faust.App(
         settings.app_id,
-        broker=[f"{TRANSPORT_SCHEME}://{server}" for server in settings.bootstrap_servers],
         store=store_url(settings),
         datadir=settings.data_dir,
         autodiscover=False,
@@ -94,6 +98,8 @@ def build_app(settings: Settings) -> Service:
         canonical_url=settings.advertised_url,
         key_serializer="raw",
         value_serializer="raw",
+        # The broker URLs and the TLS/SASL login of every client Faust creates.
+        **faust_options(settings),
     )
     metrics = AccountingMetrics()
     table = define_sessions_table(app, settings)

@@ -6,12 +6,18 @@ names the variable, instead of surfacing later as a confusing Faust error.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import os
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.kafka_config import SASL_PROTOCOLS, TLS_PROTOCOLS, TlsFileError, read_secret_file, tls_context
 
 ENV_PREFIX = "ACCOUNTANT_"
 #: Bind addresses that mean "every interface": no peer can use them as a URL.
@@ -74,6 +80,30 @@ class Settings(BaseSettings):
     #: Address and port of the ledger's /metrics and /healthz.
     ledger_web_host: str = "127.0.0.1"
     ledger_web_port: int = Field(6067, ge=1, le=65535)
+    #: text (default, for people) or json (one object per line, for log collectors).
+    log_format: Literal["text", "json"] = "text"
+    #: /healthz answers 503 once the agent has made no progress for this long
+    #: while input waits (or since a write failed): a stuck worker gets restarted.
+    stall_timeout_secs: float = Field(120.0, gt=0, le=86_400)
+
+    # Kafka security (app/kafka_config.py turns these into client options).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    #: Required with SASL_*; no default, so a cluster's mechanism is never guessed.
+    kafka_sasl_mechanism: Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
+    #: A file holding the password (e.g. a mounted secret), so it stays out of
+    #: the environment listing. Setting both it and the password is an error.
+    kafka_sasl_password_file: str = ""
+    #: CA bundle (PEM) the broker certificates are checked against; empty: the system's.
+    kafka_ssl_ca_file: str = ""
+    #: Client certificate and key (PEM) for mutual TLS.
+    kafka_ssl_cert_file: str = ""
+    kafka_ssl_key_file: str = ""
+    kafka_ssl_key_password: SecretStr = SecretStr("")
+    kafka_ssl_key_password_file: str = ""
+    #: How long start-up waits for the brokers before it stops, naming what failed.
+    kafka_connect_timeout_secs: float = Field(30.0, gt=0, le=600)
 
     @field_validator("broker")
     @classmethod
@@ -133,6 +163,13 @@ class Settings(BaseSettings):
             raise ValueError("has an invalid port") from None
         return value.rstrip("/")
 
+    @model_validator(mode="after")
+    def _kafka_security(self) -> Settings:
+        problems = kafka_security_problems(self)
+        if problems:
+            raise ValueError("\n".join(f"{ENV_PREFIX}{name.upper()}: {message}" for name, message in problems))
+        return self
+
     @property
     def advertised_url(self) -> str:
         return self.web_advertised_url or f"http://{self.web_host}:{self.web_port}"
@@ -163,13 +200,137 @@ class Settings(BaseSettings):
         return [part.strip() for part in self.broker.split(",") if part.strip()]
 
 
+def kafka_security_problems(settings: Settings) -> list[tuple[str, str]]:
+    """(field, problem) for every Kafka security setting that cannot work
+    with the others, or whose file is missing or does not parse."""
+    problems: list[tuple[str, str]] = []
+    protocol = settings.kafka_security_protocol
+    sasl_fields = {
+        "kafka_sasl_mechanism": settings.kafka_sasl_mechanism,
+        "kafka_sasl_username": settings.kafka_sasl_username,
+        "kafka_sasl_password": settings.kafka_sasl_password.get_secret_value(),
+        "kafka_sasl_password_file": settings.kafka_sasl_password_file,
+    }
+    tls_fields = {
+        "kafka_ssl_ca_file": settings.kafka_ssl_ca_file,
+        "kafka_ssl_cert_file": settings.kafka_ssl_cert_file,
+        "kafka_ssl_key_file": settings.kafka_ssl_key_file,
+        "kafka_ssl_key_password": settings.kafka_ssl_key_password.get_secret_value(),
+        "kafka_ssl_key_password_file": settings.kafka_ssl_key_password_file,
+    }
+    # A setting that would be silently ignored is a mistake the operator should hear about.
+    if protocol not in SASL_PROTOCOLS:
+        problems += [(name, f"is only used with ACCOUNTANT_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT or SASL_SSL, "
+                            f"not {protocol}") for name, value in sasl_fields.items() if value]
+    if protocol not in TLS_PROTOCOLS:
+        problems += [(name, f"is only used with ACCOUNTANT_KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL, not {protocol}")
+                     for name, value in tls_fields.items() if value]
+    if problems:
+        return problems
+
+    if protocol in SASL_PROTOCOLS:
+        for name in ("kafka_sasl_mechanism", "kafka_sasl_username"):
+            if not sasl_fields[name]:
+                problems.append((name, f"must be set with ACCOUNTANT_KAFKA_SECURITY_PROTOCOL={protocol}"))
+        problems += _secret_problems("kafka_sasl_password", settings.kafka_sasl_password,
+                                     settings.kafka_sasl_password_file, required=True)
+    if protocol in TLS_PROTOCOLS:
+        problems += _secret_problems("kafka_ssl_key_password", settings.kafka_ssl_key_password,
+                                     settings.kafka_ssl_key_password_file, required=False)
+        cert, key = settings.kafka_ssl_cert_file, settings.kafka_ssl_key_file
+        if bool(cert) != bool(key):
+            missing = "kafka_ssl_key_file" if cert else "kafka_ssl_cert_file"
+            problems.append((missing, "must be set too: mutual TLS needs both the certificate and its key"))
+        key_password = (tls_fields["kafka_ssl_key_password"] or tls_fields["kafka_ssl_key_password_file"])
+        if key_password and not key:
+            problems.append(("kafka_ssl_key_password", "is set but ACCOUNTANT_KAFKA_SSL_KEY_FILE is not"))
+        for name in ("kafka_ssl_ca_file", "kafka_ssl_cert_file", "kafka_ssl_key_file"):
+            problems += _file_problems(name, tls_fields[name])
+        if not problems:
+            try:
+                tls_context(settings)
+            except TlsFileError as error:
+                problems.append((error.field, str(error)))
+    return problems
+
+
+def _secret_problems(name: str, value: SecretStr, file: str, *, required: bool) -> list[tuple[str, str]]:
+    """A secret comes from its variable or from its _FILE variable, never both:
+    a silent precedence would hide a stale copy of the secret."""
+    if value.get_secret_value() and file:
+        return [(name, f"and ACCOUNTANT_{name.upper()}_FILE are both set; set only one")]
+    if file:
+        problems = _file_problems(f"{name}_file", file)
+        if not problems and not read_secret_file(file):
+            problems.append((f"{name}_file", f"{file} is empty"))
+        return problems
+    if required and not value.get_secret_value():
+        return [(name, f"(or ACCOUNTANT_{name.upper()}_FILE) must be set")]
+    return []
+
+
+def _file_problems(name: str, path: str) -> list[tuple[str, str]]:
+    if not path:
+        return []
+    file = Path(path)
+    if not file.is_file():
+        return [(name, f"{path} does not exist or is not a file")]
+    if not os.access(file, os.R_OK):
+        return [(name, f"{path} is not readable by this user")]
+    return []
+
+
+# --------------------------------------------------------------------------
+# Unknown variables
+
+#: ACCOUNTANT_* variables that are not service settings, and why they exist.
+#: Any other unknown ACCOUNTANT_* variable stops start-up: it is almost always
+#: a misspelt setting that would otherwise be silently ignored.
+NOT_SETTINGS: Mapping[str, str] = {
+    "ACCOUNTANT_TEST_BOOTSTRAP": "tests: a Kafka broker to use instead of starting one",
+    "ACCOUNTANT_TEST_POSTGRES_DSN": "tests: a PostgreSQL server to use instead of starting one",
+    "ACCOUNTANT_KAFKA_CACHE": "dev/tests: where the local broker's jars are cached (app/dev/kafka.py)",
+    "ACCOUNTANT_MAVEN_REPO": "dev/tests: the Maven repository the broker jars are fetched through",
+    "ACCOUNTANT_FAULT_FIGURES": "fault suite: file its figures are appended to",
+    "ACCOUNTANT_DASHBOARD_SCREENSHOT": "browser test: where the dashboard screenshot is saved",
+}
+
+
+def setting_variables() -> set[str]:
+    """Every environment variable that is a setting."""
+    return {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+
+
+def unknown_variable_problems(environ: Mapping[str, str]) -> list[str]:
+    known = setting_variables()
+    candidates = sorted(known | set(NOT_SETTINGS))
+    problems = []
+    for variable in sorted(environ):
+        if not variable.startswith(ENV_PREFIX) or variable in known or variable in NOT_SETTINGS:
+            continue
+        # Compared without the prefix all of them share, which would make any two look alike.
+        closest = difflib.get_close_matches(variable.removeprefix(ENV_PREFIX),
+                                            [name.removeprefix(ENV_PREFIX) for name in candidates], n=1, cutoff=0.6)
+        hint = (f"did you mean {ENV_PREFIX}{closest[0]}?" if closest
+                else "it is not a setting (see the README's settings table)")
+        problems.append(f"  {variable}: unknown variable; {hint}")
+    return problems
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read and validate the settings, or stop with a message naming the variable."""
+    lines = unknown_variable_problems(os.environ)
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as error:
-        lines = []
         for problem in error.errors():
-            name = ENV_PREFIX + "_".join(str(part) for part in problem["loc"]).upper() if problem["loc"] else ""
-            lines.append(f"  {name or 'settings'}: {problem['msg']}")
-        raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None
+            if problem["loc"]:
+                name = ENV_PREFIX + "_".join(str(part) for part in problem["loc"]).upper()
+                lines.append(f"  {name}: {problem['msg']}")
+            else:  # a cross-field check: its message names the variables itself
+                message = problem["ctx"]["error"] if "ctx" in problem else problem["msg"]
+                lines += [f"  {line}" for line in str(message).splitlines()]
+    else:
+        if not lines:
+            return settings
+    raise SettingsError("invalid settings:\n" + "\n".join(lines))

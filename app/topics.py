@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from app.kafka_config import client_options
 from app.settings import Settings
 
 
@@ -17,7 +18,7 @@ class TopicLayoutError(SystemExit):
 
 
 async def ensure_topics(settings: Settings) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=30_000)
+    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=30_000)
     await admin.start()
     try:
         existing = {meta["topic"]: len(meta["partitions"]) for meta in (await admin.describe_topics())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import os
 import random
 import shutil
@@ -18,11 +17,11 @@ from typing import Any
 
 import orjson
 import psutil
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.dev.kafka import pick_free_loopback_port
 from app.dev.partitioners import partition_for
-from app.rules import SECOND, Session, SessionRecord, encode_state, parse_timestamp
+from app.rules import SECOND, Session, SessionRecord, decode_state, encode_state, parse_timestamp
 from bench.common import (
     PARTITIONS,
     new_deployment,
@@ -33,6 +32,7 @@ from bench.common import (
     worker_stats,
 )
 from bench.loadgen import TENANTS, bulk_produce, lifecycle, throughput_load
+from bench.peer_env import peer_python
 from tests.support import REPO
 from tests.support.clock import now_rfc3339
 from tests.support.deployment import Deployment
@@ -83,8 +83,8 @@ def _cpu_secs(process: psutil.Process) -> float:
     return times.user + times.system
 
 
-async def _subprocess_json(*args: str, timeout: float) -> dict:
-    process = await asyncio.create_subprocess_exec(sys.executable, *args, cwd=REPO, stdout=subprocess.PIPE,
+async def _subprocess_json(*args: str, timeout: float, python: Path | str = sys.executable) -> dict:
+    process = await asyncio.create_subprocess_exec(python, *args, cwd=REPO, stdout=subprocess.PIPE,
                                                    stderr=subprocess.PIPE)
     try:
         out, err = await asyncio.wait_for(process.communicate(), timeout)
@@ -118,13 +118,11 @@ async def throughput(ctx: Context) -> dict[str, Any]:
         "-m", "bench.baseline", deployment.bootstrap, deployment.events_topic, f"{deployment.topic_prefix}baseline-out",
         str(loaded), timeout=600)
 
-    if importlib.util.find_spec("quixstreams") is None:
-        result["peer"] = {"skipped": "Quix Streams is not installed: pip install -e '.[bench]'"}
-    else:
-        ctx.log("throughput: peer (Quix Streams)")
-        result["peer"] = await _subprocess_json(
-            "-m", "bench.peer_quix", deployment.bootstrap, deployment.events_topic,
-            f"{deployment.topic_prefix}peer-out", str(loaded), str(ctx.workdir / "peer-state"), timeout=900)
+    ctx.log("throughput: peer (Quix Streams)")
+    result["peer"] = await _subprocess_json(
+        "-m", "bench.peer_quix", deployment.bootstrap, deployment.events_topic,
+        f"{deployment.topic_prefix}peer-out", str(loaded), str(ctx.workdir / "peer-state"), timeout=900,
+        python=peer_python(ctx.log))
 
     floor_events = min(scale.floor_events, loaded)
     ctx.log(f"throughput: Faust floor (counting agent, first {floor_events:,} events)")
@@ -197,10 +195,12 @@ class Observer:
         self.deployment = deployment
         #: session_id -> (receive time, closure)
         self.closures: dict[str, tuple[float, dict]] = {}
-        #: (partition, last_offset) -> receive time of the first changelog record for it
-        self.changelog: dict[tuple[int, int], float] = {}
-        #: (partition, last_offset) -> that record's CreateTime: when the worker's producer took it
-        self.written: dict[tuple[int, int], float] = {}
+        #: session_id -> (last_offset, receive time, CreateTime) of each changelog
+        #: record of it, in arrival order. The agent writes one record per
+        #: changed session per batch: an event is in the first record whose
+        #: last_offset reaches its offset. CreateTime is when the worker's
+        #: producer took the record.
+        self.changelog: dict[str, list[tuple[int, float, float]]] = {}
         self._task: asyncio.Task | None = None
         self._consumer: AIOKafkaConsumer | None = None
 
@@ -233,11 +233,17 @@ class Observer:
                     for message in messages:
                         if message.value is None:
                             continue
-                        value = orjson.loads(message.value)
-                        key = (value["partition"], value["last_offset"])
-                        if key not in self.changelog:
-                            self.changelog[key] = received
-                            self.written[key] = message.timestamp / 1000
+                        state = decode_state(message.value)
+                        self.changelog.setdefault(message.key.decode(), []).append(
+                            (state.last_offset, received, message.timestamp / 1000))
+
+    def record_seen(self, session_id: str, offset: int) -> tuple[float, float] | None:
+        """(receive time, CreateTime) of the first changelog record holding the
+        session's event at `offset`."""
+        for last_offset, received, written in self.changelog.get(session_id, ()):
+            if last_offset >= offset:
+                return received, written
+        return None
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -291,82 +297,37 @@ async def _caught_up(worker: WorkerProcess, produced: int, timeout: float = 180)
 
 async def _latency(ctx: Context, deployment: Deployment, worker: WorkerProcess, observer: Observer, rate: int,
                    duration: float, prefix: str) -> dict[str, Any]:
-    steps = 10  # created, activated, 7 rounds, closed
-    tick = 0.01
-    per_tick = max(1, round(rate * tick))
     warmup = 2.0
     ctx.log(f"latency: {rate:,} events/s for {duration:.0f} s")
-    producer = AIOKafkaProducer(bootstrap_servers=ctx.bootstrap, acks="all", linger_ms=0)
-    await producer.start()
-    sent_at: dict[tuple[int, int], float] = {}
-    closed_sent_at: dict[str, float] = {}
-    counted_after = time.time() + warmup
-
-    def remember(key: tuple[str, bool], when: float) -> Callable[[Any], None]:
-        def done(future: asyncio.Future) -> None:
-            if future.exception() is None and when >= counted_after:
-                metadata = future.result()
-                sent_at[(metadata.partition, metadata.offset)] = when
-                if key[1]:
-                    closed_sent_at[key[0]] = when
-        return done
-
-    def events() -> Any:
-        # 500 sessions at a time, interleaved step by step, as live tool loops would be.
-        group = 0
-        while True:
-            ids = [f"{prefix}{group:05d}-{n:03d}" for n in range(500)]
-            for step in range(steps):
-                for index, session_id in enumerate(ids):
-                    yield session_id, step, TENANTS[index % len(TENANTS)]
-            group += 1
-
-    source = events()
     stats_at_start = await worker_stats(worker)
     started = time.monotonic()
-    sent = 0
-    total = int(rate * duration)
-    pending = []
-    while sent < total:
-        target = started + (sent / rate)
-        delay = target - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        occurred_at = now_rfc3339()
-        for _ in range(min(per_tick, total - sent)):
-            session_id, step, tenant_id = next(source)
-            value = orjson.dumps(lifecycle(session_id, step, steps, occurred_at, tenant_id=tenant_id))
-            when = time.time()
-            future = await producer.send(deployment.events_topic, value, key=session_id.encode())
-            future.add_done_callback(remember((session_id, step == steps - 1), when))
-            pending.append(future)
-            sent += 1
-        if len(pending) > 5000:
-            pending = [f for f in pending if not f.done()]
-    achieved = sent / (time.monotonic() - started)
-    await asyncio.gather(*pending)
-    await producer.stop()
+    paced = await _subprocess_json("-m", "bench.pacer", deployment.bootstrap, deployment.events_topic, str(rate),
+                                   str(duration), prefix, str(warmup), timeout=duration + 120)
+    sent = [(partition, offset, session_id, when) for partition, offset, session_id, when, _ in paced["sent"]]
+    closed_sent_at = {session_id: when for _, _, session_id, when, closing in paced["sent"] if closing}
     # Let the tail arrive (a saturated worker leaves a backlog: what is still
     # missing after this is counted as `missing`).
     deadline = time.monotonic() + min(10.0, duration)
     while time.monotonic() < deadline:
-        if all(key in observer.changelog for key in sent_at) and all(s in observer.closures for s in closed_sent_at):
+        if all(observer.record_seen(session_id, offset) for _, offset, session_id, _ in sent) \
+                and all(s in observer.closures for s in closed_sent_at):
             break
         await asyncio.sleep(0.2)
-    record_latency = [observer.changelog[key] - when for key, when in sent_at.items() if key in observer.changelog]
-    written_latency = [observer.written[key] - when for key, when in sent_at.items() if key in observer.written]
+    seen = [(when, observer.record_seen(session_id, offset)) for _, offset, session_id, when in sent]
+    record_latency = [arrival[0] - when for when, arrival in seen if arrival is not None]
+    written_latency = [arrival[1] - when for when, arrival in seen if arrival is not None]
     closure_latency = [observer.closures[s][0] - when for s, when in closed_sent_at.items() if s in observer.closures]
     stats_before = stats_at_start
     stats = await worker_stats(worker)
     return {
-        "sent": sent,
+        "sent": paced["count"],
         "worker_events_per_sec": round((accounted(stats) - accounted(stats_before))
                                        / (time.monotonic() - started), 0),
         "rate": rate,
-        "achieved_rate": round(achieved),
+        "achieved_rate": paced["achieved_rate"],
         "seconds": duration,
         "warmup_secs": warmup,
-        "record": {**summary_ms(record_latency), "missing": len(sent_at) - len(record_latency)},
+        "record": {**summary_ms(record_latency), "missing": len(sent) - len(record_latency)},
         "closure": {**summary_ms(closure_latency), "missing": len(closed_sent_at) - len(closure_latency)},
         # Send time to the changelog record's CreateTime (stamped by the
         # worker's producer, millisecond resolution): the worker's share alone.

@@ -5,10 +5,10 @@ session's token total in Quix's state (RocksDB, with its changelog topic),
 and produces one record per event with the session's running total, as a
 team would write this job with Quix Streams. Quix processes one message at
 a time and writes its state and changelog at each checkpoint (every 5 s by
-default). Needs the `bench` extra:
+default). Runs from the peer's own venv (bench/peer_env.py), which
+bench.run makes on first use:
 
-    pip install -e '.[bench]'
-    python -m bench.peer_quix BOOTSTRAP TOPIC OUT_TOPIC COUNT STATE_DIR
+    .venv-peer/bin/python -m bench.peer_quix BOOTSTRAP TOPIC OUT_TOPIC COUNT STATE_DIR
 
 Prints one JSON line: events, seconds, events_per_sec, cpu_secs.
 """

@@ -17,9 +17,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka import TopicPartition
-from faust.types import TP, AppT
+from faust.types import TP, CollectionT
 
+from app.kafka_config import client_options
 from app.partition_reader import plain_consumer, read_ranges
+from tables.table import table_settings
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +32,15 @@ FETCH_BYTES = 32 * 1024 * 1024
 ApplyRecords = Callable[[int, list[Any]], None]
 
 
-async def load_partitions(app: AppT, starts: dict[TP, int | None], apply_records: ApplyRecords) -> dict[TP, int]:
-    """Read each changelog partition from its start offset (None: the log
-    start) to the end it has now, into `apply_records`; return, per
+async def load_partitions(table: CollectionT, starts: dict[TP, int | None],
+                          apply_records: ApplyRecords) -> dict[TP, int]:
+    """Read each changelog partition of `table` from its start offset (None:
+    the log start) to the end it has now, into `apply_records`; return, per
     partition, the last offset read (-1: none), what Faust calls its offset."""
     started = time.monotonic()
     tps = {TopicPartition(tp.topic, tp.partition): tp for tp in starts}
-    consumer = plain_consumer(app, fetch_max_bytes=FETCH_BYTES, max_partition_fetch_bytes=FETCH_BYTES)
+    consumer = plain_consumer(client_options(table_settings(table)), fetch_max_bytes=FETCH_BYTES,
+                              max_partition_fetch_bytes=FETCH_BYTES)
     await consumer.start()
     try:
         beginnings = await consumer.beginning_offsets(list(tps))

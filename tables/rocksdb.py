@@ -11,25 +11,28 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import rocksdict
-from faust.stores.rocksdb import Store as RocksDBStore
 from faust.types import TP
 
-from app.faust_compat import rocksdb_get_any_partition, rocksdb_key_index, rocksdb_partition_db
-from app.rules import decode_state, encode_state
+from app.faust_compat import (
+    AnyPartitionRocksDBStore,
+    rocksdb_get_any_partition,
+    rocksdb_key_index,
+    rocksdb_partition_db,
+)
+from app.rules import decode_state
 from tables.changelog import load_partitions
 from tables.store import StateValue
 
 
-class SessionRocksDBStore(RocksDBStore):
+class SessionRocksDBStore(AnyPartitionRocksDBStore):
     # -- the agent's store (tables/store.py) --------------------------------
 
     def get(self, session_id: str, default: Any = None) -> StateValue | None:
         value = rocksdb_get_any_partition(self, session_id.encode("utf-8"))
         return default if value is None else decode_state(value)
 
-    def write(self, partition: int, changes: Mapping[str, StateValue | None]) -> None:
-        self._write_raw(partition, {key.encode("utf-8"): None if state is None else encode_state(state)
-                                    for key, state in changes.items()})
+    def write(self, partition: int, values: Mapping[str, bytes | None]) -> None:
+        self._write_raw(partition, {key.encode("utf-8"): value for key, value in values.items()})
 
     def items_in(self, partitions: Iterable[int]) -> Iterator[tuple[str, StateValue]]:
         for partition in partitions:
@@ -39,9 +42,6 @@ class SessionRocksDBStore(RocksDBStore):
                     yield key.decode("utf-8"), decode_state(value)
 
     # -- Faust's store ---------------------------------------------------------
-
-    def _get(self, key: bytes) -> bytes | None:
-        return rocksdb_get_any_partition(self, key)
 
     async def on_rebalance(self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP],
                            generation_id: int = 0) -> None:
@@ -54,7 +54,7 @@ class SessionRocksDBStore(RocksDBStore):
             for tp in fresh:
                 persisted = self.persisted_offset(tp)
                 starts[tp] = None if persisted is None else persisted + 1
-            for tp, offset in (await load_partitions(self.app, starts, self._apply_records)).items():
+            for tp, offset in (await load_partitions(self.table, starts, self._apply_records)).items():
                 if offset >= 0:
                     self.set_persisted_offset(tp, offset)
 

@@ -21,8 +21,9 @@ class SessionStore(Protocol):
     def get(self, session_id: str) -> StateValue | None:
         """The stored state of a session, None when there is none."""
 
-    def write(self, partition: int, changes: Mapping[str, StateValue | None]) -> None:
-        """Store these states of sessions of `partition` (None deletes)."""
+    def write(self, partition: int, values: Mapping[str, bytes | None]) -> None:
+        """Store these sessions of `partition`: their changelog bytes
+        (`app.rules.encode_state`), None to delete."""
 
     def items_in(self, partitions: Iterable[int]) -> Iterator[tuple[str, StateValue]]:
         """Every stored session of these partitions."""

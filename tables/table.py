@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import faust
 from faust.stores import STORES
+from faust.types import CollectionT
 
 from app.faust_compat import CodecTable
 from app.settings import Settings
@@ -19,6 +20,17 @@ STORES.aliases[STORE_SCHEMES["rocksdb"]] = "tables.rocksdb:SessionRocksDBStore"
 class SessionTable(CodecTable):
     key_codec = KEY_CODEC
     value_codec = VALUE_CODEC
+    #: The service's settings: the stores' own Kafka clients (bulk loads,
+    #: tables/changelog.py) connect and log in with them.
+    settings: Settings
+
+
+def table_settings(table: CollectionT) -> Settings:
+    """The settings a sessions table was defined with (a store sees its
+    table only as Faust's CollectionT)."""
+    if not isinstance(table, SessionTable):
+        raise TypeError(f"not the sessions table: {table!r}")
+    return table.settings
 
 
 def store_url(settings: Settings) -> str:
@@ -39,5 +51,6 @@ def define_sessions_table(app: faust.App, settings: Settings) -> faust.Table:
         options=options,
         help="Live sessions, closed ones within retention, and tombstones, by session_id.",
     )
+    table.settings = settings
     app.tables.add(table)
     return table

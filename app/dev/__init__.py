@@ -8,7 +8,9 @@
 - `postgres`: `LocalPostgres`, a throw-away PostgreSQL (Debian's package, loopback
   only), and `ledger`: the ledger part of `accountant dev` (PostgreSQL and one
   `accountant ledger`);
-- `ledger_check`: the ledger's rows against a simulation's oracle (`simulate --verify`).
+- `ledger_check`: the ledger's rows against a simulation's oracle (`simulate --verify`);
+- `kafka_security`: a CA, certificates and a SCRAM user made at run time, and
+  the SASL_SSL/SSL listeners of a local broker (`accountant dev --secure`).
 
 The service (rules, agents, tables, web) never imports this package; only the
 CLI's `dev`, `broker` and `simulate` commands do.

@@ -49,11 +49,14 @@ import uuid
 from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+
+if TYPE_CHECKING:
+    from app.dev.kafka_security import BrokerSecurity
 
 __all__ = [
     "TEST_BROKER_SETTINGS",
@@ -244,13 +247,14 @@ async def create_topics(
     configs: Mapping[str, str] | None = None,
     exist_ok: bool = False,
     timeout_ms: int = 15_000,
+    client_options: Mapping[str, Any] | None = None,
 ) -> None:
     """Create topics (replication factor 1) and raise on any per-topic error.
 
     aiokafka's admin client returns per-topic error codes instead of raising,
     so this checks them.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **(client_options or {}))
     await admin.start()
     try:
         response = await admin.create_topics(
@@ -279,17 +283,21 @@ def wait_for_broker(
     *,
     is_alive: Callable[[], bool] = lambda: True,
     log_path: Path | None = None,
+    client_options: Mapping[str, Any] | None = None,
 ) -> None:
     """Block until the broker really serves clients: it creates a topic and
-    accepts a record written with acks=all.
+    accepts a record written with acks=all.  ``client_options`` (security)
+    go to the probe's clients.
 
     Raises BrokerError if ``is_alive()`` turns false or ``timeout`` passes.
     """
-    _run_coroutine_blocking(_probe_until_ready(bootstrap, time.monotonic() + timeout, is_alive, log_path))
+    _run_coroutine_blocking(
+        _probe_until_ready(bootstrap, time.monotonic() + timeout, is_alive, log_path, client_options or {}))
 
 
 async def _probe_until_ready(
-    bootstrap: str, deadline: float, is_alive: Callable[[], bool], log_path: Path | None
+    bootstrap: str, deadline: float, is_alive: Callable[[], bool], log_path: Path | None,
+    client_options: Mapping[str, Any],
 ) -> None:
     host, port = _split_host_port(bootstrap)
     where = f"; broker log: {log_path}" if log_path else ""
@@ -308,8 +316,10 @@ async def _probe_until_ready(
             await asyncio.sleep(0.1)
             continue
         try:
-            await create_topics(bootstrap, {PROBE_TOPIC: 1}, exist_ok=True, timeout_ms=5_000)
-            producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", request_timeout_ms=5_000)
+            await create_topics(bootstrap, {PROBE_TOPIC: 1}, exist_ok=True, timeout_ms=5_000,
+                                client_options=client_options)
+            producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", request_timeout_ms=5_000,
+                                        **client_options)
             await producer.start()
             try:
                 await producer.send_and_wait(PROBE_TOPIC, b"ready")
@@ -433,7 +443,8 @@ class LocalKafka:
     data.  The JVM is killed if the Python process that started it dies.
     """
 
-    def __init__(self, workdir: Path | None = None, port: int | None = None, log_path: Path | None = None):
+    def __init__(self, workdir: Path | None = None, port: int | None = None, log_path: Path | None = None,
+                 security: BrokerSecurity | None = None):
         self._owns_workdir = workdir is None
         # Absolute: the JVM is handed paths inside it and runs from another directory.
         self._workdir = Path(tempfile.mkdtemp(prefix="local-kafka-")) if workdir is None else Path(workdir).resolve()
@@ -442,6 +453,8 @@ class LocalKafka:
         self._log_path = Path(log_path).resolve() if log_path is not None else self._workdir / "broker.log"
         self._process: subprocess.Popen[bytes] | None = None
         self._atexit_registered = False
+        #: None: one PLAINTEXT client listener; else SASL_SSL at `bootstrap` (app/dev/kafka_security.py).
+        self._security = security
 
     # -- public properties
 
@@ -462,6 +475,14 @@ class LocalKafka:
     @property
     def workdir(self) -> Path:
         return self._workdir
+
+    @property
+    def security(self) -> BrokerSecurity | None:
+        return self._security
+
+    def client_options(self) -> dict[str, Any]:
+        """Security options of an aiokafka client of `bootstrap`."""
+        return self._security.client_options() if self._security is not None else {}
 
     @property
     def process(self) -> subprocess.Popen[bytes] | None:
@@ -486,6 +507,8 @@ class LocalKafka:
             self._port = pick_free_loopback_port()
         if self._controller_port is None:
             self._controller_port = pick_free_loopback_port(exclude=(self._port,))
+        if self._security is not None:
+            self._security.pick_ports(pick_free_loopback_port, taken=(self._port, self._controller_port))
         config_path = self._write_config()
         classpath = f"{libs}{os.sep}*"
 
@@ -518,6 +541,7 @@ class LocalKafka:
                 max(1.0, deadline - time.monotonic()),
                 is_alive=self.is_running,
                 log_path=self._log_path,
+                client_options=self.client_options(),
             )
         except BaseException:
             self.kill()
@@ -590,6 +614,9 @@ class LocalKafka:
             "log.dirs": str(self._data_dir),
             **TEST_BROKER_SETTINGS,
         }
+        if self._security is not None:
+            assert self._port is not None and self._controller_port is not None, "ports are picked before"
+            settings.update(self._security.server_properties(LOOPBACK, self._port, self._controller_port))
         config_path = self._workdir / "server.properties"
         config_path.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
         (self._workdir / "log4j2.properties").write_text(_LOG4J2_PROPERTIES)
@@ -601,7 +628,8 @@ class LocalKafka:
         cluster_id = _random_cluster_id()
         result = subprocess.run(
             [java, *self._jvm_options(), "-cp", classpath, "kafka.tools.StorageTool",
-             "format", "-t", cluster_id, "-c", str(config_path)],
+             "format", "-t", cluster_id, "-c", str(config_path),
+             *(self._security.format_arguments() if self._security is not None else ())],
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+from pydantic import SecretStr
 
 from app.dev.kafka import _die_with_parent_preexec
 from app.dev.postgres import LocalPostgres, server_can_reach
@@ -55,7 +56,7 @@ def start_dev_ledger(settings: Settings, data_dir: Path) -> DevLedger:
         postgres.start()
         dsn = postgres.dsn
     log_path = data_dir / "ledger.log"
-    env = {**os.environ, "ACCOUNTANT_BROKER": settings.broker, "ACCOUNTANT_LEDGER_DSN": dsn}
+    env = {**os.environ, **_kafka_env(settings), "ACCOUNTANT_BROKER": settings.broker, "ACCOUNTANT_LEDGER_DSN": dsn}
     with open(log_path, "ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "app.cli", "ledger"], env=env, stdin=subprocess.DEVNULL,
                                    stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent_preexec())
@@ -64,6 +65,18 @@ def start_dev_ledger(settings: Settings, data_dir: Path) -> DevLedger:
     dsn_file = data_dir / DSN_FILE
     dsn_file.write_text(dsn + "\n")
     return DevLedger(dsn, process, postgres, dsn_file)
+
+
+def _kafka_env(settings: Settings) -> dict[str, str]:
+    """The Kafka settings the worker runs with (`accountant dev --secure` makes
+    its own), as the ledger process's environment, so it logs in the same way."""
+    env = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if name.startswith("kafka_") and value:
+            text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+            env[f"ACCOUNTANT_{name.upper()}"] = text
+    return env
 
 
 def _postgres_datadir(data_dir: Path) -> Path:

@@ -54,6 +54,7 @@ from app.dev.oracle import (
     verify_outputs,
 )
 from app.dev.partitioners import Partitioner, partition_for
+from app.kafka_config import security_options
 from app.rules import MAX_COUNT, SECOND, CloseReason, Micros, Reason, Result, format_timestamp
 from app.settings import load_settings
 
@@ -519,6 +520,7 @@ async def publish(
     stamper: Stamper | None = None,
     progress: TextIO | None = sys.stderr,
     topic_wait_secs: float = 30.0,
+    security: Mapping[str, Any] | None = None,
 ) -> PublishStats:
     """Send events to `topic`, keyed by session, at `rate` events/s (0: as
     fast as possible).
@@ -526,7 +528,8 @@ async def publish(
     The partition is chosen here with `partitioner`, as the gateway's client
     would.  Pass the same `stamper` to publish one simulation in several
     pieces, so re-sends find the bytes sent before.  Raises `TopicMissing` if
-    the topic does not appear within `topic_wait_secs`.
+    the topic does not appear within `topic_wait_secs`. `security`:
+    `app.kafka_config.security_options(settings)` for a TLS/SASL cluster.
     """
     stamper = stamper or Stamper()
     producer = AIOKafkaProducer(
@@ -535,6 +538,7 @@ async def publish(
         # counts every record once.
         enable_idempotence=True,
         linger_ms=5, max_batch_size=512 * 1024,
+        **(security or {}),
     )
     await producer.start()
     try:
@@ -619,10 +623,12 @@ async def collect_outputs(
     rejected_topic: str,
     timeout: float,
     progress: TextIO | None = sys.stderr,
+    security: Mapping[str, Any] | None = None,
 ) -> Collected:
     """Read the closures and rejections topics from the start until every
     expected closure and every expected rejection of this run is there, or
-    `timeout` seconds pass.  Outputs of other runs are skipped."""
+    `timeout` seconds pass.  Outputs of other runs are skipped. `security`: as
+    for `publish`."""
     deadline = time.monotonic() + timeout
     closures: list[dict[str, Any]] = []
     rejections: list[dict[str, Any]] = []
@@ -633,14 +639,15 @@ async def collect_outputs(
     def complete() -> bool:
         return len(closure_ids) >= expected.sessions and len(rejection_sources) >= expected.rejected_total
 
-    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, **(security or {}))
     await client.bootstrap()
     try:
         # The service creates its output topics when it starts.
         partitions = await _wait_for_topics(client, [closures_topic, rejected_topic], timeout)
     finally:
         await client.close()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                **(security or {}))
     await consumer.start()
     try:
         assignment = [TopicPartition(topic, partition)
@@ -741,15 +748,17 @@ def simulate_command(broker: str | None, sessions: int, rounds: float, rate: flo
     ), rate)
     simulation = Simulation(config)
     expected = simulation.expected
+    security = security_options(settings)
 
     async def run() -> tuple[PublishStats, VerifyReport | None]:
         stats = await publish(simulation.events(), settings.bootstrap_servers, settings.events_topic,
-                              rate=rate, partitioner=partitioner)
+                              rate=rate, partitioner=partitioner, security=security)
         if not verify:
             return stats, None
         collected = await collect_outputs(settings.bootstrap_servers, expected,
                                           closures_topic=settings.closures_topic,
-                                          rejected_topic=settings.rejected_topic, timeout=timeout)
+                                          rejected_topic=settings.rejected_topic, timeout=timeout,
+                                          security=security)
         return stats, verify_outputs(expected, collected)
 
     try:

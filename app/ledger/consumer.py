@@ -95,7 +95,7 @@ class LedgerConsumer:
 
     # -- rebalances (called by the listener)
 
-    async def _partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+    async def partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         if not await self._writer.wait_idle(self._revoke_wait_secs):
             log.warning("partitions revoked while a batch is still being written (database slow or down); "
                         "the write is fenced if another process writes them first")
@@ -106,7 +106,7 @@ class LedgerConsumer:
             with contextlib.suppress(KeyError):  # no lag was recorded for it yet
                 self._metrics.lag.remove(tp.topic, str(tp.partition))
 
-    async def _partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+    async def partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         assigned = list(assigned)
         keys = [(tp.topic, tp.partition) for tp in assigned]
         try:
@@ -213,7 +213,7 @@ class _DatabaseOffsets(ConsumerRebalanceListener):
         self._ledger = ledger
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        await self._ledger._partitions_revoked(revoked)
+        await self._ledger.partitions_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        await self._ledger._partitions_assigned(assigned)
+        await self._ledger.partitions_assigned(assigned)

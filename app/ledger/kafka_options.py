@@ -5,16 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.kafka_config import client_options
 from app.settings import Settings
 
 __all__ = ["kafka_client_options"]
 
 
 def kafka_client_options(settings: Settings) -> dict[str, Any]:
-    """The connection options (bootstrap servers; TLS and SASL once configured)
-    that every aiokafka client of the ledger is built with.
-
-    The one place to change when app/kafka_config.py arrives: this becomes
-    ``return client_options(settings)``.
-    """
-    return {"bootstrap_servers": settings.bootstrap_servers}
+    """The connection options (bootstrap servers, TLS and SASL) that every
+    aiokafka client of the ledger is built with: the service's own
+    (app/kafka_config.py), so the ledger logs in wherever the workers do."""
+    return client_options(settings)

@@ -17,6 +17,7 @@ from app.rules import CloseReason, Session, State
 from app.web.assets import static_file
 from app.web.errors import ApiError, dumps, json_response
 from app.web.fanout import PARTITIONS_HEADER, Peers, add_counts, format_partitions, is_fanout, require_every_partition
+from app.web.health import liveness
 from app.web.openapi import build_openapi
 from app.web.paging import encode_cursor, merge_pages, page_after
 from app.web.params import (
@@ -113,7 +114,8 @@ class Api:
 
     async def healthz(self, request: web.Request) -> web.Response:
         params(NoParams, request)
-        return json_response({"status": "ok"})
+        status, body = liveness(self.worker.stalled_seconds(), self.settings.stall_timeout_secs)
+        return json_response(body, status)
 
     async def readyz(self, request: web.Request) -> web.Response:
         params(NoParams, request)

@@ -158,8 +158,12 @@ class ErrorBody(TypedDict, total=False):
 
 
 @with_config(_FORBID_EXTRA)
-class Health(TypedDict):
-    status: str
+class Health(TypedDict, total=False):
+    status: typing.Required[typing.Literal["ok", "stalled"]]
+    stalled_seconds: float
+    """When stalled: seconds since the agent last made progress while input waits for it."""
+    stall_timeout_secs: float
+    """When stalled: ACCOUNTANT_STALL_TIMEOUT_SECS."""
 
 
 @with_config(_FORBID_EXTRA)
@@ -321,9 +325,11 @@ def build_openapi(*, token_required: bool) -> dict[str, Any]:
         }},
         "/healthz": {"get": {
             "operationId": "getHealth",
-            "summary": "Liveness: the web server answers.",
+            "summary": "Liveness: the agent makes progress, or has nothing waiting for it.",
             "security": [],
-            "responses": {"200": _json("Health", "Alive.")},
+            "responses": {"200": _json("Health", "Alive."),
+                          "503": _json("Health", "The agent has made no progress for longer than "
+                                                 "ACCOUNTANT_STALL_TIMEOUT_SECS while input waits: restart it.")},
         }},
         "/readyz": {"get": {
             "operationId": "getReadiness",

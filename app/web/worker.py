@@ -50,6 +50,11 @@ class Worker(Protocol):
         """Sessions not yet closed on this worker's partitions."""
         ...
 
+    def stalled_seconds(self) -> float:
+        """Seconds since the agent last made progress while input waits for
+        it (or since a write failed); 0 when nothing waits."""
+        ...
+
     def own_url(self) -> str:
         """The web address this worker advertises to the group."""
         ...

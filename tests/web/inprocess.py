@@ -16,7 +16,7 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
 from app.dev.kafka import pick_free_loopback_port
-from app.rules import SECOND, CloseReason, Session, SessionRecord, parse_timestamp
+from app.rules import SECOND, CloseReason, Session, SessionRecord, encode_state, parse_timestamp
 from app.service import Service, build_app
 from app.settings import load_settings
 
@@ -48,8 +48,7 @@ class InProcessWorker:
                                  data_dir=str(tmp_path / name), web_port=self.port, api_token=api_token,
                                  ledger_dsn=ledger_dsn)
         self.service: Service = build_app(settings)
-        self.table: dict[str, Session] = {}
-        self.service.table = self.table  # type: ignore[assignment]  # get() and values() are all the views use
+        self.store = self.service.accountant.store
         self.owned = set(owned)
         self.service.accountant.active_partitions = lambda: set(self.owned)  # type: ignore[method-assign]
         self.service.accountant.recovered = True
@@ -63,7 +62,7 @@ class InProcessWorker:
 
     def put(self, *sessions: Session) -> None:
         for session in sessions:
-            self.table[session.record.session_id] = session
+            self.store.write(session.partition, {session.record.session_id: encode_state(session)})
 
     async def start(self) -> InProcessWorker:
         web = self.service.app.web
