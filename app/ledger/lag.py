@@ -53,17 +53,19 @@ class LedgerLagReader:
 
     An answer is reused for ``max_age`` seconds, and callers arriving together
     share one read. A failed read closes the clients (the next read opens them
-    again) and raises: LookupError when the topic does not exist, else the
-    client's error.
+    again) and raises: LookupError when the topic does not exist, TimeoutError
+    when Kafka and the database together took over ``timeout`` seconds (a
+    dashboard should not hang on them), else the client's error.
     """
 
     def __init__(self, dsn: str, group: str, topic: str, client_options: Mapping[str, Any], *,
-                 max_age: float = 1.0) -> None:
+                 max_age: float = 1.0, timeout: float = 10.0) -> None:
         self.dsn = dsn
         self.group = group
         self.topic = topic
         self._client_options = dict(client_options)
         self._max_age = max_age
+        self._timeout = timeout
         self._consumer: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._connection: psycopg.AsyncConnection[Any] | None = None
@@ -86,7 +88,10 @@ class LedgerLagReader:
         async with self._lock:
             if self._last is None or time.monotonic() - self._last[0] >= self._max_age:
                 try:
-                    result: dict[int, int] | BaseException = await self._read()
+                    result: dict[int, int] | BaseException = await asyncio.wait_for(self._read(), self._timeout)
+                except TimeoutError:
+                    await self.close()
+                    result = TimeoutError(f"no answer from Kafka and the ledger's database in {self._timeout:g} s")
                 except Exception as error:  # told to the caller; the next read starts afresh
                     await self.close()
                     result = error
