@@ -34,6 +34,7 @@ def _run_worker(settings: Settings) -> None:
     """Check the cluster, create the topics, build the app and run its worker until stopped."""
     import faust
 
+    from app.ledger.service import describe_dsn
     from app.service import build_app
     from app.topics import ensure_topics
 
@@ -53,7 +54,8 @@ def _run_worker(settings: Settings) -> None:
         while not service.accountant.recovered:
             await asyncio.sleep(0.2)
         url = f"{settings.advertised_url}/"
-        ready = f"usage-accountant ready: dashboard {url}  (broker {settings.broker})"
+        ledger = f"; ledger database {describe_dsn(settings.ledger_dsn)}" if settings.ledger_dsn else ""
+        ready = f"usage-accountant ready: dashboard {url}  (broker {settings.broker}{ledger})"
         if settings.log_format == "json":
             log.info("%s", ready)
         else:
@@ -122,13 +124,25 @@ def dev(data_dir: Path, secure: bool) -> None:
         if security is not None:
             click.echo(f"SASL_SSL, user {security.username}; clients in another shell: "
                        f"set -a; . {data_dir / 'kafka.env'}; set +a", err=True)
+    ledger = _start_dev_ledger(settings, data_dir)
+    # The worker's dashboard shows whether this ledger caught up.
+    settings = settings.model_copy(update={"ledger_dsn": ledger.dsn})
     # Faust handles SIGINT; make SIGTERM stop it the same way.
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     try:
         _run_worker(settings)
     finally:
+        ledger.stop()
         if broker is not None:
             broker.stop(timeout=10)  # a dev broker need not shut down gracefully
+
+
+def _start_dev_ledger(settings: Settings, data_dir: Path):
+    """A local PostgreSQL (unless ACCOUNTANT_LEDGER_DSN is set) and one ledger process."""
+    from app.dev.ledger import start_dev_ledger
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return start_dev_ledger(settings, data_dir)
 
 
 @main.command()
@@ -158,6 +172,44 @@ def broker(data_dir: Path | None, port: int | None, secure: bool) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         loop.run_until_complete(stop.wait())
+
+
+@main.command()
+def ledger() -> None:
+    """Write closures into the PostgreSQL ledger (ACCOUNTANT_LEDGER_DSN), exactly once."""
+    from app.ledger.service import main as run_ledger
+
+    settings = load_settings()
+    if not settings.bootstrap_servers:
+        raise SettingsError("ACCOUNTANT_BROKER is not set (host:port[,host:port])")
+    if not settings.ledger_dsn:
+        raise SettingsError("ACCOUNTANT_LEDGER_DSN is not set (e.g. postgresql://user@host:5432/ledger)")
+    run_ledger(settings)
+
+
+@main.command()
+@click.option("--tenant", required=True, help="Tenant id.")
+@click.option("--from", "from_day", required=True, type=click.DateTime(["%Y-%m-%d"]),
+              help="First UTC day (YYYY-MM-DD), included.")
+@click.option("--to", "to_day", required=True, type=click.DateTime(["%Y-%m-%d"]),
+              help="Last UTC day (YYYY-MM-DD), included.")
+@click.option("--by", type=click.Choice(["total", "model", "provider", "day", "month"]), default="total",
+              show_default=True, help="Grouping; model means provider and model.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--dsn", default=None, help="Ledger database (default: ACCOUNTANT_LEDGER_DSN).")
+def usage(tenant: str, from_day, to_day, by: str, fmt: str, dsn: str | None) -> None:
+    """Print a tenant's usage from the ledger, by closed_at in UTC."""
+    from app.ledger.usage import UsageQuery, fetch_usage
+    from app.ledger.usage_format import render_usage
+
+    dsn = dsn or load_settings().ledger_dsn
+    if not dsn:
+        raise click.UsageError("no ledger database: set ACCOUNTANT_LEDGER_DSN or pass --dsn")
+    try:
+        query = UsageQuery(tenant, from_day.date(), to_day.date(), by)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    click.echo(render_usage(query, fetch_usage(dsn, query), fmt), nl=False)
 
 
 main.add_command(simulate_command)

@@ -77,6 +77,16 @@ class Settings(BaseSettings):
     #: Kafka consumer session timeout; a killed worker is evicted after it.
     session_timeout_secs: float = Field(10.0, ge=1, le=300)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: PostgreSQL connection string of the ledger (postgresql://user@host:port/db or key=value pairs).
+    #: Empty: no ledger (`accountant dev` then starts a local PostgreSQL).
+    ledger_dsn: str = ""
+    #: Consumer group of the `accountant ledger` processes; also the key of their offsets in the database.
+    ledger_group: str = Field("usage-accountant-ledger", min_length=1, max_length=200)
+    #: Most closures one ledger transaction writes.
+    ledger_batch_max_records: int = Field(5000, ge=1, le=100_000)
+    #: Address and port of the ledger's /metrics and /healthz.
+    ledger_web_host: str = "127.0.0.1"
+    ledger_web_port: int = Field(6067, ge=1, le=65535)
     #: text (default, for people) or json (one object per line, for log collectors).
     log_format: Literal["text", "json"] = "text"
     #: /healthz answers 503 once the agent has made no progress for this long
@@ -111,7 +121,20 @@ class Settings(BaseSettings):
                 raise ValueError(f"{server!r} is not host:port")
         return value
 
-    @field_validator("topic_prefix", "app_id")
+    @field_validator("ledger_dsn")
+    @classmethod
+    def _conninfo(cls, value: str) -> str:
+        if value:
+            from psycopg.conninfo import conninfo_to_dict
+
+            try:
+                conninfo_to_dict(value)
+            except Exception:  # psycopg's message may quote the string, password and all
+                raise ValueError("is not a PostgreSQL connection string (postgresql://user@host:5432/db "
+                                 "or 'host=... dbname=...')") from None
+        return value
+
+    @field_validator("topic_prefix", "app_id", "ledger_group")
     @classmethod
     def _topic_safe(cls, value: str) -> str:
         allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -119,7 +142,7 @@ class Settings(BaseSettings):
             raise ValueError("may only contain letters, digits, '.', '_' and '-'")
         return value
 
-    @field_validator("web_host")
+    @field_validator("web_host", "ledger_web_host")
     @classmethod
     def _host(cls, value: str) -> str:
         try:

@@ -117,6 +117,23 @@ def rows(results: dict[str, Any]) -> list[Row]:
                             _num(ready / (sessions / 100_000), "s", 1), "", ""))
             out.append((f"memory [{store}]: RSS per 100,000 live sessions",
                         _num(figures.get("rss_per_100k_sessions_mib"), "MiB", 1), "", ""))
+    led = results.get("ledger")
+    if led:
+        rate, ratio = _get(led, "ledger", "closures_per_sec"), led.get("ratio_to_insert_loop")
+        n = f"{led['closures']:,} closures, {led['batch_size']:,} per transaction"
+        out += [
+            (f"ledger ({n}): closures/s", _num(rate, "/s"), ">= 20,000 /s",
+             _verdict(rate >= 20_000 if rate is not None else None)),
+            ("ledger: plain INSERT ... ON CONFLICT loop", _num(_get(led, "insert_loop", "closures_per_sec"), "/s"),
+             "", ""),
+            ("ledger / INSERT loop", _num(ratio, "", 2), ">= 0.5", _verdict(ratio >= 0.5 if ratio else None)),
+            ("ledger: INSERTs by executemany (pipelined)",
+             _num(_get(led, "insert_executemany", "closures_per_sec"), "/s"), "", ""),
+        ]
+        end_to_end = _get(led, "end_to_end", "closures_per_sec")
+        if end_to_end is not None:
+            out.append(("ledger end to end (Kafka -> accountant ledger -> PostgreSQL)", _num(end_to_end, "/s"),
+                        "", ""))
     return out
 
 

@@ -4,7 +4,8 @@
     .venv/bin/python -m bench.run --quick    # smaller loads: under 3 minutes
 
 Starts a local Kafka broker on 127.0.0.1 (app/dev/kafka.py) unless
-ACCOUNTANT_BROKER names one. See docs/benchmarks.md for what each figure means.
+ACCOUNTANT_BROKER names one, and for `ledger` a local PostgreSQL unless
+ACCOUNTANT_LEDGER_DSN names one. See docs/benchmarks.md for what each figure means.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from bench import report
 from bench.benchmarks import Context, Scale, latency_and_ttl, recovery_and_memory, throughput
 from bench.common import bench_broker, log
 from bench.ingest import ingest
+from bench.ledger import for_bench_run as ledger_for_bench_run
 from bench.machine import describe
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ALL = ("throughput", "latency", "recovery", "ingest")
+ALL = ("throughput", "latency", "recovery", "ingest", "ledger")
 
 
 async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[str, Any]:
@@ -44,6 +46,8 @@ async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[
         results["recovery"] = await recovery_and_memory(ctx, args.stores)
     if "ingest" in args.only:
         results["ingest"] = await ingest(bootstrap, workdir, log, seconds=5.0 if args.quick else 10.0)
+    if "ledger" in args.only:
+        results["ledger"] = await ledger_for_bench_run(bootstrap, workdir, quick=args.quick, log=log)
     results["machine"]["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
     results["total_secs"] = round(time.monotonic() - started, 1)
     return results

@@ -52,6 +52,7 @@ from aiokafka import AIOKafkaClient, AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
+from app.dev.ledger_check import format_ledger_report, verify_simulation_ledger
 from app.dev.oracle import (
     Collected,
     Expected,
@@ -945,18 +946,21 @@ def simulate_command(broker: str | None, sessions: int, rounds: float, rate: flo
 
     try:
         stats, report = asyncio.run(run())
+        ledger = verify_simulation_ledger(settings, expected, timeout) if verify else None
     except (KafkaError, TopicMissing, IngestFailed, OSError) as error:
         raise click.ClickException(f"{type(error).__name__}: {error}") from None
     if as_json:
         body = {"config": {**asdict(config), "rate": rate, "partitioner": partitioner},
                 "expected": expected.to_json(),
                 "published": {**asdict(stats), "rate": stats.rate},
-                "verify": report.to_json() if report else None}
+                "verify": report.to_json() if report else None, "ledger": ledger.to_json() if ledger else None}
         click.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
     else:
         click.echo(format_totals(config, expected, stats))
         if report is not None:
             click.echo(format_report(report))
-    if report is not None and not report.ok:
+        if ledger is not None:
+            click.echo(format_ledger_report(ledger))
+    if (report is not None and not report.ok) or (ledger is not None and not ledger.ok):
         sys.exit(1)
 

@@ -5,6 +5,7 @@ document and the dashboard.
 - `api`: the views; `fanout`: asking the other workers and merging their
   answers; `paging`: cursors and pages; `params`: every operation's
   parameters, one pydantic model each, validated and documented from it;
+- `ledger`: whether the ledger caught up with the closures (its lag);
 - `openapi`: the response shapes and the document; `errors`: JSON errors;
   `auth`: the API token; `assets` and `static/`: the dashboard's files;
 - `ingest`: `POST /events`, gateways' events over HTTP, produced with the
@@ -28,6 +29,7 @@ from app.web.auth import token_middleware
 from app.web.errors import Handler, json_errors
 from app.web.ingest import INGEST_PATH, IngestSettings, ingest_handler
 from app.web.ingest_producer import IngestProducer
+from app.web.ledger import LedgerView
 from app.web.schemas import SCHEMAS_PATH, get_schema
 from app.web.worker import Worker
 
@@ -37,6 +39,7 @@ __all__ = ["Worker", "register_views"]
 def register_views(app: faust.App, worker: Worker) -> None:
     """Serve the API and the dashboard on `app`'s web server, answering from `worker`."""
     api = Api(worker)
+    ledger = LedgerView.from_settings(worker.settings)
     routes: dict[str, Handler] = {
         "/": api.dashboard_page,
         "/healthz": api.healthz,
@@ -46,6 +49,7 @@ def register_views(app: faust.App, worker: Worker) -> None:
         "/tenants": api.list_tenants,
         "/tenants/{tenant_id}/usage": api.tenant_usage,
         "/stats": api.stats,
+        "/ledger": ledger.ledger_status,
         "/metrics": api.metrics,
         "/openapi.json": api.openapi_document,
         SCHEMAS_PATH: get_schema,
@@ -62,6 +66,7 @@ def register_views(app: faust.App, worker: Worker) -> None:
     server.add_static("/static/", str(STATIC_DIR))
     server.web_app.on_startup.append(producer.on_startup)
     server.web_app.on_cleanup.append(producer.on_cleanup)
+    server.web_app.on_cleanup.append(ledger.close)
     middlewares = server.web_app.middlewares
     middlewares.append(json_errors)  # outermost: also turns a 401 into JSON
     if worker.settings.api_token:

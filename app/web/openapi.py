@@ -38,8 +38,8 @@ from app.web.params import (
     path_fields,
 )
 
-__all__ = ["ErrorBody", "SessionPage", "Stats", "TenantPage", "TenantUsage", "build_openapi", "component_schemas",
-           "parameters"]
+__all__ = ["ErrorBody", "LedgerStatus", "SessionPage", "Stats", "TenantPage", "TenantUsage", "build_openapi",
+           "component_schemas", "parameters"]
 
 _COMPONENTS = "#/components/schemas/{model}"
 # Attribute docstrings become the fields' descriptions.
@@ -138,6 +138,20 @@ class Stats(TypedDict):
 
 
 @with_config(_FORBID_EXTRA)
+class LedgerStatus(TypedDict):
+    """Whether the ledger (`accountant ledger`) has written every closure on the topic into its database."""
+
+    configured: bool
+    """Whether this worker knows the ledger's database (ACCOUNTANT_LEDGER_DSN)."""
+    lag_records: int | None
+    """Closures on the topic not yet in the ledger, over all partitions; null when unknown."""
+    caught_up: bool | None
+    """lag_records is 0; null when unknown."""
+    error: str | None
+    """Why the lag could not be read, if it could not."""
+
+
+@with_config(_FORBID_EXTRA)
 class ErrorBody(TypedDict, total=False):
     error: typing.Required[str]
     detail: typing.Required[str]
@@ -164,6 +178,7 @@ _BODIES: dict[str, Any] = {
     "TenantUsage": TenantUsage,
     "TenantPage": TenantPage,
     "Stats": Stats,
+    "LedgerStatus": LedgerStatus,
     "Error": ErrorBody,
     "Health": Health,
     "Readiness": Readiness,
@@ -303,6 +318,13 @@ def build_openapi(*, token_required: bool) -> dict[str, Any]:
             "operationId": "getStats",
             "summary": "Applied, duplicate, rejected (by reason), closures (by reason), live sessions.",
             "responses": {"200": _json("Stats", "Counters of all workers that answered.")},
+        }},
+        "/ledger": {"get": {
+            "operationId": "getLedgerStatus",
+            "summary": "Whether the ledger has caught up with the closures topic (its lag).",
+            "description": "The same answer from any worker: Kafka's end offsets of the closures topic minus "
+                           "the offsets the ledger's database holds.",
+            "responses": {"200": _json("LedgerStatus", "The ledger's lag, or why it is unknown.")},
         }},
         "/metrics": {"get": {
             "operationId": "getMetrics",

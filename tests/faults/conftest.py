@@ -5,6 +5,10 @@
 * ``private_kafka``: a LocalKafka broker of the test's own, for faults that stop
   the broker (the shared one must never be stopped).
 * ``private_deployment``: a Deployment on ``private_kafka``.
+* ``private_postgres``: a LocalPostgres of the test's own, for faults that stop
+  the database (the session's shared one must never be stopped).
+* ``private_postgres_ledger``: `accountant ledger` processes reading the
+  closures of ``deployment``'s workers into a database on ``private_postgres``.
 * ``fault_figures``: where a test reports what it measured; the figures of all
   fault tests are printed in pytest's terminal summary, and appended as JSON
   lines to ``$ACCOUNTANT_FAULT_FIGURES`` when that is set.
@@ -17,11 +21,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
+import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from app.dev.kafka import LocalKafka
+from app.dev.postgres import LocalPostgres
 from tests.support.deployment import Deployment
-from tests.support.fixtures import deployment_for_test
+from tests.support.fixtures import body_failed, deployment_for_test
+from tests.support.ledger_processes import LedgerDeployment
 
 ENV_FIGURES = "ACCOUNTANT_FAULT_FIGURES"
 _FIGURES = pytest.StashKey[list]()
@@ -36,6 +44,35 @@ def private_kafka(tmp_path: Path) -> Iterator[LocalKafka]:
         yield kafka
     finally:
         kafka.close()
+
+
+@pytest.fixture
+def private_postgres(tmp_path: Path) -> Iterator[LocalPostgres]:
+    """A PostgreSQL server for this test alone: stop/start it freely (same port, same data)."""
+    postgres = LocalPostgres(log_path=tmp_path / "private-postgres.log", fast=True)
+    postgres.start()
+    try:
+        yield postgres
+    finally:
+        postgres.close()
+
+
+@pytest.fixture
+def private_postgres_ledger(deployment: Deployment, private_postgres: LocalPostgres,
+                            unique_name: Callable[[str], str],
+                            request: pytest.FixtureRequest) -> Iterator[LedgerDeployment]:
+    """Like ``deployment_ledger``, with the database on the test's private server."""
+    with psycopg.connect(private_postgres.dsn, autocommit=True) as connection:
+        connection.execute("CREATE DATABASE ledger")
+    ledgers = LedgerDeployment.beside(deployment, make_conninfo(private_postgres.dsn, dbname="ledger"),
+                                      unique_name("ledger"))
+    deployment.settings.update({"ACCOUNTANT_LEDGER_DSN": ledgers.dsn, "ACCOUNTANT_LEDGER_GROUP": ledgers.group})
+    yield ledgers
+    ledgers.stop_all()
+    if body_failed(request):
+        print(ledgers.logs())
+        log = private_postgres.log_path.read_text(errors="replace").splitlines()[-40:]
+        print(f"\n----- private PostgreSQL log ({private_postgres.log_path}) -----\n" + "\n".join(log))
 
 
 @pytest.fixture
@@ -74,5 +111,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     for entry in entries:
         terminalreporter.write_line(" ".join(f"{key}={value}" for key, value in entry.items()))
     total = {key: sum(entry.get(key, 0) for entry in entries)
-             for key in ("events", "sessions", "faults_injected", "lost", "double_billed")}
+             for key in ("events", "sessions", "faults_injected", "lost", "double_billed", "ledger_lost",
+                         "ledger_double_billed")}
     terminalreporter.write_line("total " + " ".join(f"{key}={value}" for key, value in total.items()))

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
+
+import orjson
 
 from app.dev.partitioners import partition_for
 from app.dev.simulator import PlannedEvent, PublishStats, Simulation, publish
@@ -22,6 +25,7 @@ from tests.support.ledger import (
     print_figures,
     session_of,
 )
+from tests.support.ledger_processes import LedgerDeployment
 from tests.support.waiting import wait_for
 from tests.support.workers import WorkerProcess, accounted
 
@@ -77,12 +81,22 @@ def settled_stats(worker: WorkerProcess, ledger: Ledger, timeout: float = 30) ->
 
 def finish(deployment: Deployment, ledger: Ledger, simulation: Simulation, *, faults: int,
            report: Callable[[dict], None], stats_from: WorkerProcess | None = None, exact_stats: bool = False,
-           timeout: float = 120, extra: dict[str, Any] | None = None, timeline: Timeline | None = None) -> Verdict:
+           timeout: float = 120, extra: dict[str, Any] | None = None, timeline: Timeline | None = None,
+           billing: LedgerDeployment | None = None, injected: Iterable[dict[str, Any]] = (),
+           expected_conflicts: Collection[str] = ()) -> Verdict:
     """Collect the outputs, run the oracle, print and report the figures, and
-    fail on any problem."""
+    fail on any problem.
+
+    With `billing` (the billing ledger, app/ledger, reading the closures), its
+    database is checked against the oracle too, once it caught up: the same
+    closures, per-tenant token sums, `expected_conflicts` and no other
+    conflicts (`ledger_*` figures). `injected` are the closures the test itself
+    put on the closures topic: the workers' outputs are checked without them.
+    """
     outputs = asyncio.run(collect(deployment.bootstrap, events_topic=deployment.events_topic,
                                   closures_topic=deployment.closures_topic, rejected_topic=deployment.rejected_topic,
                                   ledger=ledger, timeout=timeout))
+    outputs.closures = _without(outputs.closures, injected)
     stats = settled_stats(stats_from, ledger) if stats_from is not None else None
     verdict = check_run(ledger, outputs, events_topic=deployment.events_topic, run_id=simulation.config.run_id,
                         stats=stats, exact_stats=exact_stats)
@@ -98,6 +112,11 @@ def finish(deployment: Deployment, ledger: Ledger, simulation: Simulation, *, fa
         in_flight = [line for line in str(metrics).splitlines() if line.startswith("accountant_outputs_in_flight ")]
         if status != 200 or in_flight != ["accountant_outputs_in_flight 0.0"]:
             verdict.problems.append(f"outputs still in flight at rest: {status} {in_flight}")
+    if billing is not None:
+        billed = billing.verify(ledger.expected(simulation.config.run_id), timeout=timeout,
+                                expected_conflicts=expected_conflicts)
+        verdict.problems.extend(f"ledger: {problem}" for problem in billed.problems())
+        verdict.figures.update(billed.figures())
     figures = {**verdict.figures, "faults_injected": faults, **(extra or {})}
     if timeline is not None:
         timeline("checked")
@@ -107,7 +126,22 @@ def finish(deployment: Deployment, ledger: Ledger, simulation: Simulation, *, fa
     report(figures)
     verdict.assert_ok()
     assert figures["lost"] == 0 and figures["double_billed"] == 0
+    assert figures.get("ledger_lost", 0) == 0 and figures.get("ledger_double_billed", 0) == 0
     return verdict
+
+
+def _without(closures: list[dict[str, Any]], injected: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`closures` minus one occurrence of each of `injected`."""
+    left = Counter(orjson.dumps(closure, option=orjson.OPT_SORT_KEYS) for closure in injected)
+    kept = []
+    for closure in closures:
+        key = orjson.dumps(closure, option=orjson.OPT_SORT_KEYS)
+        if left[key] > 0:
+            left[key] -= 1
+        else:
+            kept.append(closure)
+    assert not +left, f"{sum(left.values())} injected closures are not on the closures topic"
+    return kept
 
 
 # --------------------------------------------------------------------------

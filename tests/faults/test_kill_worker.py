@@ -2,7 +2,9 @@
 
 Two crashes: the first while the worker works through a backlog it is being
 fed, the second while its successor is still catching up after recovering
-the table. Neither may lose a token or bill one twice.
+the table. Neither may lose a token or bill one twice: not on the closures
+topic, and not in the billing ledger (`accountant ledger` runs throughout and
+must hold one row per session however often a replay repeats a closure).
 """
 
 from __future__ import annotations
@@ -15,17 +17,20 @@ from app.dev.simulator import Simulation, SimulationConfig, new_run_id
 from tests.faults.harness import Timeline, finish, publish_piece, wait_applied
 from tests.support.deployment import Deployment
 from tests.support.ledger import pieces, simulated, split_points
+from tests.support.ledger_processes import LedgerDeployment
 
-pytestmark = [pytest.mark.faults, pytest.mark.integration]
+pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.postgres]
 
 
-def test_kill_9_under_load_then_restart(deployment: Deployment, fault_figures: Callable[[dict], None]) -> None:
+def test_kill_9_under_load_then_restart(deployment: Deployment, deployment_ledger: LedgerDeployment,
+                                        fault_figures: Callable[[dict], None]) -> None:
     timeline = Timeline()
     simulation = Simulation(SimulationConfig(sessions=3000, seed=1001, run_id=new_run_id()))
     ledger, stamper = simulated(simulation)
     events = list(simulation.events())
     first, second, third = pieces(events, split_points(events, simulation, (0.45, 0.75)))
     deployment.create_topics()
+    deployment_ledger.ledger().start().wait_ready()
 
     victim = deployment.worker("victim").start().wait_ready()
     timeline("ready")
@@ -50,5 +55,6 @@ def test_kill_9_under_load_then_restart(deployment: Deployment, fault_figures: C
     publish_piece(deployment, third, stamper)  # the last piece, while the restarted worker processes
     timeline("published")
     finish(deployment, ledger, simulation, faults=2, report=fault_figures, stats_from=last, timeline=timeline,
+           billing=deployment_ledger,
            extra={"kills": 2, "applied_at_kills": f"{applied_at_first_kill}+{applied_at_second_kill}",
                   "redelivered_before_second_kill": backlog_left["redelivered"]})

@@ -8,6 +8,10 @@
 - `events`: gateway events for hand-written scenarios; `clock`: `now_rfc3339`;
 - `ledger`: the fault suite's oracle (built on `app.dev.oracle`);
 - `ingest`: `POST /events` on a web app of its own (the ingest tests and benchmark);
+- `ledger_processes`: `accountant ledger` subprocesses, the closures topic and
+  database they share (the billing ledger, app/ledger: not `ledger` above);
+  `closures`: hand-made closures for the ledger's tests and benchmark;
+  `postgres`: where the test PostgreSQL comes from (environment, Docker, LocalPostgres);
 - `waiting`: `wait_for`, polling a condition with a deadline (never a bare sleep).
 
 The partitioners gateways use are in `app.dev.partitioners` (the simulator

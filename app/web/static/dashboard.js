@@ -52,11 +52,13 @@ function sessionsPath() {
 }
 
 async function refresh() {
-  const [stats, tenants, sessions] = await Promise.allSettled([
-    getJSON("/stats"), getJSON("/tenants?limit=1000"), getJSON(sessionsPath()),
+  const [stats, tenants, sessions, ledger] = await Promise.allSettled([
+    getJSON("/stats"), getJSON("/tenants?limit=1000"), getJSON(sessionsPath()), getJSON("/ledger"),
   ]);
-  const problems = [stats, tenants, sessions].filter((r) => r.status === "rejected").map((r) => r.reason.message);
+  const problems = [stats, tenants, sessions, ledger]
+    .filter((r) => r.status === "rejected").map((r) => r.reason.message);
   if (stats.status === "fulfilled") renderStats(stats.value);
+  if (ledger.status === "fulfilled") renderLedger(ledger.value);
   if (tenants.status === "fulfilled") renderTenants(tenants.value);
   if (sessions.status === "fulfilled") {
     view.sessions = sessions.value.sessions;
@@ -103,6 +105,20 @@ function renderStats(stats) {
   const rejectReasons = [...new Set(view.history.flatMap((s) => Object.keys(s.rejected)))].sort();
   drawChart($("closure-chart"), $("closure-legend"), rateSeries("closures", CLOSE_REASONS), now);
   drawChart($("rejection-chart"), $("rejection-legend"), rateSeries("rejected", rejectReasons), now);
+}
+
+// The ledger's card, shown when the worker knows the ledger's database.
+function renderLedger(ledger) {
+  $("ledger-card").hidden = !ledger.configured;
+  if (!ledger.configured) return;
+  const value = $("ledger-lag");
+  if (ledger.lag_records === null) {
+    value.textContent = "unknown";
+    value.title = ledger.error || "";
+  } else {
+    value.textContent = ledger.caught_up ? "caught up" : `${ledger.lag_records.toLocaleString()} behind`;
+    value.title = "";
+  }
 }
 
 function rateSeries(field, names) {

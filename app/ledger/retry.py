@@ -1,0 +1,76 @@
+"""Waiting out a database that is down, restarting or busy: retry, never skip."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import psycopg
+
+from app.ledger.metrics import LedgerMetrics
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Errors that say nothing about the data: the same operation later may succeed.
+#: A unique violation on closures means another ledger process inserted the same
+#: closure_id meanwhile; on retry the row is read back and judged.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    psycopg.OperationalError,  # cannot connect, connection lost, server shutting down or starting
+    psycopg.InterfaceError,  # the connection was closed under us
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.UniqueViolation,
+)
+
+
+class Stopped(Exception):
+    """The service was asked to stop while waiting for the database."""
+
+
+class DatabaseRetry:
+    """Runs database operations until they succeed, backing off from
+    ``first_delay`` to ``max_delay`` seconds between attempts."""
+
+    def __init__(self, stop: asyncio.Event, metrics: LedgerMetrics, *, first_delay: float = 0.1,
+                 max_delay: float = 2.0) -> None:
+        self._stop = stop
+        self._metrics = metrics
+        self._first_delay = first_delay
+        self._max_delay = max_delay
+
+    async def __call__(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
+        """The operation's result; transient errors are logged and retried,
+        other errors propagate."""
+        delay = self._first_delay
+        failing_since: float | None = None
+        while True:
+            if self._stop.is_set():
+                raise Stopped(what)
+            try:
+                result = await operation()
+            except TRANSIENT_ERRORS as error:
+                self._metrics.database_retries.inc()
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                if not isinstance(error, psycopg.errors.UniqueViolation):
+                    self._metrics.database_up.set(0)
+                log.warning("%s failed (%s: %s); retrying in %.1f s (failing for %.0f s)", what,
+                            type(error).__name__, str(error).strip().splitlines()[0] if str(error) else "",
+                            delay, time.monotonic() - failing_since)
+                await self.wait(delay)
+                delay = min(self._max_delay, delay * 2)
+                continue
+            if failing_since is not None:
+                log.info("%s succeeded after %.1f s of failures", what, time.monotonic() - failing_since)
+            self._metrics.database_up.set(1)
+            return result
+
+    async def wait(self, seconds: float) -> None:
+        """Sleep, but wake at once when the service stops."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)

@@ -1,0 +1,33 @@
+"""What the ledger needs from its database (interface; app/ledger/postgres_store.py implements it)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from app.ledger.batch import BatchOutcome, LedgerBatch, Partition
+
+
+class LedgerStore(Protocol):
+    async def migrate(self) -> list[str]:
+        """Bring the schema up to date (safe when several processes start
+        together); the names of the migrations this call applied."""
+        ...
+
+    async def claim(self, group: str, partitions: Iterable[Partition]) -> dict[Partition, int | None]:
+        """Where ``group`` resumes each partition: the next offset stored by
+        the last committed batch, or None when nothing was consumed yet."""
+        ...
+
+    async def write(self, batch: LedgerBatch, *, isolate: bool = False) -> BatchOutcome:
+        """Write the batch's closures, rejects and offsets in ONE transaction,
+        or nothing. Partitions whose stored offset is not the batch's
+        ``expected`` one are left out (fenced) and reported.
+
+        ``isolate`` writes row by row, turning rows the database refuses into
+        rejects: for a batch that failed with a data error, so that one bad
+        row never stops the ledger.
+        """
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,79 @@
+"""`accountant usage` output: a table for a person, CSV or JSON for a program. Pure."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+
+from app.ledger.usage import UsageQuery, UsageRow
+
+FORMATS = ("table", "csv", "json")
+_FIGURES = ("closures", "total_token_count", "initial_token_count", "delta_token_count", "round_count",
+            "missing_rounds")
+_KEYS_BY_GROUPING = {
+    "total": (),
+    "provider": ("provider_id",),
+    "model": ("provider_id", "model"),
+    "day": ("day",),
+    "month": ("month",),
+}
+
+
+def render_usage(query: UsageQuery, rows: Sequence[UsageRow], fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise ValueError(f"format: must be one of {', '.join(FORMATS)}")
+    columns = ("tenant_id", *_KEYS_BY_GROUPING[query.by], *_FIGURES)
+    records = [_record(row, columns) for row in rows]
+    if fmt == "json":
+        # Token sums can pass 2^64: the stdlib's json writes any int exactly.
+        return json.dumps({"tenant_id": query.tenant_id, "from": query.from_day.isoformat(),
+                           "to": query.to_day.isoformat(), "by": query.by, "timezone": "UTC",
+                           "rows": records}, indent=2) + "\n"
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([[record[column] for column in columns] for record in records])
+        return out.getvalue()
+    return _table(columns, records, f"usage of {query.tenant_id}, {query.from_day} .. {query.to_day} (UTC days, "
+                                    "both included)")
+
+
+def _record(row: UsageRow, columns: Sequence[str]) -> dict[str, object]:
+    values = {
+        "tenant_id": row.tenant_id,
+        "provider_id": row.provider_id,
+        "model": row.model,
+        "day": row.period_start.isoformat() if row.period_start else None,
+        "month": row.period_start.strftime("%Y-%m") if row.period_start else None,
+        "closures": row.closures,
+        "total_token_count": row.total_token_count,
+        "initial_token_count": row.initial_token_count,
+        "delta_token_count": row.delta_token_count,
+        "round_count": row.round_count,
+        "missing_rounds": row.missing_rounds,
+    }
+    return {column: values[column] for column in columns}
+
+
+def _table(columns: Sequence[str], records: Sequence[dict[str, object]], title: str) -> str:
+    if not records:
+        return f"{title}\n(no closures)\n"
+    cells = [list(columns)] + [[_cell(record[column]) for column in columns] for record in records]
+    widths = [max(len(row[index]) for row in cells) for index in range(len(columns))]
+    numeric = {index for index, column in enumerate(columns) if column in _FIGURES}
+    lines = [title]
+    for number, row in enumerate(cells):
+        lines.append("  ".join(cell.rjust(widths[index]) if index in numeric else cell.ljust(widths[index])
+                               for index, cell in enumerate(row)).rstrip())
+        if number == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "" if value is None else str(value)
