@@ -194,10 +194,12 @@ def _compare(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, s
     def plain(label: str) -> str:
         return re.sub(r"\d[\d,]*", "N", label)
 
-    after_rows = {plain(row[0]): row for row in rows(after)}
+    after_rows = rows(after)
+    exact = {row[0]: row for row in after_rows}
+    similar = {plain(row[0]): row for row in after_rows}
     compared = []
     for figure, value, _, _ in rows(before):
-        row = after_rows.get(plain(figure))
+        row = exact.get(figure) or similar.get(plain(figure))
         if row is None:
             compared.append((figure, value, "n/a"))
         elif row[0] == figure:
