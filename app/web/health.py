@@ -8,6 +8,7 @@ events are read again from the last commit.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 __all__ = ["liveness"]
@@ -17,6 +18,7 @@ def liveness(stalled_seconds: float, stall_timeout_secs: float) -> tuple[int, di
     """The status and body of /healthz: 503 once the agent has been stalled
     for longer than the timeout (ACCOUNTANT_STALL_TIMEOUT_SECS)."""
     if stalled_seconds > stall_timeout_secs:
-        return 503, {"status": "stalled", "stalled_seconds": round(stalled_seconds, 1),
+        # Rounded up, so the figure never reads as "not past the timeout".
+        return 503, {"status": "stalled", "stalled_seconds": math.ceil(stalled_seconds * 10) / 10,
                      "stall_timeout_secs": stall_timeout_secs}
     return 200, {"status": "ok"}

@@ -26,7 +26,7 @@ def test_an_agent_with_nothing_waiting_is_alive() -> None:
 
 def test_the_timeout_itself_is_still_alive_and_past_it_is_stalled() -> None:
     assert liveness(120.0, 120.0) == (200, {"status": "ok"})
-    assert liveness(120.04, 120.0) == (503, {"status": "stalled", "stalled_seconds": 120.0,
+    assert liveness(120.04, 120.0) == (503, {"status": "stalled", "stalled_seconds": 120.1,
                                              "stall_timeout_secs": 120.0})
 
 
@@ -34,6 +34,8 @@ def test_the_timeout_itself_is_still_alive_and_past_it_is_stalled() -> None:
 def test_the_answer_follows_the_timeout_and_is_what_the_document_says(stalled: float, timeout: float) -> None:
     status, body = liveness(stalled, timeout)
     assert status == (503 if stalled > timeout else 200)
+    if status == 503:
+        assert body["stalled_seconds"] > timeout
     validate_response(DOCUMENT, "/healthz", status, body)
 
 
