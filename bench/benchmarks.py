@@ -19,8 +19,8 @@ import orjson
 import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from app.dev.kafka import pick_free_loopback_port
 from app.dev.partitioners import partition_for
+from app.dev.processes import pick_free_loopback_port
 from app.rules import SECOND, Session, SessionRecord, decode_state, encode_state, parse_timestamp
 from bench.common import (
     PARTITIONS,

@@ -41,7 +41,8 @@ import aiohttp
 import orjson
 import psutil
 
-from app.dev.kafka import create_topics, pick_free_loopback_port
+from app.dev.kafka import create_topics
+from app.dev.processes import pick_free_loopback_port
 from app.publisher import reliable_producer
 from bench.common import PARTITIONS, bench_broker, log, summary_ms
 from bench.loadgen import TENANTS, lifecycle

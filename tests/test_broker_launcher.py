@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.dev import kafka
+from app.dev import kafka, processes
 
 
 def test_cluster_ids_never_start_with_a_dash():
@@ -20,7 +20,7 @@ def test_cluster_ids_never_start_with_a_dash():
 
 
 def test_free_port_is_bindable_on_loopback_and_below_the_ephemeral_range():
-    port = kafka.pick_free_loopback_port()
+    port = processes.pick_free_loopback_port()
     with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
         assert port < int(ranges.read().split()[0])
     with socket.socket() as sock:

@@ -11,6 +11,8 @@
 - `ledger_check`: the ledger's rows against a simulation's oracle (`simulate --verify`);
 - `kafka_security`: a CA, certificates and a SCRAM user made at run time, and
   the SASL_SSL/SSL listeners of a local broker (`accountant dev --secure`).
+- `processes`: what the local servers share: loopback ports, children that
+  die with their parent, and their start/stop life (`ServerProcess`).
 
 The service (rules, agents, tables, web) never imports this package; only the
 CLI's `dev`, `broker` and `simulate` commands do.

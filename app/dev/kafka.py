@@ -27,23 +27,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import base64
 import concurrent.futures
-import contextlib
-import ctypes
 import fcntl
 import hashlib
 import os
-import random
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -55,6 +49,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
+from app.dev.processes import (
+    LOOPBACK,
+    ServerProcess,
+    die_with_parent_preexec,
+    pick_free_loopback_port,
+    serve_until_signalled,
+)
+
 if TYPE_CHECKING:
     from app.dev.kafka_security import BrokerSecurity
 
@@ -65,7 +67,6 @@ __all__ = [
     "create_topics",
     "ensure_kafka_jars",
     "kafka_version",
-    "pick_free_loopback_port",
     "wait_for_broker",
 ]
 
@@ -73,8 +74,6 @@ ENV_KAFKA_CACHE = "ACCOUNTANT_KAFKA_CACHE"
 ENV_MAVEN_REPO = "ACCOUNTANT_MAVEN_REPO"
 
 POM_PATH = Path(__file__).resolve().parents[2] / "broker" / "pom.xml"
-
-LOOPBACK = "127.0.0.1"
 
 # Broker settings that make a one-node cluster usable by tests.  Shared with the
 # Docker-based fixture (tests/conftest.py) so both brokers behave alike.
@@ -377,82 +376,26 @@ def _log_tail(log_path: Path | None, lines: int = 20) -> str:
 
 
 # --------------------------------------------------------------------------
-# Ports and process lifetime
-
-
-def pick_free_loopback_port(exclude: tuple[int, ...] = ()) -> int:
-    """A free TCP port on 127.0.0.1 below the kernel's ephemeral range.
-
-    Below that range no outgoing connection is ever given the port, so it
-    stays free while the broker is stopped for a restart test.
-    """
-    ephemeral_low = 32768
-    with contextlib.suppress(OSError, ValueError):
-        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.SystemRandom()
-    if ephemeral_low > 10_001:
-        for _ in range(200):
-            port = rng.randrange(10_000, ephemeral_low)
-            if port not in exclude and _port_is_free(port):
-                return port
-    # Fall back to a port the kernel picks (may be in the ephemeral range).
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind((LOOPBACK, port))
-        except OSError:
-            return False
-    return True
-
-
-def _die_with_parent_preexec() -> Callable[[], None] | None:
-    """preexec_fn making the child get SIGKILL when its parent dies (Linux).
-
-    Caveat of PR_SET_PDEATHSIG: "parent" is the *thread* that forked the
-    child, so start the broker from a thread that lives as long as you need
-    the broker (the main thread, normally).
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    # Resolved before fork: loading a library in the forked child is unsafe.
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    pr_set_pdeathsig = 1
-    parent_pid = os.getpid()
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent_pid:  # the parent died before prctl took hold
-            os._exit(1)
-
-    return preexec
-
-
-# --------------------------------------------------------------------------
 # The broker
 
 
-class LocalKafka:
+class LocalKafka(ServerProcess):
     """A single-node Kafka (combined broker + controller) on 127.0.0.1.
 
-    ``stop()`` then ``start()`` restarts it on the same ports with the same
-    data.  The JVM is killed if the Python process that started it dies.
+    ``stop()`` (SIGTERM: Kafka shuts down cleanly) then ``start()`` restarts
+    it on the same ports with the same data.  The JVM is killed if the
+    Python process that started it dies.
     """
 
     def __init__(self, workdir: Path | None = None, port: int | None = None, log_path: Path | None = None,
                  security: BrokerSecurity | None = None):
+        super().__init__()
         self._owns_workdir = workdir is None
         # Absolute: the JVM is handed paths inside it and runs from another directory.
         self._workdir = Path(tempfile.mkdtemp(prefix="local-kafka-")) if workdir is None else Path(workdir).resolve()
         self._port = port
         self._controller_port: int | None = None
         self._log_path = Path(log_path).resolve() if log_path is not None else self._workdir / "broker.log"
-        self._process: subprocess.Popen[bytes] | None = None
-        self._atexit_registered = False
         #: None: one PLAINTEXT client listener; else SASL_SSL at `bootstrap` (app/dev/kafka_security.py).
         self._security = security
 
@@ -483,13 +426,6 @@ class LocalKafka:
     def client_options(self) -> dict[str, Any]:
         """Security options of an aiokafka client of `bootstrap`."""
         return self._security.client_options() if self._security is not None else {}
-
-    @property
-    def process(self) -> subprocess.Popen[bytes] | None:
-        return self._process
-
-    def is_running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
 
     # -- lifecycle
 
@@ -530,56 +466,16 @@ class LocalKafka:
                 # Own session: a Ctrl-C in the terminal reaches Python, which then
                 # stops the broker in order, instead of both racing.
                 start_new_session=True,
-                preexec_fn=_die_with_parent_preexec(),
+                preexec_fn=die_with_parent_preexec(),
             )
-        if not self._atexit_registered:
-            atexit.register(self._stop_at_exit)
-            self._atexit_registered = True
-        try:
-            wait_for_broker(
-                self.bootstrap,
-                max(1.0, deadline - time.monotonic()),
-                is_alive=self.is_running,
-                log_path=self._log_path,
-                client_options=self.client_options(),
-            )
-        except BaseException:
-            self.kill()
-            raise
+        self._until_ready(lambda: wait_for_broker(
+            self.bootstrap,
+            max(1.0, deadline - time.monotonic()),
+            is_alive=self.is_running,
+            log_path=self._log_path,
+            client_options=self.client_options(),
+        ))
         return self
-
-    def stop(self, timeout: float = 30) -> None:
-        """SIGTERM (Kafka shuts down cleanly), then SIGKILL after ``timeout``."""
-        process = self._process
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-    def kill(self) -> None:
-        """SIGKILL: an abrupt crash, data is kept as the disk has it."""
-        process = self._process
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait()
-
-    def close(self) -> None:
-        """Stop and, if this object created the work directory, delete it."""
-        self.stop()
-        if self._atexit_registered:
-            atexit.unregister(self._stop_at_exit)
-            self._atexit_registered = False
-        if self._owns_workdir:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-
-    def __enter__(self) -> LocalKafka:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"
@@ -591,8 +487,9 @@ class LocalKafka:
     def _data_dir(self) -> Path:
         return self._workdir / "data"
 
-    def _stop_at_exit(self) -> None:
-        self.stop(timeout=10)
+    def _remove_own_files(self) -> None:
+        if self._owns_workdir:
+            shutil.rmtree(self._workdir, ignore_errors=True)
 
     def _jvm_options(self) -> list[str]:
         return [*JVM_OPTIONS, f"-Dlog4j2.configurationFile={self._workdir / 'log4j2.properties'}"]
@@ -672,20 +569,15 @@ def main(argv: list[str] | None = None) -> int:
         print(ensure_kafka_jars())
         return 0
 
-    stop_requested = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop_requested.set())
-
     started = time.monotonic()
-    with LocalKafka(workdir=args.workdir, port=args.port, log_path=args.log) as kafka:
+    kafka = LocalKafka(workdir=args.workdir, port=args.port, log_path=args.log)
+
+    def announce() -> None:
         print(kafka.bootstrap, flush=True)
         print(f"Kafka {kafka_version()} ready in {time.monotonic() - started:.1f}s; log: {kafka.log_path}",
               file=sys.stderr, flush=True)
-        while not stop_requested.wait(1.0):
-            if not kafka.is_running():
-                print(f"broker exited; see {kafka.log_path}", file=sys.stderr)
-                return 1
-    return 0
+
+    return serve_until_signalled(kafka, announce, lambda: f"broker exited; see {kafka.log_path}")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ from pathlib import Path
 import click
 from pydantic import SecretStr
 
-from app.dev.kafka import _die_with_parent_preexec
 from app.dev.postgres import LocalPostgres, server_can_reach
+from app.dev.processes import die_with_parent_preexec, stop_process
 from app.settings import Settings
 
 #: In the data directory: the ledger's DSN, for `accountant usage` and `accountant simulate` in another shell.
@@ -31,13 +31,7 @@ class DevLedger:
     def stop(self, timeout: float = 15) -> None:
         # Gone with the ledger: `accountant simulate` then checks no ledger rather than a stopped one.
         self.dsn_file.unlink(missing_ok=True)
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout)
         if self.postgres is not None:
             self.postgres.stop()
 
@@ -59,7 +53,7 @@ def start_dev_ledger(settings: Settings, data_dir: Path) -> DevLedger:
     env = {**os.environ, **_kafka_env(settings), "ACCOUNTANT_BROKER": settings.broker, "ACCOUNTANT_LEDGER_DSN": dsn}
     with open(log_path, "ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "app.cli", "ledger"], env=env, stdin=subprocess.DEVNULL,
-                                   stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent_preexec())
+                                   stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent_preexec())
     click.echo(f"ledger: database {dsn}  metrics http://{settings.ledger_web_host}:{settings.ledger_web_port}"
                f"/metrics  log {log_path}", err=True)
     dsn_file = data_dir / DSN_FILE

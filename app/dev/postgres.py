@@ -25,7 +25,6 @@ Environment:
 from __future__ import annotations
 
 import argparse
-import atexit
 import os
 import pwd
 import shutil
@@ -34,7 +33,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -45,7 +43,13 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from app.dev.kafka import LOOPBACK, _die_with_parent_preexec, pick_free_loopback_port
+from app.dev.processes import (
+    LOOPBACK,
+    ServerProcess,
+    die_with_parent_preexec,
+    pick_free_loopback_port,
+    serve_until_signalled,
+)
 
 ENV_POSTGRES_BIN = "ACCOUNTANT_POSTGRES_BIN"
 #: The superuser initdb creates; trusted on loopback only.
@@ -86,15 +90,20 @@ def postgres_bin_dir() -> Path:
     )
 
 
-class LocalPostgres:
+class LocalPostgres(ServerProcess):
     """One PostgreSQL server on 127.0.0.1 with trust authentication.
 
     ``datadir`` is kept when given, else a temporary directory is made (and
     removed by ``close()``). ``fast=True`` applies ``FAST_SETTINGS``.
+    ``kill()`` is a crash of the postmaster: the next start runs crash recovery.
     """
+
+    #: Fast shutdown: sessions are ended, data is consistent.
+    stop_signal = signal.SIGINT
 
     def __init__(self, datadir: Path | None = None, port: int | None = None, log_path: Path | None = None,
                  *, fast: bool = False) -> None:
+        super().__init__()
         self._owns_datadir = datadir is None
         self._datadir = (Path(tempfile.mkdtemp(prefix="local-postgres-")) if datadir is None
                          else Path(datadir).resolve())
@@ -102,8 +111,6 @@ class LocalPostgres:
         self._log_path = Path(log_path).resolve() if log_path is not None else self._datadir.parent / (
             self._datadir.name + ".log")
         self._settings = dict(FAST_SETTINGS) if fast else {}
-        self._process: subprocess.Popen[bytes] | None = None
-        self._atexit_registered = False
 
     # -- public properties
 
@@ -125,13 +132,6 @@ class LocalPostgres:
     @property
     def log_path(self) -> Path:
         return self._log_path
-
-    @property
-    def process(self) -> subprocess.Popen[bytes] | None:
-        return self._process
-
-    def is_running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
 
     # -- lifecycle
 
@@ -173,49 +173,8 @@ class LocalPostgres:
                 start_new_session=True,
                 preexec_fn=_child_preexec(run_as),
             )
-        if not self._atexit_registered:
-            atexit.register(self._stop_at_exit)
-            self._atexit_registered = True
-        try:
-            self._wait_ready(deadline)
-        except BaseException:
-            self.kill()
-            raise
+        self._until_ready(lambda: self._wait_ready(deadline))
         return self
-
-    def stop(self, timeout: float = 30) -> None:
-        """Fast shutdown (SIGINT: sessions are ended, data is consistent), then SIGKILL after ``timeout``."""
-        process = self._process
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-    def kill(self) -> None:
-        """SIGKILL of the postmaster: a crash; the next start runs crash recovery."""
-        process = self._process
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait()
-
-    def close(self) -> None:
-        """Stop and, if this object created the data directory, delete it."""
-        self.stop()
-        if self._atexit_registered:
-            atexit.unregister(self._stop_at_exit)
-            self._atexit_registered = False
-        if self._owns_datadir:
-            shutil.rmtree(self._datadir, ignore_errors=True)
-            self._log_path.unlink(missing_ok=True)
-
-    def __enter__(self) -> LocalPostgres:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"
@@ -223,8 +182,10 @@ class LocalPostgres:
 
     # -- internals
 
-    def _stop_at_exit(self) -> None:
-        self.stop(timeout=10)
+    def _remove_own_files(self) -> None:
+        if self._owns_datadir:
+            shutil.rmtree(self._datadir, ignore_errors=True)
+            self._log_path.unlink(missing_ok=True)
 
     def _prepare_datadir(self, run_as: pwd.struct_passwd | None) -> None:
         self._datadir.mkdir(parents=True, exist_ok=True)
@@ -335,7 +296,7 @@ def _child_preexec(run_as: pwd.struct_passwd | None) -> Callable[[], None] | Non
     The order matters: the kernel clears the parent-death signal when the
     process's credentials change.
     """
-    die_with_parent = _die_with_parent_preexec()
+    die_with_parent = die_with_parent_preexec()
     if run_as is None:
         return die_with_parent
     uid, gid = run_as.pw_uid, run_as.pw_gid
@@ -388,17 +349,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, help="port (default: a free one)")
     args = parser.parse_args(argv)
 
-    stop_requested = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop_requested.set())
-    with LocalPostgres(datadir=args.datadir, port=args.port) as postgres:
+    postgres = LocalPostgres(datadir=args.datadir, port=args.port)
+
+    def announce() -> None:
         print(postgres.dsn, flush=True)
         print(f"log: {postgres.log_path}", file=sys.stderr, flush=True)
-        while not stop_requested.wait(1.0):
-            if not postgres.is_running():
-                print(f"PostgreSQL exited; see {postgres.log_path}", file=sys.stderr)
-                return 1
-    return 0
+
+    return serve_until_signalled(postgres, announce, lambda: f"PostgreSQL exited; see {postgres.log_path}")
 
 
 if __name__ == "__main__":

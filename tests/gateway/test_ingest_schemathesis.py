@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from openapi_spec_validator import validate
 
 from app import schemas
-from app.dev.kafka import create_topics, pick_free_loopback_port
+from app.dev.kafka import create_topics
+from app.dev.processes import pick_free_loopback_port
 from app.web.ingest import CLOUDEVENT, CLOUDEVENT_FIELDS, IngestSettings, screen
 from app.web.openapi import build_openapi
 from tests.gateway.ingest_app import TOKEN, ingest_api, openapi_document

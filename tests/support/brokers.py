@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-from app.dev.kafka import TEST_BROKER_SETTINGS, kafka_version, pick_free_loopback_port, wait_for_broker
+from app.dev.kafka import TEST_BROKER_SETTINGS, kafka_version, wait_for_broker
+from app.dev.processes import pick_free_loopback_port
 
 __all__ = ["ENV_TEST_BOOTSTRAP", "docker_engine_answers", "is_loopback", "kafka_container", "non_loopback_addresses"]
 

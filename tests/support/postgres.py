@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 
 from psycopg.conninfo import conninfo_to_dict
 
-from app.dev.kafka import pick_free_loopback_port
 from app.dev.postgres import wait_for_postgres
+from app.dev.processes import pick_free_loopback_port
 from tests.support.brokers import is_loopback
 
 __all__ = ["ENV_TEST_POSTGRES_DSN", "POSTGRES_IMAGE", "non_local_hosts", "postgres_container"]

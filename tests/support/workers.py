@@ -7,7 +7,6 @@ in-process Faust app cannot be crashed, and it runs at-least-once only.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from app.dev.kafka import pick_free_loopback_port
+from app.dev.processes import pick_free_loopback_port, stop_process
 from app.web.fanout import FANOUT_HEADER, PARTITIONS_HEADER, parse_partitions
 from tests.support import REPO
 from tests.support.waiting import wait_for
@@ -109,13 +108,8 @@ class WorkerProcess:
 
     def stop(self, timeout: float = 60) -> None:
         """Graceful stop, as on a deploy: SIGTERM, then wait (SIGKILL after `timeout`)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, timeout)
 
     def kill(self) -> None:
         """A crash: SIGKILL, no chance to flush or commit."""

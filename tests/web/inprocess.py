@@ -15,7 +15,7 @@ import orjson
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
-from app.dev.kafka import pick_free_loopback_port
+from app.dev.processes import pick_free_loopback_port
 from app.rules import SECOND, CloseReason, Session, SessionRecord, encode_state, parse_timestamp
 from app.service import Service, build_app
 from app.settings import load_settings
