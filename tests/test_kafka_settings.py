@@ -186,3 +186,15 @@ def test_load_settings_refuses_an_unknown_variable(monkeypatch: pytest.MonkeyPat
     with pytest.raises(SettingsError, match="ACCOUNTANT_PARTITONS: unknown variable; did you mean "
                                             "ACCOUNTANT_PARTITIONS"):
         load_settings()
+
+
+def test_a_relative_tls_directory_gives_the_broker_absolute_paths(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`accountant dev --secure` defaults to ./data: the JVM runs elsewhere."""
+    monkeypatch.chdir(tmp_path)
+    security = BrokerSecurity(Path("data/kafka/tls"))
+    security.pick_ports(lambda exclude: 20_000 + len(exclude), taken=(19_000, 19_001))
+    properties = security.server_properties("127.0.0.1", 19_000, 19_001)
+    for name in ("ssl.keystore.location", "ssl.truststore.location"):
+        assert Path(properties[name]).is_absolute() and Path(properties[name]).is_file(), properties[name]
+    assert security.password_file.is_absolute()

@@ -108,6 +108,10 @@ class BrokerSecurity:
     internal_port: int | None = None
     _ready: bool = field(default=False, init=False, repr=False)
 
+    def __post_init__(self) -> None:
+        # Absolute: the broker's JVM reads these files from its own working directory.
+        self.directory = self.directory.resolve()
+
     # -- files (made on first use)
 
     @property
