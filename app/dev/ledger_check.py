@@ -28,7 +28,7 @@ import click
 import psycopg
 
 from app.dev.ledger import DSN_FILE
-from app.dev.oracle import ClosureReport, Expected, check_closures
+from app.dev.oracle import ClosureReport, Expected, check_closures, listing
 from app.ledger.kafka_options import kafka_client_options
 from app.ledger.lag import LedgerLagReader
 from app.ledger.read import read_conflicts, read_ledger_closures, read_rejects
@@ -102,21 +102,17 @@ class LedgerReport:
         lines = [] if self.error is None else [f"the ledger could not be read: {self.error}"]
         report = self.closures
         if report.missing:
-            lines.append(f"{len(report.missing)} sessions without a ledger row: {_listing(report.missing)}")
+            lines.append(f"{len(report.missing)} sessions without a ledger row: {listing(report.missing)}")
         if report.unexpected:
-            lines.append(f"ledger rows of sessions never planned: {_listing(report.unexpected)}")
-        for closure_id, differences in list(report.mismatched.items())[:8]:
-            lines.append(f"wrong ledger row {closure_id}: " + "; ".join(
-                f"{name} expected {d['expected']!r} got {d['actual']!r}" for name, d in differences.items()))
-        if len(report.mismatched) > 8:
-            lines.append(f"... {len(report.mismatched) - 8} more wrong ledger rows")
+            lines.append(f"ledger rows of sessions never planned: {listing(report.unexpected)}")
+        lines.extend(report.mismatch_lines("ledger row"))
         for tenant, (want, got) in self.tenants_differing.items():
             lines.append(f"tenant {tenant}: the ledger bills {got:,} tokens, the oracle {want:,}")
         if sorted(self.conflicts) != sorted(self.expected_conflicts):
-            lines.append(f"conflicts for {_listing(sorted(self.conflicts))}, expected for "
-                         f"{_listing(sorted(self.expected_conflicts))}")
+            lines.append(f"conflicts for {listing(sorted(self.conflicts))}, expected for "
+                         f"{listing(sorted(self.expected_conflicts))}")
         if self.rejects:
-            lines.append(f"{len(self.rejects)} closures of the run in ledger_rejects: {_listing(self.rejects)}")
+            lines.append(f"{len(self.rejects)} closures of the run in ledger_rejects: {listing(self.rejects)}")
         if not self.complete:
             lines.append(f"the ledger had not caught up before the timeout (lag {self.lag_records})")
         return lines
@@ -124,12 +120,6 @@ class LedgerReport:
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "closures": self.closures.to_json(), "ok": self.ok, "lost": self.lost,
                 "double_billed": self.double_billed}
-
-
-def _listing(items: Iterable[Any], limit: int = 8) -> str:
-    items = list(items)
-    shown = ", ".join(map(str, items[:limit]))
-    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
 def _as_closure(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -44,6 +44,7 @@ __all__ = [
     "check_refusals",
     "check_rejections",
     "format_report",
+    "listing",
     "source_of",
     "verify_outputs",
 ]
@@ -203,6 +204,22 @@ class ClosureReport:
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
+
+    def mismatch_lines(self, what: str = "closure", limit: int = 8) -> list[str]:
+        """One line per wrong `what` (up to `limit`) naming each field that differs."""
+        lines = [f"wrong {what} {closure_id}: " + "; ".join(
+            f"{name} expected {d['expected']!r} got {d['actual']!r}" for name, d in differences.items())
+            for closure_id, differences in list(self.mismatched.items())[:limit]]
+        if len(self.mismatched) > limit:
+            lines.append(f"... {len(self.mismatched) - limit} more wrong {what}s")
+        return lines
+
+
+def listing(items: Iterable[Any], limit: int = 8) -> str:
+    """The first `limit` items, comma-separated, and how many more there are."""
+    items = list(items)
+    shown = ", ".join(map(str, items[:limit]))
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
 def check_closures(expected: Expected, closures: Iterable[Mapping[str, Any]]) -> ClosureReport:
@@ -410,28 +427,22 @@ def format_report(report: VerifyReport, *, limit: int = 10) -> str:
     if refusals is not None:
         lines.append(f"  refused by POST /events  {refusals.received:,} of {refusals.expected:,}")
 
-    def listing(title: str, items: list[str]) -> None:
+    def titled(title: str, items: list[str]) -> None:
         if items:
-            shown = ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
-            lines.append(f"  {title}: {shown}")
+            lines.append(f"  {title}: {listing(items, limit)}")
 
-    listing("missing closures", closures.missing)
-    listing("unexpected closures", closures.unexpected)
-    listing("repeated closures that differ", closures.inconsistent)
-    for closure_id, differences in list(closures.mismatched.items())[:limit]:
-        detail = "; ".join(f"{name} expected {d['expected']!r} got {d['actual']!r}"
-                           for name, d in differences.items())
-        lines.append(f"  wrong closure {closure_id}: {detail}")
-    if len(closures.mismatched) > limit:
-        lines.append(f"  ... {len(closures.mismatched) - limit} more wrong closures")
+    titled("missing closures", closures.missing)
+    titled("unexpected closures", closures.unexpected)
+    titled("repeated closures that differ", closures.inconsistent)
+    lines.extend(f"  {line}" for line in closures.mismatch_lines(limit=limit))
     for reason in sorted(rejections.expected.keys() | rejections.received.keys()):
         want, got = rejections.expected.get(reason, 0), rejections.received.get(reason, 0)
         if want != got:
             lines.append(f"  rejections {reason}: expected {want:,} got {got:,}")
-    listing("sources rejected with different reasons", rejections.conflicting)
+    titled("sources rejected with different reasons", rejections.conflicting)
     if refusals is not None:
-        listing("refused by POST /events but not planned to be", refusals.unexpected)
-        listing("planned to be refused by POST /events but accepted", refusals.missing)
+        titled("refused by POST /events but not planned to be", refusals.unexpected)
+        titled("planned to be refused by POST /events but accepted", refusals.missing)
     if report.unparsable:
         lines.append(f"  {report.unparsable:,} output records were not JSON objects")
     if not report.complete:

@@ -43,7 +43,7 @@ import orjson
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from app.dev.oracle import Expected, ExpectedClosure, check_closures
+from app.dev.oracle import Expected, ExpectedClosure, check_closures, listing
 from app.dev.simulator import PlannedEvent, Simulation, Stamper
 from app.rules import SECOND, CloseReason, Micros, Reason, Result, decode_state, format_timestamp
 
@@ -322,12 +322,6 @@ class Verdict:
         assert not self.problems, "oracle found:\n  " + "\n  ".join(self.problems)
 
 
-def _listing(items: Iterable[Any], limit: int = 8) -> str:
-    items = list(items)
-    shown = ", ".join(map(str, items[:limit]))
-    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
-
-
 def check_run(ledger: Ledger, outputs: Outputs, *, events_topic: str, run_id: str,
               stats: dict[str, Any] | None = None, exact_stats: bool = False) -> Verdict:
     problems: list[str] = []
@@ -337,7 +331,7 @@ def check_run(ledger: Ledger, outputs: Outputs, *, events_topic: str, run_id: st
         problems.append(f"the events topic holds {len(outputs.input)} records, {ledger.sent} were sent")
     unknown = [(r.partition, r.offset) for r in outputs.input if (r.key, r.value) not in ledger.fate]
     if unknown:
-        problems.append(f"records on the events topic the ledger does not know: {_listing(unknown)}")
+        problems.append(f"records on the events topic the ledger does not know: {listing(unknown)}")
     if not outputs.complete:
         problems.append(f"timed out after {outputs.seconds:.0f} s before every expected output arrived")
     if outputs.unparsable:
@@ -347,20 +341,16 @@ def check_run(ledger: Ledger, outputs: Outputs, *, events_topic: str, run_id: st
     expected = ledger.expected(run_id)
     report = check_closures(expected, outputs.closures)
     if report.missing:
-        problems.append(f"{len(report.missing)} sessions without a closure: {_listing(report.missing)}")
+        problems.append(f"{len(report.missing)} sessions without a closure: {listing(report.missing)}")
     if report.unexpected:
-        problems.append(f"closures for sessions never planned: {_listing(report.unexpected)}")
+        problems.append(f"closures for sessions never planned: {listing(report.unexpected)}")
     if report.inconsistent:
-        problems.append(f"repeated closures that differ beyond emitted_at: {_listing(report.inconsistent)}")
-    for closure_id, differences in list(report.mismatched.items())[:8]:
-        problems.append(f"wrong closure {closure_id}: " + "; ".join(
-            f"{name} expected {d['expected']!r} got {d['actual']!r}" for name, d in differences.items()))
-    if len(report.mismatched) > 8:
-        problems.append(f"... {len(report.mismatched) - 8} more wrong closures")
+        problems.append(f"repeated closures that differ beyond emitted_at: {listing(report.inconsistent)}")
+    problems.extend(report.mismatch_lines())
     foreign = [c.get("closure_id") for c in outputs.closures
                if not str(c.get("closure_id")).startswith(expected.marker)]
     if foreign:
-        problems.append(f"closures of no session of this run: {_listing(foreign)}")
+        problems.append(f"closures of no session of this run: {listing(foreign)}")
     first: dict[str, dict[str, Any]] = {}
     copies: Counter[str] = Counter()
     for closure in outputs.closures:
@@ -422,7 +412,7 @@ def check_run(ledger: Ledger, outputs: Outputs, *, events_topic: str, run_id: st
                          ("rejected with conflicting reasons", conflicting),
                          ("rejections whose source is no record of the events topic", foreign_sources)):
         if items:
-            problems.append(f"{len(items)} {title}: {_listing(items)}")
+            problems.append(f"{len(items)} {title}: {listing(items)}")
     received_by_reason = Counter(got[0].get("reason") for where, got in outputs.rejections.items()
                                  if where in fate_at)
     if dict(received_by_reason) != dict(ledger.rejected):
