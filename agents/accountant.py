@@ -21,6 +21,7 @@ order, between batches, under the same lock: the agent is the only writer.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -367,6 +368,11 @@ class SessionAccountant:
                 await self._schedule_partitions(fresh)
         # Progress is counted from here: not since before the rebalance.
         self.last_progress = time.monotonic()
+        if not self.recovered:
+            # What start-up built (modules, Faust's services, the app) lives as
+            # long as the worker: out of the collector's full passes, which
+            # otherwise pause the agent 50-90 ms each (bench latency p99).
+            gc.freeze()
         self.recovered = True
 
     async def _schedule_partitions(self, partitions: set[int]) -> None:

@@ -193,8 +193,8 @@ class Observer:
     def __init__(self, bootstrap: str, deployment: Deployment) -> None:
         self.bootstrap = bootstrap
         self.deployment = deployment
-        #: session_id -> (receive time, closure)
-        self.closures: dict[str, tuple[float, dict]] = {}
+        #: session_id -> (receive time, closure, CreateTime)
+        self.closures: dict[str, tuple[float, dict, float]] = {}
         #: session_id -> (last_offset, receive time, CreateTime) of each changelog
         #: record of it, in arrival order. The agent writes one record per
         #: changed session per batch: an event is in the first record whose
@@ -228,7 +228,8 @@ class Observer:
                     for message in messages:
                         session_id = message.key.decode()
                         if session_id not in self.closures:
-                            self.closures[session_id] = (received, orjson.loads(message.value))
+                            self.closures[session_id] = (received, orjson.loads(message.value),
+                                                         message.timestamp / 1000)
                 else:
                     for message in messages:
                         if message.value is None:
@@ -316,7 +317,9 @@ async def _latency(ctx: Context, deployment: Deployment, worker: WorkerProcess, 
     seen = [(when, observer.record_seen(session_id, offset)) for _, offset, session_id, when in sent]
     record_latency = [arrival[0] - when for when, arrival in seen if arrival is not None]
     written_latency = [arrival[1] - when for when, arrival in seen if arrival is not None]
-    closure_latency = [observer.closures[s][0] - when for s, when in closed_sent_at.items() if s in observer.closures]
+    closures = [(observer.closures[s], when) for s, when in closed_sent_at.items() if s in observer.closures]
+    closure_latency = [closure[0] - when for closure, when in closures]
+    closure_written_latency = [closure[2] - when for closure, when in closures]
     stats_before = stats_at_start
     stats = await worker_stats(worker)
     return {
@@ -332,6 +335,7 @@ async def _latency(ctx: Context, deployment: Deployment, worker: WorkerProcess, 
         # Send time to the changelog record's CreateTime (stamped by the
         # worker's producer, millisecond resolution): the worker's share alone.
         "written": summary_ms(written_latency),
+        "closure_written": summary_ms(closure_written_latency),
         "worker_rejected": stats["rejected_total"],
     }
 
@@ -368,7 +372,7 @@ async def _ttl(ctx: Context, deployment: Deployment, worker: WorkerProcess, obse
     for session_id in ids:
         if session_id not in observer.closures:
             continue
-        received, closure = observer.closures[session_id]
+        received, closure, _ = observer.closures[session_id]
         reasons[closure["reason"]] = reasons.get(closure["reason"], 0) + 1
         record = closure["record"]
         expires_at = parse_timestamp(record["created_at"]) / SECOND + record["ttl_secs"]
