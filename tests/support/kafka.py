@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from app.rules import decode_state
 
@@ -98,12 +99,26 @@ def latest_sessions(bootstrap: str, changelog_topic: str, done: Callable[[dict],
     return table
 
 
-async def fetch_committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    """`group`'s committed offsets in `topic`, by partition (partitions never committed left out)."""
+async def fetch_committed_offsets(bootstrap: str, group: str, topic: str,
+                                  retry_secs: float = 30) -> dict[int, int]:
+    """`group`'s committed offsets in `topic`, by partition (partitions never committed left out).
+
+    Retriable errors are retried for `retry_secs`: a broker just resumed from
+    SIGSTOP fences itself for a moment, and its group coordinator answers
+    "not available" meanwhile.
+    """
+    deadline = time.monotonic() + retry_secs
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        offsets = await admin.list_consumer_group_offsets(group)
+        while True:
+            try:
+                offsets = await admin.list_consumer_group_offsets(group)
+                break
+            except KafkaError as error:
+                if not error.retriable or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
     finally:
         await admin.close()
     return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0}
