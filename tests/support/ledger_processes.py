@@ -43,6 +43,13 @@ WHERE datname = current_database() AND application_name = '{APPLICATION_NAME}' A
   AND (query LIKE '%FOR UPDATE%' OR query LIKE 'SELECT closure_id, content_sha256%' OR query LIKE 'COPY closures%'
        OR query LIKE '%UPDATE closures%' OR query LIKE '%UPDATE ledger_offsets%')
 """
+#: Its transaction open and the server waiting for the ledger to send more:
+#: what the ledger had sent before it was frozen (a COMMIT included) is consumed.
+STUCK_IN_A_BATCH = f"""
+SELECT count(*) FILTER (WHERE xact_start IS NOT NULL AND wait_event = 'ClientRead'),
+       count(*) FILTER (WHERE xact_start IS NOT NULL)
+FROM pg_stat_activity WHERE datname = current_database() AND application_name = '{APPLICATION_NAME}'
+"""
 ROLLED_BACK = "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()"
 
 
@@ -138,18 +145,28 @@ class LedgerDeployment:
 
     def freeze_mid_batch(self, process: LedgerProcess, *, timeout: float = 120) -> None:
         """SIGSTOP `process` in the middle of writing a batch, its transaction
-        open (SIGCONT thaws it). Frozen as soon as a write is seen; if the
-        transaction had committed just before, it is thawed and watched again."""
+        open (SIGCONT thaws it). Frozen as soon as a write is seen; then the
+        server is watched until it has consumed what the ledger sent before
+        the freeze: a COMMIT already on its way ends the transaction, and the
+        ledger is thawed and watched again."""
         deadline = time.monotonic() + timeout
         with psycopg.connect(self.dsn, autocommit=True) as watcher:
             def writing() -> bool:
                 return int(watcher.execute(WRITING_A_BATCH).fetchone()[0]) > 0  # type: ignore[index]
 
+            def settled() -> tuple[bool] | None:
+                """(stuck mid-batch,) once the server waits for the ledger or its transaction ended."""
+                stuck, in_transaction = watcher.execute(STUCK_IN_A_BATCH).fetchone()  # type: ignore[misc]
+                if stuck:
+                    return (True,)
+                return None if in_transaction else (False,)
+
             while True:
                 wait_for(f"{process.name} to be writing a batch", writing, deadline - time.monotonic(),
                          interval=0.002, observed=process.log_tail)
                 os.kill(process.pid, signal.SIGSTOP)
-                if writing():
+                (stuck,) = wait_for("the server to wait for the frozen ledger", settled, 10, interval=0.002)
+                if stuck:
                     return
                 os.kill(process.pid, signal.SIGCONT)
 
