@@ -208,7 +208,8 @@ def usage(tenant: str, from_day, to_day, by: str, fmt: str, dsn: str | None) -> 
 
     dsn = dsn or load_settings().ledger_dsn
     if not dsn:
-        raise click.UsageError("no ledger database: set ACCOUNTANT_LEDGER_DSN or pass --dsn")
+        raise click.UsageError("no ledger database: set ACCOUNTANT_LEDGER_DSN or pass --dsn (the ledger of a "
+                               "running `accountant dev`: --dsn \"$(cat data/ledger-dsn.txt)\")")
     try:
         query = UsageQuery(tenant, from_day.date(), to_day.date(), by)
     except ValueError as error:
