@@ -154,19 +154,18 @@ class LedgerDeployment:
             def writing() -> bool:
                 return int(watcher.execute(WRITING_A_BATCH).fetchone()[0]) > 0  # type: ignore[index]
 
-            def settled() -> tuple[bool] | None:
-                """(stuck mid-batch,) once the server waits for the ledger or its transaction ended."""
+            def settled() -> str | None:
+                """"stuck" once the server waits for the frozen ledger mid-batch, "ended" once its transaction did."""
                 stuck, in_transaction = watcher.execute(STUCK_IN_A_BATCH).fetchone()  # type: ignore[misc]
                 if stuck:
-                    return (True,)
-                return None if in_transaction else (False,)
+                    return "stuck"
+                return None if in_transaction else "ended"
 
             while True:
                 wait_for(f"{process.name} to be writing a batch", writing, deadline - time.monotonic(),
                          interval=0.002, observed=process.log_tail)
                 os.kill(process.pid, signal.SIGSTOP)
-                (stuck,) = wait_for("the server to wait for the frozen ledger", settled, 10, interval=0.002)
-                if stuck:
+                if wait_for("the server to wait for the frozen ledger", settled, 10, interval=0.002) == "stuck":
                     return
                 os.kill(process.pid, signal.SIGCONT)
 
