@@ -44,12 +44,11 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from app.kafka_config import security_options
 from app.rules import DEFAULT_POLICY, Policy
 from app.schemas import FieldError, validate_event
 
 if TYPE_CHECKING:
-    from app.settings import Settings
+    pass
 
 __all__ = [
     "DEFAULT_TOPIC",
@@ -60,7 +59,6 @@ __all__ = [
     "SessionPublisher",
     "build_event",
     "event_id_for",
-    "producer_options",
     "reliable_producer",
 ]
 
@@ -95,12 +93,6 @@ def reliable_producer(bootstrap_servers: str | list[str],
         if name in options and options[name] != required:
             raise ValueError(f"client option {name!r} must be {required!r}: retries rely on it")
     return AIOKafkaProducer(bootstrap_servers=bootstrap_servers, **(options | RELIABILITY_OPTIONS))
-
-
-def producer_options(settings: Settings, *, client_id: str) -> dict[str, Any]:
-    """The aiokafka options of the ingest API's producer (`app.web`): the
-    connection's TLS/SASL options from `app.kafka_config`, and its client id."""
-    return {**security_options(settings), "client_id": client_id}
 
 
 def event_id_for(session_id: str, step: str) -> str:

@@ -22,7 +22,8 @@ from aiohttp import web
 from faust.web import View
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
-from app.publisher import producer_options, reliable_producer
+from app.kafka_config import security_options
+from app.publisher import reliable_producer
 from app.web.api import Api
 from app.web.assets import STATIC_DIR
 from app.web.auth import token_middleware
@@ -58,7 +59,7 @@ def register_views(app: faust.App, worker: Worker) -> None:
         app.page(path, name=handler.__name__)(_faust_handler(handler))
     settings = worker.settings
     producer = IngestProducer(lambda: reliable_producer(
-        settings.bootstrap_servers, producer_options(settings, client_id=f"{settings.app_id}-ingest")))
+        settings.bootstrap_servers, {**security_options(settings), "client_id": f"{settings.app_id}-ingest"}))
     post_events = ingest_handler(producer, IngestSettings.from_settings(settings))
     app.page(INGEST_PATH, name=post_events.__name__)(_faust_post_view(post_events))
     server = app.web

@@ -37,6 +37,7 @@ from app.web.params import (
     TenantUsageParams,
     path_fields,
 )
+from app.web.schemas import SCHEMA_MEDIA_TYPE, SCHEMAS_PATH
 
 __all__ = ["ErrorBody", "LedgerStatus", "SessionPage", "Stats", "TenantPage", "TenantUsage", "build_openapi",
            "component_schemas", "parameters"]
@@ -257,7 +258,7 @@ _SCHEMA_FILE: dict[str, Any] = {
     "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"enum": list(SCHEMA_NAMES)}}],
     "responses": {
         "200": {"description": "The schema file.",
-                "content": {"application/schema+json": {"schema": {"type": "object"}}}},
+                "content": {SCHEMA_MEDIA_TYPE: {"schema": {"type": "object"}}}},
         "404": _json("Error", "No such schema; the detail lists the names."),
     },
 }
@@ -371,7 +372,7 @@ def build_openapi(*, token_required: bool) -> dict[str, Any]:
     ingest, ingest_schemas = ingest_openapi(_ref, {"content": {"application/json": {"schema": _ref("Error")}}})
     paths[INGEST_PATH] = {"post": ingest}
     schemas.update(ingest_schemas)
-    paths["/schemas/{name}.json"] = {"get": _SCHEMA_FILE}
+    paths[SCHEMAS_PATH] = {"get": _SCHEMA_FILE}
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
