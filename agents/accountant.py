@@ -35,7 +35,7 @@ from faust.types import TP
 from agents.changes import BatchChanges
 from agents.cursors import InputCursors
 from agents.scheduler import DeadlineSchedule
-from agents.sender import AcknowledgedSender, Record, SendFailed, record_log_fields
+from agents.sender import AcknowledgedSender, Record, SendFailed, key_text, record_log_fields
 from app.faust_compat import BatchConsumer, InputBatch, enable_batches
 from app.logs import log_fields
 from app.metrics import AccountingMetrics
@@ -188,7 +188,7 @@ class SessionAccountant:
             # The rules never raise on data; if they do, the event is still
             # accounted: rejected internal_error, never skipped.
             with log_fields(topic=record.topic, partition=record.partition, offset=record.offset,
-                            session_id=_key_text(record)):
+                            session_id=key_text(record)):
                 log.exception("internal error on %s[%s]@%s; the event is rejected internal_error",
                               record.topic, record.partition, record.offset)
             self._reject_internal(record, changes, now)
@@ -215,7 +215,7 @@ class SessionAccountant:
 
     def _reject_internal(self, record: Any, changes: BatchChanges, now: int) -> None:
         rejection = Rejection(
-            _key_text(record),
+            key_text(record),
             Reason.INTERNAL_ERROR, "the worker failed on this event; see its log", None, record.value,
             Source(record.topic, record.partition, record.offset))
         for output in self._encode_outputs((rejection, Outcome(Result.REJECTED, None, Reason.INTERNAL_ERROR)),
@@ -399,11 +399,6 @@ class SessionAccountant:
         self.cursors.forget(partitions)
         for partition in partitions:
             self.open_sessions.pop(partition, None)
-
-
-def _key_text(record: Any) -> str | None:
-    """An input record's key as text: the session id it is published under."""
-    return None if record.key is None else record.key.decode("utf-8", "replace")
 
 
 def _is_open(state: Any) -> bool:

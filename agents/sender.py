@@ -52,8 +52,12 @@ class SendFailed(RuntimeError):
 def record_log_fields(record: Record) -> dict[str, Any]:
     """What a log line about a record says of it (app/logs.py LOG_FIELDS):
     every record the agent sends is keyed by its session."""
-    return {"topic": record.topic, "partition": record.partition,
-            "session_id": None if record.key is None else record.key.decode("utf-8", "replace")}
+    return {"topic": record.topic, "partition": record.partition, "session_id": key_text(record)}
+
+
+def key_text(record: Any) -> str | None:
+    """A record's key as text: the session id it is published under."""
+    return None if record.key is None else record.key.decode("utf-8", "replace")
 
 
 def _retriable(error: BaseException) -> bool:

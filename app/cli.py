@@ -119,8 +119,7 @@ def dev(data_dir: Path, secure: bool) -> None:
         click.echo(f"local Kafka at {broker.bootstrap}; log {broker.log_path}", err=True)
         security_env = security.settings_env() if security is not None else {}
         settings = load_settings(**overrides, broker=broker.bootstrap,
-                                 **{name.removeprefix("ACCOUNTANT_").lower(): value
-                                    for name, value in security_env.items()})
+                                 **(security.settings_overrides() if security is not None else {}))
         # So `accountant simulate` in another shell can be told where to go.
         (data_dir / "broker.txt").write_text(broker.bootstrap + "\n")
         (data_dir / "kafka.env").write_text("".join(f"{name}={value}\n" for name, value in

@@ -42,7 +42,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 from app.kafka_config import SASL_PROTOCOLS, TLS_PROTOCOLS, client_options
 from app.settings import ENV_PREFIX, Settings
 
-__all__ = ["Finding", "KafkaCheckError", "check_kafka", "run_kafka_check"]
+__all__ = ["Finding", "KafkaCheckError", "check_kafka", "run_kafka_check", "split_host_port"]
 
 #: Between tries of servers that cannot be reached yet.
 RETRY_INTERVAL_SECS = 0.5
@@ -79,7 +79,7 @@ async def check_kafka(settings: Settings, timeout: float | None = None) -> None:
     timeout = settings.kafka_connect_timeout_secs if timeout is None else timeout
     deadline = time.monotonic() + timeout
     options = client_options(settings)
-    servers = [_split(server) for server in settings.bootstrap_servers]
+    servers = [split_host_port(server) for server in settings.bootstrap_servers]
     findings = await _until_reachable(servers, settings, options, deadline)
     if findings is None:
         advertised = await _advertised_brokers(options, deadline)
@@ -237,7 +237,8 @@ def _step_ms(deadline: float) -> int:
     return int(_step(deadline) * 1000)
 
 
-def _split(server: str) -> tuple[str, int]:
+def split_host_port(server: str) -> tuple[str, int]:
+    """`host:port` (or `[v6]:port`) as (host, port)."""
     host, _, port = server.rpartition(":")
     return host.strip("[]"), int(port)
 

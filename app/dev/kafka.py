@@ -56,6 +56,7 @@ from app.dev.processes import (
     pick_free_loopback_port,
     serve_until_signalled,
 )
+from app.preflight import split_host_port
 
 if TYPE_CHECKING:
     from app.dev.kafka_security import BrokerSecurity
@@ -298,7 +299,7 @@ async def _probe_until_ready(
     bootstrap: str, deadline: float, is_alive: Callable[[], bool], log_path: Path | None,
     client_options: Mapping[str, Any],
 ) -> None:
-    host, port = _split_host_port(bootstrap)
+    host, port = split_host_port(bootstrap)
     where = f"; broker log: {log_path}" if log_path else ""
     last_error: BaseException | None = None
     while True:
@@ -347,11 +348,6 @@ def _run_coroutine_blocking(coroutine: Any) -> Any:
         return asyncio.run(coroutine)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as executor:
         return executor.submit(asyncio.run, coroutine).result()
-
-
-def _split_host_port(bootstrap: str) -> tuple[str, int]:
-    host, _, port = bootstrap.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 def _log_tail(log_path: Path | None, lines: int = 20) -> str:

@@ -19,8 +19,7 @@ from packaging.utils import canonicalize_name
 
 from app.healthcheck import healthz_url, main
 from app.settings import load_settings
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
 
 
 def pinned(lock: Path) -> dict[str, str]:

@@ -34,8 +34,8 @@ from app.schemas import validate_event
 from tests.gateway.record_invalid_events import RECORD_ENV
 from tests.gateway.reference import reference_validator
 from tests.gateway.schema_strategies import instances
+from tests.support import REPO
 
-ROOT = Path(__file__).resolve().parents[2]
 INTEGER_FIELDS = ("ttl_secs", "initial_token_count", "round", "delta_token_count")
 
 
@@ -144,7 +144,7 @@ def test_every_invalid_event_case_of_the_rules_tests_is_schema_invalid_or_docume
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "tests/rules", "-q", "-p", "no:cacheprovider",
          "-p", "tests.gateway.record_invalid_events"],
-        cwd=ROOT, env=os.environ | {RECORD_ENV: str(record)}, capture_output=True, text=True, timeout=280,
+        cwd=REPO, env=os.environ | {RECORD_ENV: str(record)}, capture_output=True, text=True, timeout=280,
     )
     output = run.stdout[-3000:] + run.stderr[-3000:]
     assert record.exists(), f"nothing recorded; the nested run said:\n{output}"
