@@ -27,16 +27,17 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
 from faust.types import TP
 
 from agents.changes import BatchChanges
-from agents.cursors import InputCursors
+from agents.cursors import STALE, FreshRecords, Gap, InputCursors
 from agents.scheduler import DeadlineSchedule
 from agents.sender import AcknowledgedSender, Record, SendFailed, key_text, record_log_fields
-from app.faust_compat import BatchConsumer, InputBatch, enable_batches
+from app.faust_compat import BatchConsumer, InputBatch, InputGap, enable_batches
 from app.logs import log_fields
 from app.metrics import AccountingMetrics
 from app.rules import (
@@ -104,6 +105,8 @@ class SessionAccountant:
         self.failure: Exception | None = None
         self._request_stop = request_stop
         self._scheduled_partitions: set[int] = set()
+        #: Per partition, the TTL watermark of `_close_and_purge_due`.
+        self._ttl_marks: dict[int, TtlMark] = {}
         #: Sessions not yet closed, per owned partition.
         self.open_sessions: dict[int, int] = {}
         #: Monotonic time of the last batch, tick or recovery the agent finished.
@@ -156,14 +159,19 @@ class SessionAccountant:
         now = now_micros()
         changes = BatchChanges(self.store)
         accounted = []
+        gaps = []
         for fetch in batch.fetches:
-            fresh = self.cursors.fresh(fetch, self.consumer.read_start(TP(batch.topic, fetch.partition)))
-            if fresh is None:
+            verdict = self.cursors.fresh(fetch, self.consumer.read_start(TP(batch.topic, fetch.partition)))
+            if verdict is STALE:
                 self.metrics.stale_fetches.inc()
                 continue
-            if fresh.offsets_without_records:
-                self.metrics.input_offsets_without_records.inc(fresh.offsets_without_records)
-            for record in fresh.records:
+            if isinstance(verdict, Gap):
+                gaps.append(verdict)
+                continue
+            assert isinstance(verdict, FreshRecords)
+            if verdict.offsets_without_records:
+                self.metrics.input_offsets_without_records.inc(verdict.offsets_without_records)
+            for record in verdict.records:
                 self._account_record(record, changes, now)
             accounted.append(fetch)
         self.metrics.batch_events.observe(len(batch))
@@ -171,7 +179,23 @@ class SessionAccountant:
         for fetch in accounted:
             self.cursors.advance(fetch)
             self.consumer.mark_accounted(TP(batch.topic, fetch.partition), fetch.position)
+        for gap in gaps:
+            await self._read_again(gap)
+        self._report_input_gaps()
         self.last_progress = time.monotonic()
+
+    async def _read_again(self, gap: Gap) -> None:
+        """A fetch began after the cursor: refuse it and read the partition
+        again from the cursor; the commit stays where the cursor is."""
+        self.metrics.refused_fetches.inc()
+        log.warning("input partition %d: a fetch began at offset %d, after the next offset to account for (%d); "
+                    "refused, reading the partition again from %d", gap.partition, gap.fetch_start, gap.expected,
+                    gap.expected)
+        await self.consumer.reseek(TP(self.settings.events_topic, gap.partition), gap.expected)
+
+    def _report_input_gaps(self) -> None:
+        for gap in self.consumer.take_gaps():
+            report_input_gap(gap, self.metrics)
 
     def _account_record(self, record: Any, changes: BatchChanges, now: int) -> None:
         source = Source(record.topic, record.partition, record.offset)
@@ -282,14 +306,36 @@ class SessionAccountant:
         now = now_micros()
         changes = BatchChanges(self.store)
         for partition in sorted(self._scheduled_partitions):
-            if not self._caught_up(partition):
-                # Events still waiting in this partition may belong to a
-                # session that is due; closing it first would reject them.
+            due_at = self._ttl_due_time(partition, now)
+            if due_at is None:
                 continue
-            for session_id in self.schedule.pop_due(now, partition):
+            for session_id in self.schedule.pop_due(due_at, partition):
                 self._apply_due(session_id, partition, changes, now)
         await self._write(changes, now)
+        self._report_input_gaps()
         self.last_progress = time.monotonic()
+
+    def _ttl_due_time(self, partition: int, now: int) -> int | None:
+        """The time up to which the partition's sessions may be closed by TTL
+        now, or None: the first tick past due time notes the partition's stable
+        end, and sessions due by then are closed once every event up to that
+        end is accounted. Events still waiting before it may belong to a due
+        session, and closing it first would reject them; events after it came
+        later than the session's deadline. A partition with sustained input
+        reaches its mark within a batch or two, so TTL closes never starve
+        (the old rule waited for the partition to be fully caught up)."""
+        tp = TP(self.settings.events_topic, partition)
+        accounted = self.cursors.offset(partition, self.consumer.read_start(tp))
+        end = self.consumer.stable_end(tp)
+        if accounted is None or end is None:
+            return None
+        mark = self._ttl_marks.get(partition)
+        if mark is None:
+            mark = self._ttl_marks[partition] = TtlMark(end, now)
+        if accounted < mark.stable_end:
+            return None
+        del self._ttl_marks[partition]
+        return mark.noted_at
 
     def _apply_due(self, session_id: str, partition: int, changes: BatchChanges, now: int) -> None:
         state: Stored | None = changes.get(session_id)
@@ -305,21 +351,6 @@ class SessionAccountant:
         else:
             changes.put(session_id, partition, state, new_state)
 
-    def _caught_up(self, partition: int) -> bool:
-        """Whether every event of the partition up to its stable end, as the
-        consumer last saw it, is accounted: the position passes transaction
-        markers, so a trailing marker does not hold TTL closes back."""
-        tp = TP(self.settings.events_topic, partition)
-        start = self.consumer.read_start(tp)
-        fetched = self.consumer.fetched_to(tp)
-        end = self.consumer.stable_end(tp)
-        accounted = self.cursors.offset(partition, start)
-        if start is None or fetched is None or end is None:
-            return False
-        if accounted is None:
-            accounted = start.offset  # nothing fetched since the seek
-        return accounted >= fetched >= end
-
     # -- progress (app/metrics.py `Progress`, and /healthz) -------------------
 
     def lags(self) -> dict[int, int]:
@@ -327,11 +358,10 @@ class SessionAccountant:
         lags = {}
         for partition in self._scheduled_partitions:
             tp = TP(self.settings.events_topic, partition)
-            start = self.consumer.read_start(tp)
+            accounted = self.cursors.offset(partition, self.consumer.read_start(tp))
             end = self.consumer.stable_end(tp)
-            if start is not None and end is not None:
-                accounted = self.cursors.offset(partition, start)
-                lags[partition] = max(end - (start.offset if accounted is None else accounted), 0)
+            if accounted is not None and end is not None:
+                lags[partition] = max(end - accounted, 0)
         return lags
 
     def last_commit_age(self) -> float | None:
@@ -399,6 +429,27 @@ class SessionAccountant:
         self.cursors.forget(partitions)
         for partition in partitions:
             self.open_sessions.pop(partition, None)
+            self._ttl_marks.pop(partition, None)
+
+
+@dataclass(frozen=True, slots=True)
+class TtlMark:
+    """A partition's stable end as a tick past due time saw it, and when."""
+
+    stable_end: int
+    noted_at: int
+
+
+def report_input_gap(gap: InputGap, metrics: AccountingMetrics) -> None:
+    """Input the group never accounted and can no longer read: an error with
+    a metric, never silence."""
+    lost = gap.log_start - gap.expected
+    metrics.input_gaps.inc()
+    metrics.input_gap_offsets.inc(lost)
+    with log_fields(partition=gap.partition):
+        log.error("input partition %d: offsets %d to %d (%d) were deleted before they were accounted (retention or "
+                  "a deleted record range); their events are not billed. Reading on from %d.", gap.partition,
+                  gap.expected, gap.log_start - 1, lost, gap.log_start)
 
 
 def _is_open(state: Any) -> bool:

@@ -92,13 +92,18 @@ class AcknowledgedSender:
                     acknowledgements[index] = outcome
             if not failed:
                 break
-            first, error = records[failed[0][0]], failed[0][1]
-            if isinstance(error, asyncio.CancelledError):
-                raise error
-            if not _retriable(error) or time.monotonic() - started > RETRY_FOR_SECS:
-                raise SendFailed(f"{len(failed)} record(s) to {first.topic} not delivered "
-                                 f"(first: partition {first.partition}, {len(first.value or b'')} bytes): "
-                                 f"{error!r}", first) from error
+            for _, error in failed:
+                if isinstance(error, asyncio.CancelledError):
+                    raise error
+            # Every failure is judged: one permanent error among retriable
+            # ones stops the worker now, not after RETRY_FOR_SECS.
+            permanent = [(index, error) for index, error in failed if not _retriable(error)]
+            index, error = permanent[0] if permanent else failed[0]
+            first = records[index]
+            if permanent or time.monotonic() - started > RETRY_FOR_SECS:
+                raise SendFailed(f"{len(failed)} record(s) not delivered (the first {'permanent' if permanent else ''}"
+                                 f" failure: {first.topic} partition {first.partition}, "
+                                 f"{len(first.value or b'')} bytes): {error!r}", first) from error
             with log_fields(**record_log_fields(first)):
                 log.warning("%d record(s) to %s not delivered yet (%r); sending them again in %.1f s",
                             len(failed), first.topic, error, pause)

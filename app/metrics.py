@@ -32,8 +32,15 @@ class AccountingMetrics:
             registry=self.registry)
         self.input_offsets_without_records = PromCounter(
             "accountant_input_offsets_without_records", "Input offsets passed that hold no event for the agent: "
-            "transaction markers, aborted transactions' records (read_committed), records removed by retention.",
-            registry=self.registry)
+            "transaction markers and aborted transactions' records (read_committed).", registry=self.registry)
+        self.refused_fetches = PromCounter(
+            "accountant_refused_fetches", "Fetches of an input partition refused because they began after the "
+            "next offset to account for; the partition is read again from that offset.", registry=self.registry)
+        self.input_gaps = PromCounter(
+            "accountant_input_gaps", "Ranges of input offsets deleted (retention) before they were accounted: "
+            "events never billed. Each one is also logged as an error.", registry=self.registry)
+        self.input_gap_offsets = PromCounter(
+            "accountant_input_gap_offsets", "Input offsets in those ranges.", registry=self.registry)
         self.stale_fetches = PromCounter(
             "accountant_stale_fetches", "Fetches of an input partition dropped because the consumer was sought "
             "back after they were read (they are read again).", registry=self.registry)
