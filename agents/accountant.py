@@ -33,11 +33,14 @@ from typing import Any, cast
 import faust
 from faust.types import TP
 
-from agents.changes import BatchChanges
+from agents.changes import BatchChanges, Lookup
 from agents.cursors import STALE, FreshRecords, Gap, InputCursors
 from agents.scheduler import DeadlineSchedule
 from agents.sender import AcknowledgedSender, Record, SendFailed, key_text, record_log_fields
+from agents.transactions import PartitionTransactions
+from agents.uncommitted import UncommittedStates
 from app.faust_compat import BatchConsumer, InputBatch, InputGap, enable_batches
+from app.kafka_config import client_options
 from app.logs import log_fields
 from app.metrics import AccountingMetrics
 from app.rules import (
@@ -68,6 +71,10 @@ log = logging.getLogger(__name__)
 
 #: A due session whose state did not change is looked at again after this long.
 RETRY_DUE = 5 * SECOND
+#: How long the broker has to answer a produce request (Faust's default is
+#: 20 minutes): a worker cut off longer than a rebalance allows stops
+#: (agents/sender.py RETRY_FOR_SECS) rather than write late.
+PRODUCER_REQUEST_TIMEOUT_SECS = 30.0
 
 
 def now_micros() -> int:
@@ -99,6 +106,18 @@ class SessionAccountant:
                                       value_type=bytes, key_serializer="raw", value_serializer="raw")
         self.consumer: BatchConsumer = enable_batches(app, [settings.events_topic])
         self.sender = AcknowledgedSender(app.producer)
+        #: exactly_once: the open transaction of each owned input partition.
+        self.transactions: PartitionTransactions | None = None
+        self._uncommitted: UncommittedStates | None = None
+        if settings.processing_guarantee == "exactly_once":
+            self.transactions = PartitionTransactions(
+                app_id=settings.app_id, input_topic=settings.events_topic, group_id=settings.app_id,
+                client_options=client_options(settings),
+                transaction_timeout_ms=int(settings.transaction_timeout_secs * 1000),
+                request_timeout_ms=int(PRODUCER_REQUEST_TIMEOUT_SECS * 1000))
+            self.consumer.commits_batch_topics = False
+            self.consumer.on_assigning = self._fence
+            self.consumer.before_commit = self._commit_before_rebalance
         #: Held while a batch or a tick is applied and written: one writer.
         self._lock = asyncio.Lock()
         #: Set when a write failed: the worker is stopping and accounts nothing more.
@@ -119,9 +138,22 @@ class SessionAccountant:
     def store(self) -> SessionStore:
         return cast(SessionStore, self.table.data)
 
+    @property
+    def states(self) -> Lookup:
+        """What the agent reads sessions from: the store, and under
+        exactly_once what open transactions wrote over it."""
+        if self.transactions is None:
+            return self.store
+        if self._uncommitted is None:
+            self._uncommitted = UncommittedStates(self.store)
+        return self._uncommitted
+
     def register(self) -> None:
         self.app.agent(self.events_topic, name="account", concurrency=1)(self._consume)
         self.app.timer(self.settings.timer_interval_secs, name="deadlines")(self._on_tick)
+        if self.transactions is not None:
+            self.app.timer(self.settings.transaction_commit_interval_secs / 2, name="transactions")(
+                self._on_commit_tick)
         self.table.on_recover(self._on_recovered)
         # mode types a receiver as taking any positional arguments.
         self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
@@ -157,7 +189,7 @@ class SessionAccountant:
 
     async def _account_batch(self, batch: InputBatch) -> None:
         now = now_micros()
-        changes = BatchChanges(self.store)
+        changes = BatchChanges(self.states)
         accounted = []
         gaps = []
         for fetch in batch.fetches:
@@ -179,9 +211,13 @@ class SessionAccountant:
         for fetch in accounted:
             self.cursors.advance(fetch)
             self.consumer.mark_accounted(TP(batch.topic, fetch.partition), fetch.position)
+            if self.transactions is not None:
+                self.transactions.advance(fetch.partition, fetch.position)
         for gap in gaps:
             await self._read_again(gap)
         self._report_input_gaps()
+        if self.transactions is not None:
+            await self._commit(self.transactions.due(self.settings.transaction_commit_interval_secs))
         self.last_progress = time.monotonic()
 
     async def _read_again(self, gap: Gap) -> None:
@@ -221,7 +257,7 @@ class SessionAccountant:
             assert session_id is not None
             changes.put(session_id, record.partition, state, new_state)
         for output in published:
-            changes.publish(output)
+            changes.publish(output, record.partition)
 
     def _encode_outputs(self, outputs: tuple[Any, ...], changes: BatchChanges, now: int,
                         original: bytes | None = None) -> list[Record]:
@@ -244,7 +280,7 @@ class SessionAccountant:
             Source(record.topic, record.partition, record.offset))
         for output in self._encode_outputs((rejection, Outcome(Result.REJECTED, None, Reason.INTERNAL_ERROR)),
                                            changes, now, record.value):
-            changes.publish(output)
+            changes.publish(output, record.partition)
 
     # -- writing: outputs, then changelog, then store -------------------------
 
@@ -252,15 +288,29 @@ class SessionAccountant:
         if not changes:
             self.metrics.count(changes.outcomes)
             return
-        self.metrics.outputs_in_flight.set(len(changes.outputs))
-        await self.sender.send_all(changes.outputs)
-        self.metrics.outputs_in_flight.set(0)
         changelog = self.table.changelog_topic.get_topic_name()
         records = [Record(changelog, session_id.encode("utf-8"),
                           None if change.after is None else encode_state(change.after), change.partition)
                    for session_id, change in changes.states.items()]
-        acknowledged = await self.sender.send_all(records)
-        self._store(changes, records, acknowledged, now)
+        if self.transactions is None:
+            outputs = changes.all_outputs()
+            self.metrics.outputs_in_flight.set(len(outputs))
+            await self.sender.send_all(outputs)
+            self.metrics.outputs_in_flight.set(0)
+            acknowledged = await self.sender.send_all(records)
+            self._store(changes, records, acknowledged, now)
+        else:
+            # One transaction per input partition holds its outputs and its
+            # changelog records alike: no order between them is needed, so
+            # both go in one round trip.
+            by_partition = {partition: list(outputs) for partition, outputs in changes.outputs.items()}
+            for record in records:
+                assert record.partition is not None
+                by_partition.setdefault(record.partition, []).append(record)
+            self.metrics.outputs_in_flight.set(sum(len(outputs) for outputs in changes.outputs.values()))
+            acknowledged_by_partition = await self.transactions.send(by_partition)
+            self.metrics.outputs_in_flight.set(0)
+            self._stage(changes, records, acknowledged_by_partition, now)
         self.metrics.count(changes.outcomes)
 
     def _store(self, changes: BatchChanges, records: list[Record], acknowledged: list[Any], now: int) -> None:
@@ -278,6 +328,84 @@ class SessionAccountant:
         changelog = records[0].topic if records else ""
         for partition, offset in last_offsets.items():
             store.set_persisted_offset(TP(changelog, partition), offset)
+
+    def _stage(self, changes: BatchChanges, records: list[Record], acknowledged: dict[int, list[Any]],
+               now: int) -> None:
+        """exactly_once: the states wait in `UncommittedStates` for their
+        partition's transaction to commit (`_commit`)."""
+        uncommitted = cast(UncommittedStates, self.states)
+        for (session_id, change), record in zip(changes.states.items(), records, strict=True):
+            uncommitted.put(change.partition, session_id, change.after, record.value)
+            self._track(session_id, change.partition, change.before, change.after, now)
+        changelog = self.table.changelog_topic.get_topic_name()
+        for partition, acknowledgements in acknowledged.items():
+            for metadata in acknowledgements:
+                if metadata.topic == changelog:
+                    uncommitted.written_to(partition, metadata.offset)
+
+    # -- exactly_once: transactions -------------------------------------------
+
+    async def _commit(self, partitions: list[int]) -> None:
+        """Commit these partitions' transactions, then store what they wrote."""
+        if not partitions:
+            return
+        assert self.transactions is not None
+        await self.transactions.commit(partitions)
+        uncommitted = cast(UncommittedStates, self.states)
+        changelog = self.table.changelog_topic.get_topic_name()
+        store = self.store
+        for partition in partitions:
+            writes = uncommitted.committed(partition)
+            if writes is None:
+                continue
+            store.write(partition, {session_id: encoded for session_id, (_, encoded) in writes.states.items()})
+            if writes.changelog_offset >= 0:
+                store.set_persisted_offset(TP(changelog, partition), writes.changelog_offset)
+        self.metrics.transaction_commits.inc(len(partitions))
+        self.consumer.last_commit_at = time.monotonic()
+
+    async def _on_commit_tick(self) -> None:
+        """Commit transactions that have been open for the commit interval
+        while no batch came to commit them."""
+        if self.transactions is None or self.app.rebalancing or self.failure is not None:
+            return
+        async with self._lock:
+            try:
+                await self._commit(self.transactions.due(self.settings.transaction_commit_interval_secs))
+            except Exception as error:
+                self._stop_on(error)
+
+    async def _commit_before_rebalance(self) -> None:
+        """A rebalance (or a stop) begins: commit every open transaction, so
+        the partitions are handed over with all they accounted."""
+        assert self.transactions is not None
+        if self.failure is not None:
+            return  # stopping: what is uncommitted is aborted by the next owner
+        async with self._lock:
+            try:
+                await self._commit(self.transactions.pending())
+            except Exception as error:
+                self._stop_on(error)
+
+    async def _fence(self, assigned: set[TP]) -> None:
+        """Partitions were assigned: before Faust reads their changelog or
+        committed offsets, own their transactional ids anew. A partition kept
+        through the rebalance is fenced again too: another worker may have
+        owned it in between, which fenced this worker's producer."""
+        assert self.transactions is not None
+        partitions = {tp.partition for tp in assigned if tp.topic == self.settings.events_topic}
+        async with self._lock:
+            dropped = self.transactions.partitions()
+            if self._uncommitted is not None:
+                self._uncommitted.forget(dropped)
+            await self.transactions.close(dropped)
+            if self.failure is not None:
+                return
+            try:
+                await self.transactions.fence(partitions)
+            except Exception as error:
+                self._stop_on(error)
+                raise
 
     def _track(self, session_id: str, partition: int, before: Any, after: Any, now: int) -> None:
         """Deadlines, the live-session count and the closure counter follow each write."""
@@ -304,7 +432,7 @@ class SessionAccountant:
 
     async def _close_and_purge_due(self) -> None:
         now = now_micros()
-        changes = BatchChanges(self.store)
+        changes = BatchChanges(self.states)
         for partition in sorted(self._scheduled_partitions):
             due_at = self._ttl_due_time(partition, now)
             if due_at is None:
@@ -345,7 +473,7 @@ class SessionAccountant:
         command = Expire(session_id) if _is_open(state) else Purge(session_id)
         new_state, outputs = apply(state, command, now, self.policy)
         for output in self._encode_outputs(outputs, changes, now):
-            changes.publish(output)
+            changes.publish(output, partition)
         if new_state is state:
             self.schedule.set(partition, session_id, max(due_at, now + RETRY_DUE))
         else:
@@ -408,7 +536,7 @@ class SessionAccountant:
     async def _schedule_partitions(self, partitions: set[int]) -> None:
         """One pass over the partitions' sessions, once per assignment, never per tick."""
         now = now_micros()
-        changes = BatchChanges(self.store)
+        changes = BatchChanges(self.states)
         for partition in partitions:
             self.open_sessions[partition] = 0
         for session_id, state in self.store.items_in(partitions):
@@ -418,7 +546,7 @@ class SessionAccountant:
                 settled, owed = settle_owed(state)
                 changes.put(session_id, state.partition, state, settled)
                 for output in self._encode_outputs(owed, changes, now):
-                    changes.publish(output)
+                    changes.publish(output, state.partition)
         await self._write(changes, now)
         log.info("scheduled partitions %s: %d sessions due-tracked", sorted(partitions), len(self.schedule))
 

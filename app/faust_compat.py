@@ -21,7 +21,8 @@ import asyncio
 import contextlib
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, cast
@@ -32,6 +33,8 @@ from aiokafka.errors import ConsumerStoppedError
 from aiokafka.structs import ConsumerRecord
 from faust.stores.memory import Store as MemoryStore
 from faust.stores.rocksdb import Store as RocksDBStore
+from faust.tables.manager import TableManager
+from faust.tables.recovery import Recovery
 from faust.transport import drivers
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -175,6 +178,9 @@ class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         super().__post_init__()
         #: Seeks per partition, bumped in the consumer thread (see `PartitionFetch`).
         self.seek_epochs: dict[TP, int] = {}
+        #: Per partition of the other topics (changelogs), the offset of the
+        #: last record drained since its last seek (`MarkerAwareRecovery`).
+        self.last_drained: dict[TP, int] = {}
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -216,6 +222,9 @@ class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
                 # other drain can fall between `starts` and the records.
                 records = await fetcher.fetched_records(active_partitions, timeout=0, max_records=max_records)
                 fetches, stable_ends = self._spans(states, starts, records)
+                for tp, drained in records.items():
+                    if drained and tp.topic not in batch_topics:
+                        self.last_drained[tp] = drained[-1].offset
                 remaining = deadline - time.monotonic()
                 if records or fetches or remaining <= 0:
                     return FetchedRecords(records, fetches, stable_ends)
@@ -251,6 +260,20 @@ class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         for tp in tps:
             key = TP(tp.topic, tp.partition)
             self.seek_epochs[key] = self.seek_epochs.get(key, 0) + 1
+            self.last_drained.pop(key, None)
+
+    def read_past(self, tp: TP) -> tuple[int, int | None] | None:
+        """The consumer's position in `tp` and the last record drained before
+        it (since the last seek), or None when it has no position. Read from
+        another thread: each value is a single read of an int."""
+        consumer = self._consumer
+        subscription = None if consumer is None else consumer._subscription.subscription
+        assignment = None if subscription is None else subscription.assignment
+        state = None if assignment is None else assignment.state_value(TopicPartition(tp.topic, tp.partition))
+        if state is None or not state.has_valid_position:
+            return None
+        last = self.last_drained.get(tp)
+        return state.position, last
 
     async def _seek_wait(self, consumer: Any, partitions: Mapping[TP, int]) -> None:
         self._bump(partitions)
@@ -375,6 +398,15 @@ class BatchConsumer(faust_aiokafka.Consumer):
         self._batch_done = asyncio.Event()
         #: Monotonic time of the last successful offset commit.
         self.last_commit_at: float | None = None
+        #: False under exactly_once: the batch topics' offsets are committed
+        #: in the agent's transactions, never by the consumer.
+        self.commits_batch_topics = True
+        #: Awaited when partitions are assigned, before Faust recovers their
+        #: tables or seeks them (exactly_once: the fence).
+        self.on_assigning: Callable[[set[TP]], Awaitable[None]] | None = None
+        #: Awaited by `wait_empty` once the agent's batch is done, before the
+        #: consumer commits (exactly_once: the agent commits its transactions).
+        self.before_commit: Callable[[], Awaitable[None]] | None = None
 
     def _new_consumer_thread(self) -> BatchConsumerThread:
         return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -500,11 +532,13 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     async def wait_empty(self) -> None:
         """Also wait for the batch the agent is working on, so a rebalance
-        commits it and never hands its partitions over half-written."""
+        (or a stop) commits it and never hands its partitions over half-written."""
         while self._batch_in_process is not None and not self.app.crashed:
             self._batch_done.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._batch_done.wait(), timeout=1.0)
+        if self.before_commit is not None:
+            await self.before_commit()
         await super().wait_empty()
 
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
@@ -515,13 +549,15 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
         yield from super()._filter_tps_with_pending_acks(topics)
+        if not self.commits_batch_topics:
+            return
         for tp in self._accounted:
             if tp not in self._acked and (topics is None or tp in topics or tp.topic in topics):
                 yield tp
 
     def _new_offset(self, tp: TP) -> int | None:
         if tp.topic in self.batch_topics:
-            return self._accounted.get(tp)
+            return self._accounted.get(tp) if self.commits_batch_topics else None
         return super()._new_offset(tp)
 
     def verify_event_path(self, now: float, tp: TP) -> None:
@@ -562,6 +598,11 @@ class BatchConsumer(faust_aiokafka.Consumer):
         self.log.info("reading input partitions from %s",
                       ", ".join(f"{tp.partition}@{start.offset}" for tp, start in sorted(starts.items())))
 
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        if self.on_assigning is not None:
+            await self.on_assigning(assigned)
+        await super().on_partitions_assigned(assigned, generation_id)
+
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         # Faust commits while the revocation runs (App._on_partitions_revoked,
         # wait_empty): what was accounted of the revoked partitions is
@@ -594,6 +635,52 @@ def enable_batches(app: AppT, topics: Iterable[str]) -> BatchConsumer:
 
 # --------------------------------------------------------------------------
 # Tables and stores
+
+
+class MarkerAwareRecovery(Recovery):
+    """Faust's recovery, which also ends for a changelog partition whose last
+    offsets are transaction markers.
+
+    Faust counts a partition recovered when it has applied the record at
+    its end offset - 1 (`need_recovery`, `_build_highwaters`). A changelog
+    written in transactions (exactly_once) ends with a commit marker, which
+    holds that offset and is never delivered, so stock recovery waits on
+    it; Faust's own way out runs only under its exactly-once mode, after two
+    5 s timeouts (`detect_aborted_tx`) (canary:
+    test_faust_recovery_waits_on_a_trailing_marker). Here a partition is
+    also recovered once the consumer's position passed its end and the last
+    record drained before that position has been applied."""
+
+    def active_remaining(self) -> Counter[TP]:
+        return self._past_markers(super().active_remaining(), self.active_offsets)
+
+    def standby_remaining(self) -> Counter[TP]:
+        return self._past_markers(super().standby_remaining(), self.standby_offsets)
+
+    def _past_markers(self, remaining: Counter[TP], applied: Mapping[TP, int | None]) -> Counter[TP]:
+        thread = cast(BatchConsumer, self.app.consumer)._thread
+        for tp, left in remaining.items():
+            if left <= 0:
+                continue
+            read = thread.read_past(tp)
+            if read is None:
+                continue
+            position, last_drained = read
+            applied_to = applied.get(tp)
+            applied_to = -1 if applied_to is None else applied_to
+            if position > applied_to + left and (last_drained is None or applied_to >= last_drained):
+                remaining[tp] = 0
+        return remaining
+
+
+class MarkerAwareTableManager(TableManager):
+    """Faust's table manager with `MarkerAwareRecovery` (the app's `TableManager`)."""
+
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            self._recovery = MarkerAwareRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
+        return self._recovery
 
 
 class CodecTable(faust.Table):

@@ -39,6 +39,9 @@ class AccountingMetrics:
         self.input_gaps = PromCounter(
             "accountant_input_gaps", "Ranges of input offsets deleted (retention) before they were accounted: "
             "events never billed. Each one is also logged as an error.", registry=self.registry)
+        self.transaction_commits = PromCounter(
+            "accountant_transaction_commits", "exactly_once: input partitions' transactions committed.",
+            registry=self.registry)
         self.input_gap_offsets = PromCounter(
             "accountant_input_gap_offsets", "Input offsets in those ranges.", registry=self.registry)
         self.stale_fetches = PromCounter(

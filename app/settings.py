@@ -51,8 +51,17 @@ class Settings(BaseSettings):
     #: URL other workers (and the printed dashboard link) use to reach this
     #: one; empty: http://WEB_HOST:WEB_PORT. Required when binding 0.0.0.0 or ::.
     web_advertised_url: str = Field("", validate_default=True)
-    #: at_least_once (default). exactly_once is not offered: see docs/guarantees.md.
-    processing_guarantee: Literal["at_least_once"] = "at_least_once"
+    #: at_least_once: outputs, changelog and offsets are written in that order,
+    #: and a crash may repeat closures. exactly_once: each input partition's
+    #: outputs, changelog and offsets commit in one Kafka transaction
+    #: (docs/guarantees.md).
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    #: exactly_once: how long a partition's transaction stays open. Closures
+    #: reach read_committed readers (the ledger) when it commits.
+    transaction_commit_interval_secs: float = Field(0.1, gt=0, le=60)
+    #: exactly_once: the broker aborts a transaction open this long (a worker
+    #: that died without a successor); read_committed readers wait until then.
+    transaction_timeout_secs: float = Field(60.0, ge=1, le=900)
     #: Seconds after expires_at before an idle session is closed.
     grace_secs: float = Field(5.0, ge=0, le=86_400)
     #: Seconds a closed record stays in the table for inspection.
