@@ -27,7 +27,6 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
@@ -35,7 +34,7 @@ from faust.types import TP
 
 from agents.changes import BatchChanges, Lookup
 from agents.cursors import STALE, FreshRecords, Gap, InputCursors
-from agents.scheduler import DeadlineSchedule
+from agents.scheduler import DeadlineSchedule, TtlWatermarks
 from agents.sender import AcknowledgedSender, Record, SendFailed, key_text, record_log_fields
 from agents.transactions import PartitionTransactions
 from agents.uncommitted import UncommittedStates
@@ -124,8 +123,7 @@ class SessionAccountant:
         self.failure: Exception | None = None
         self._request_stop = request_stop
         self._scheduled_partitions: set[int] = set()
-        #: Per partition, the TTL watermark of `_close_and_purge_due`.
-        self._ttl_marks: dict[int, TtlMark] = {}
+        self.ttl_watermarks = TtlWatermarks()
         #: Sessions not yet closed, per owned partition.
         self.open_sessions: dict[int, int] = {}
         #: Monotonic time of the last batch, tick or recovery the agent finished.
@@ -444,26 +442,9 @@ class SessionAccountant:
         self.last_progress = time.monotonic()
 
     def _ttl_due_time(self, partition: int, now: int) -> int | None:
-        """The time up to which the partition's sessions may be closed by TTL
-        now, or None: the first tick past due time notes the partition's stable
-        end, and sessions due by then are closed once every event up to that
-        end is accounted. Events still waiting before it may belong to a due
-        session, and closing it first would reject them; events after it came
-        later than the session's deadline. A partition with sustained input
-        reaches its mark within a batch or two, so TTL closes never starve
-        (the old rule waited for the partition to be fully caught up)."""
         tp = TP(self.settings.events_topic, partition)
         accounted = self.cursors.offset(partition, self.consumer.read_start(tp))
-        end = self.consumer.stable_end(tp)
-        if accounted is None or end is None:
-            return None
-        mark = self._ttl_marks.get(partition)
-        if mark is None:
-            mark = self._ttl_marks[partition] = TtlMark(end, now)
-        if accounted < mark.stable_end:
-            return None
-        del self._ttl_marks[partition]
-        return mark.noted_at
+        return self.ttl_watermarks.due_time(partition, accounted, self.consumer.stable_end(tp), now)
 
     def _apply_due(self, session_id: str, partition: int, changes: BatchChanges, now: int) -> None:
         state: Stored | None = changes.get(session_id)
@@ -555,17 +536,9 @@ class SessionAccountant:
         self.schedule.drop_partitions(partitions)
         self._scheduled_partitions -= partitions
         self.cursors.forget(partitions)
+        self.ttl_watermarks.forget(partitions)
         for partition in partitions:
             self.open_sessions.pop(partition, None)
-            self._ttl_marks.pop(partition, None)
-
-
-@dataclass(frozen=True, slots=True)
-class TtlMark:
-    """A partition's stable end as a tick past due time saw it, and when."""
-
-    stable_end: int
-    noted_at: int
 
 
 def report_input_gap(gap: InputGap, metrics: AccountingMetrics) -> None:
