@@ -17,21 +17,34 @@ answers are in docs/ingest.md.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
-from aiokafka.errors import KafkaError
+from aiohttp.typedefs import Middleware
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
+from app.metrics import IngestMetrics
 from app.rules import DEFAULT_POLICY, Policy
 from app.schemas import EVENT_TYPES, FieldError, resolved_schema, validate_event
-from app.web.errors import ApiError, json_response
+from app.web.errors import ApiError, Handler, json_response
 from app.web.ingest_producer import IngestProducer
 
 if TYPE_CHECKING:
     from app.settings import Settings
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CLOUDEVENT",
@@ -41,6 +54,7 @@ __all__ = [
     "MEDIA_TYPES",
     "NDJSON",
     "IngestSettings",
+    "count_ingest_answers",
     "ingest_handler",
     "ingest_openapi",
     "screen",
@@ -84,20 +98,51 @@ class IngestSettings:
         )
 
 
-def ingest_handler(producer: IngestProducer, settings: IngestSettings) -> Callable[[web.Request],
-                                                                                 Awaitable[web.Response]]:
+def ingest_handler(producer: IngestProducer, settings: IngestSettings,
+                   metrics: IngestMetrics) -> Callable[[web.Request], Awaitable[web.Response]]:
     """The `POST /events` handler. Its answers other than 202 and 422 are
     `ApiError`s, for the `app.web.errors.json_errors` middleware; the API
-    token is the token middleware's business, as for every other path."""
+    token is the token middleware's business, as for every other path, and
+    the status of every answer is counted by `count_ingest_answers`."""
     pending = _Pending(settings.max_pending_events)
 
     async def post_events(request: web.Request) -> web.Response:
         accepted, refused = screen(request.content_type, await _read_body(request, settings.max_bytes), settings)
-        await _produce(producer, settings, pending, accepted)
+        records = [(event["session_id"].encode("utf-8"), orjson.dumps(event)) for event in accepted]
+        try:
+            _check_record_sizes(records, producer.record_limit)
+            await _produce(producer, settings, pending, records)
+        except ApiError:
+            metrics.count_events(refused=len(refused), unaccepted=len(records))
+            raise
+        metrics.count_events(accepted=len(records), refused=len(refused))
         body = {"accepted": len(accepted), "refused": refused}
         return json_response(body, 202 if accepted or not refused else 422)
 
     return post_events
+
+
+def count_ingest_answers(metrics: IngestMetrics) -> Middleware:
+    """Counts and times every answer to `POST /events`, whichever layer gave
+    it (the token's 401 and the concurrency cap's 503 included): outermost."""
+
+    @web.middleware
+    async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path != INGEST_PATH:
+            return await handler(request)
+        started = time.perf_counter()
+        status = 500  # an exception no inner layer turned into an answer
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as error:
+            status = error.status
+            raise
+        finally:
+            metrics.answered(status, time.perf_counter() - started)
+
+    return count
 
 
 def screen(content_type: str, body: bytes, settings: IngestSettings) -> tuple[list[dict[str, Any]],
@@ -107,7 +152,7 @@ def screen(content_type: str, body: bytes, settings: IngestSettings) -> tuple[li
     for the body as a whole (400, 413, 415). Pure: the simulator's tests judge
     events with it as the API would."""
     items = _parse(content_type, body)
-    if not items:
+    if not items and content_type != CLOUDEVENT_BATCH:
         raise ApiError(400, "bad_request", "the body holds no events")
     if len(items) > settings.max_events:
         raise ApiError(413, "too_many_events", f"{len(items)} events in one request; at most "
@@ -240,25 +285,47 @@ class _Pending:
             self.stalled = False
 
 
+def _check_record_sizes(records: list[tuple[bytes, bytes]], limit: int | None) -> None:
+    """413 when a record is larger than the topic takes: the broker would
+    refuse it, and with it the records batched beside it, of other requests too."""
+    if limit is None:
+        return  # not read yet: the broker's own answer is classified instead (`_produce`)
+    for index, (key, value) in enumerate(records):
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, [])
+        if size > limit:
+            raise _record_too_large(f"valid event {index} is {size} bytes as a Kafka record", limit)
+
+
+def _record_too_large(problem: str, limit: int | None) -> ApiError:
+    """413 for a record too large; `limit`: the topic's max.message.bytes, when it is what was passed."""
+    limit_text = f"; the topic takes at most {limit} bytes (max.message.bytes)" if limit is not None else ""
+    return ApiError(413, "record_too_large", f"{problem}{limit_text}: none of this request's events is accepted, and "
+                                             "sending it again cannot succeed", facts={"limit_bytes": limit})
+
+
 async def _produce(producer: IngestProducer, settings: IngestSettings, pending: _Pending,
-                   events: list[dict[str, Any]]) -> None:
-    """Produce `events` and return once the broker acknowledged them all; else `ApiError` 503."""
-    if not events:
+                   records: list[tuple[bytes, bytes]]) -> None:
+    """Produce `records` and return once the broker acknowledged them all;
+    else an `ApiError`: 503 (with Retry-After) when sending again can
+    succeed, 413 for a record too large, 500 when the broker refuses for good."""
+    if not records:
         return
     unavailable = {"Retry-After": str(settings.retry_after_secs)}
-    if not pending.reserve(len(events)):
+    kafka = producer.producer
+    if kafka is None:
+        raise ApiError(503, "unavailable", "the ingest producer has not reached the broker yet; none of this "
+                                           "request's events is accepted: send it again later", headers=unavailable)
+    if not pending.reserve(len(records)):
         waiting = ("the broker has not acknowledged earlier events yet" if pending.stalled
                    else f"{pending.count} events already wait for the broker")
         raise ApiError(503, "unavailable", f"{waiting}; none of this request's events is accepted: send it "
                                            "again later", headers=unavailable)
-    unclaimed = len(events)
+    unclaimed = len(records)
     deliveries: list[asyncio.Future] = []
     try:
         async with asyncio.timeout(settings.delivery_timeout_secs):
-            kafka = await producer.started()
-            for event in events:
-                delivery = await kafka.send(settings.topic, orjson.dumps(event),
-                                            key=event["session_id"].encode("utf-8"))
+            for key, value in records:
+                delivery = await kafka.send(settings.topic, value, key=key)
                 delivery.add_done_callback(lambda _: pending.release())
                 unclaimed -= 1
                 deliveries.append(delivery)
@@ -268,16 +335,37 @@ async def _produce(producer: IngestProducer, settings: IngestSettings, pending: 
             failed = next((delivery.exception() for delivery in deliveries if delivery.exception()), None)
             if failed is not None:
                 raise failed
-    except (KafkaError, TimeoutError) as error:
-        timed_out = isinstance(error, TimeoutError)
-        pending.stalled = pending.stalled or (timed_out and pending.count > unclaimed)
-        problem = ("the broker did not acknowledge every event within "
-                   f"{settings.delivery_timeout_secs:g} s" if timed_out else repr(error))
-        raise ApiError(503, "unavailable", f"{problem}; none of this request's events is accepted: send it "
-                                           "again (each event is counted once)", headers=unavailable) from None
+        producer.reached()
+    except (MessageSizeTooLargeError, RecordListTooLargeError) as error:
+        if unclaimed:  # from send() itself: larger than the producer's own max_request_size
+            raise _record_too_large(str(error), None) from None
+        # The broker's: the topic's limit was lowered since it was read. Read
+        # it again, and tell this request's fault from a neighbour's (records
+        # of several requests share a batch).
+        producer.discard(kafka)
+        _check_record_sizes(records, await producer.read_record_limit())
+        raise _retriable(f"the broker refused a batch this request's events were in ({type(error).__name__})",
+                         unavailable) from None
+    except TimeoutError:
+        pending.stalled = pending.stalled or pending.count > unclaimed
+        raise _retriable(f"the broker did not acknowledge every event within {settings.delivery_timeout_secs:g} s",
+                         unavailable) from None
+    except KafkaError as error:
+        if error.retriable or isinstance(error, (KafkaTimeoutError, KafkaConnectionError)):
+            raise _retriable(repr(error), unavailable) from None
+        log.error("POST /events: the broker refused to take events for good: %r", error)
+        producer.discard(kafka)
+        raise ApiError(500, "broker_refused", f"the broker refused the events ({type(error).__name__}): the "
+                                              "accountant's configuration or permissions need an operator; none of "
+                                              "this request's events is accepted") from None
     finally:
         if unclaimed:
             pending.release(unclaimed)  # never handed to aiokafka, so no callback releases them
+
+
+def _retriable(problem: str, headers: dict[str, str]) -> ApiError:
+    return ApiError(503, "unavailable", f"{problem}; none of this request's events is accepted: send it again "
+                                        "(each event is counted once)", headers=headers)
 
 
 # --------------------------------------------------------------------------
