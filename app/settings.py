@@ -214,6 +214,15 @@ class Settings(BaseSettings):
         return [part.strip() for part in self.broker.split(",") if part.strip()]
 
 
+def exposure_warnings(settings: Settings) -> list[str]:
+    """What start-up warns of: settings that work, but leave the API open to more than its owner."""
+    warnings = []
+    if settings.web_host in WILDCARD_HOSTS and not settings.api_token:
+        warnings.append(f"ACCOUNTANT_WEB_HOST is {settings.web_host} and ACCOUNTANT_API_TOKEN is not set: every "
+                        "interface serves the API, POST /events included, to anyone who reaches it")
+    return warnings
+
+
 def ingest_limit_problems(settings: Settings) -> list[tuple[str, str]]:
     """(field, problem) for ingest limits that contradict each other."""
     if settings.ingest_max_pending_events < settings.ingest_max_events:

@@ -46,12 +46,6 @@ def token_middleware(token: str, peer_token: str = "") -> Middleware:
     async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in OPEN_PATHS:
             return await handler(request)
-        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-        bearer = credentials.strip() if scheme.lower() == "bearer" else None
-        if matches(bearer) or matches(request.cookies.get(TOKEN_COOKIE)):
-            return await handler(request)
-        if FANOUT_HEADER in request.headers and request.method == "GET" and matches(bearer, expected_peer):
-            return await handler(request)
         if request.path == LOGIN_PATH and request.method == "POST":
             offered = (await request.post()).get("token")
             if isinstance(offered, str) and matches(offered):
@@ -60,6 +54,12 @@ def token_middleware(token: str, peer_token: str = "") -> Middleware:
                                      secure=_over_tls(request))
                 raise signed_in
             return web.Response(body=login_page, status=401, content_type="text/html", charset="utf-8")
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        bearer = credentials.strip() if scheme.lower() == "bearer" else None
+        if matches(bearer) or matches(request.cookies.get(TOKEN_COOKIE)):
+            return await handler(request)
+        if FANOUT_HEADER in request.headers and request.method == "GET" and matches(bearer, expected_peer):
+            return await handler(request)
         if request.path == "/" and request.method == "GET":
             return web.Response(body=login_page, status=401, content_type="text/html", charset="utf-8")
         raise ApiError(401, "unauthorized", "this API needs the token: send 'Authorization: Bearer <token>'",

@@ -70,12 +70,13 @@ class WorkerProcess:
             raise AssertionError(f"{self.name} exited with {self.process.returncode}; log:\n{self.log_tail()}")
 
     def wait_ready(self, timeout: float = 90, interval: float = 0.3) -> WorkerProcess:
-        """Wait for /readyz to answer 200 (failing at once if the worker exits)."""
+        """Wait for /readyz to answer 200 "ready", not "rebalancing": the
+        table recovered (failing at once if the worker exits)."""
 
         def ready() -> bool:
             self.check_alive()
             try:
-                return self.get("/readyz")[0] == 200
+                return self.get("/readyz") == (200, {"status": "ready"})
             except OSError:
                 return False
 
