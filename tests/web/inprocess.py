@@ -45,8 +45,8 @@ class InProcessWorker:
                  api_token: str = "", peer_token: str = "", ledger_dsn: str = "") -> None:
         self.port = pick_free_loopback_port()
         settings = load_settings(broker="127.0.0.1:9", app_id="web-test", partitions=PARTITIONS,
-                                 data_dir=str(tmp_path / name), web_port=self.port, api_token=api_token, peer_token=peer_token,
-                                 ledger_dsn=ledger_dsn)
+                                 data_dir=str(tmp_path / name), web_port=self.port, api_token=api_token,
+                                 peer_token=peer_token, ledger_dsn=ledger_dsn)
         self.service: Service = build_app(settings)
         self.store = self.service.accountant.store
         self.owned = set(owned)
