@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +68,11 @@ NDJSON = "application/x-ndjson"
 CLOUDEVENT = "application/cloudevents+json"
 CLOUDEVENT_BATCH = "application/cloudevents-batch+json"
 MEDIA_TYPES = (JSON, NDJSON, CLOUDEVENT, CLOUDEVENT_BATCH)
+#: A binary-mode CloudEvent's attributes are HTTP headers with this prefix.
+CE_PREFIX = "ce-"
+CE_SPECVERSION_HEADER = "ce-specversion"
+#: CloudEvents 1.0's required attributes (subject and time may come from data).
+REQUIRED_CLOUDEVENT_ATTRIBUTES = ("id", "source", "specversion", "type")
 #: CloudEvents attribute -> the event field it carries; every other event field comes from `data`.
 CLOUDEVENT_FIELDS = {"id": "event_id", "type": "type", "subject": "session_id", "time": "occurred_at"}
 _EVENT_TO_CLOUDEVENT = {event_field: attribute for attribute, event_field in CLOUDEVENT_FIELDS.items()}
@@ -107,7 +113,8 @@ def ingest_handler(producer: IngestProducer, settings: IngestSettings,
     pending = _Pending(settings.max_pending_events)
 
     async def post_events(request: web.Request) -> web.Response:
-        accepted, refused = screen(request.content_type, await _read_body(request, settings.max_bytes), settings)
+        accepted, refused = screen(request.content_type, await _read_body(request, settings.max_bytes), settings,
+                                   request.headers)
         records = [(event["session_id"].encode("utf-8"), orjson.dumps(event)) for event in accepted]
         try:
             _check_record_sizes(records, producer.record_limit)
@@ -145,13 +152,17 @@ def count_ingest_answers(metrics: IngestMetrics) -> Middleware:
     return count
 
 
-def screen(content_type: str, body: bytes, settings: IngestSettings) -> tuple[list[dict[str, Any]],
-                                                                               list[dict[str, Any]]]:
+def screen(content_type: str, body: bytes, settings: IngestSettings,
+           headers: Mapping[str, str] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """What `POST /events` makes of a body, before producing: the events to
-    produce, and the refused ones (`{"index", "errors"}`). Raises `ApiError`
-    for the body as a whole (400, 413, 415). Pure: the simulator's tests judge
-    events with it as the API would."""
-    items = _parse(content_type, body)
+    produce, and the refused ones (`{"index", "errors"}`). `headers` carry a
+    binary-mode CloudEvent's attributes (`ce-*`). Raises `ApiError` for the
+    body as a whole (400, 413, 415). Pure: the simulator's tests judge events
+    with it as the API would."""
+    headers = headers or {}
+    binary = CE_SPECVERSION_HEADER in headers and content_type not in (CLOUDEVENT, CLOUDEVENT_BATCH)
+    items = [_binary_cloudevent(headers, body)] if binary else _parse(content_type, body)
+    # The CloudEvents JSON batch format allows an empty batch: nothing to do, not an error.
     if not items and content_type != CLOUDEVENT_BATCH:
         raise ApiError(400, "bad_request", "the body holds no events")
     if len(items) > settings.max_events:
@@ -160,7 +171,7 @@ def screen(content_type: str, body: bytes, settings: IngestSettings) -> tuple[li
     accepted: list[dict[str, Any]] = []
     refused: list[dict[str, Any]] = []
     for index, item in enumerate(items):
-        event, errors = _event_of(content_type, item, settings.policy)
+        event, errors = _event_of(binary or content_type in (CLOUDEVENT, CLOUDEVENT_BATCH), item, settings.policy)
         if errors:
             refused.append({"index": index, "errors": [error.to_json() for error in errors]})
         else:
@@ -211,10 +222,36 @@ def _ndjson_line(line: bytes) -> Any:
         return _Unparsed(f"this line is not UTF-8 JSON: {error}")
 
 
-def _event_of(content_type: str, item: Any, policy: Policy) -> tuple[dict[str, Any], list[FieldError]]:
+def _binary_cloudevent(headers: Mapping[str, str], body: bytes) -> Any:
+    """A binary-mode CloudEvent as the structured one it stands for: the
+    attributes from `ce-*` headers (percent-decoded, as the HTTP binding
+    encodes them), `datacontenttype` from Content-Type, `data` the body."""
+    attributes: dict[str, Any] = {name[len(CE_PREFIX):].lower(): urllib.parse.unquote(value)
+                                  for name, value in headers.items() if name.lower().startswith(CE_PREFIX)}
+    if "Content-Type" in headers:
+        attributes["datacontenttype"] = headers["Content-Type"]
+    if not _is_json_media_type(attributes.get("datacontenttype", JSON)):
+        return attributes  # _from_cloudevent names the datacontenttype; the body is not read
+    try:
+        return attributes | {"data": orjson.loads(body)}
+    except orjson.JSONDecodeError as error:
+        return _Unparsed(f"the body of a binary-mode CloudEvent is its data, and it is not UTF-8 JSON: {error}")
+
+
+def _is_json_media_type(value: str) -> bool:
+    """Whether a media type (parameters and all) is JSON in UTF-8: application/json,
+    any */json or */*+json, with no charset or charset=utf-8 (RFC 8259 JSON is UTF-8)."""
+    media_type, *parameters = (part.strip().lower() for part in value.split(";"))
+    kind, _, subtype = media_type.partition("/")
+    charsets = [parameter.partition("=")[2].strip('"') for parameter in parameters
+                if parameter.partition("=")[0].strip() == "charset"]
+    return bool(kind) and (subtype == "json" or subtype.endswith("+json")) and charsets in ([], ["utf-8"])
+
+
+def _event_of(cloudevent: bool, item: Any, policy: Policy) -> tuple[dict[str, Any], list[FieldError]]:
     if isinstance(item, _Unparsed):
         return {}, [FieldError("", item.problem)]
-    if content_type in (CLOUDEVENT, CLOUDEVENT_BATCH):
+    if cloudevent:
         event, errors = _from_cloudevent(item)
         if errors:
             return event, errors
@@ -226,16 +263,19 @@ def _from_cloudevent(item: Any) -> tuple[dict[str, Any], list[FieldError]]:
     """The event a structured-mode CloudEvent carries (docs/ingest.md)."""
     if not isinstance(item, dict):
         return {}, [FieldError("", "a CloudEvent must be a JSON object")]
-    errors = []
-    if item.get("specversion") != "1.0":
+    errors = [FieldError(attribute, f"field '{attribute}' is required (CloudEvents 1.0)")
+              for attribute in REQUIRED_CLOUDEVENT_ATTRIBUTES if attribute not in item]
+    if "specversion" in item and item["specversion"] != "1.0":
         errors.append(FieldError("specversion", "field 'specversion' must be \"1.0\""))
-    if not isinstance(item.get("source"), str) or not item["source"]:
+    if "source" in item and (not isinstance(item["source"], str) or not item["source"]):
         errors.append(FieldError("source", "field 'source' must be a non-empty string (a URI-reference)"))
     if "data_base64" in item:
         errors.append(FieldError("data_base64", "field 'data_base64' is not accepted: send the event's fields "
                                                 "as a JSON object in 'data'"))
-    if item.get("datacontenttype", JSON) != JSON:
-        errors.append(FieldError("datacontenttype", f"field 'datacontenttype' must be {JSON!r} when given"))
+    datacontenttype = item.get("datacontenttype", JSON)
+    if not isinstance(datacontenttype, str) or not _is_json_media_type(datacontenttype):
+        errors.append(FieldError("datacontenttype", "field 'datacontenttype' must be a JSON media type in UTF-8 "
+                                                    f"(e.g. {JSON!r}, 'application/json; charset=utf-8') when given"))
     data = item.get("data", {})
     if not isinstance(data, dict):
         errors.append(FieldError("data", "field 'data' must be a JSON object: the event's other fields"))
@@ -387,7 +427,8 @@ def _cloudevent_of(kind: str) -> dict[str, Any]:
         "properties": {
             "specversion": {"const": "1.0"},
             "source": {"type": "string", "minLength": 1},
-            "datacontenttype": {"const": JSON},
+            # The usual two; any */json or */*+json in UTF-8 is accepted (docs/ingest.md).
+            "datacontenttype": {"enum": [JSON, f"{JSON}; charset=utf-8"]},
             **attributes,
             "data": {"type": "object", "properties": data_fields,
                      "required": [name for name in required if name in data_fields]},
@@ -408,7 +449,8 @@ def ingest_openapi(ref: Callable[[str], dict[str, str]], error: dict[str, Any]) 
         "title": "CloudEvent",
         "description": "A CloudEvents 1.0 structured-mode event carrying one session event: id -> event_id, "
                        "type -> type, subject -> session_id, time -> occurred_at, data -> the other fields "
-                       "(docs/ingest.md). An attribute left out may come from data instead.",
+                       "(docs/ingest.md). subject and time may come from data instead. Binary mode (ce-* "
+                       "headers, the data as the body) carries the same event.",
         "oneOf": [_cloudevent_of(kind) for kind in EVENT_TYPES],
     }
     answer = {
@@ -434,7 +476,7 @@ def ingest_openapi(ref: Callable[[str], dict[str, str]], error: dict[str, Any]) 
         },
     }
     answered = {"content": {JSON: {"schema": ref("IngestAnswer")}}}
-    # An empty array or batch holds no events: 400.
+    # An empty array holds no events: 400. An empty CloudEvents batch is allowed by its format: 202.
     several_events = {"type": "array", "minItems": 1, "items": ref("SessionEvent")}
     operation: dict[str, Any] = {
         "operationId": "postEvents",
@@ -446,17 +488,23 @@ def ingest_openapi(ref: Callable[[str], dict[str, str]], error: dict[str, Any]) 
             JSON: {"schema": {"oneOf": [ref("SessionEvent"), several_events]}},
             NDJSON: {"schema": {"type": "string", "description": "One SessionEvent per line."}},
             CLOUDEVENT: {"schema": ref("CloudEvent")},
-            CLOUDEVENT_BATCH: {"schema": {"type": "array", "minItems": 1, "items": ref("CloudEvent")}},
+            CLOUDEVENT_BATCH: {"schema": {"type": "array", "items": ref("CloudEvent")}},
         }},
         "responses": {
             "202": {"description": "Every listed event not refused was acknowledged by the broker.", **answered},
             "400": {**error, "description": "The body is not JSON, or holds no events."},
-            "413": {**error, "description": "More events or bytes than the limits."},
+            "413": {**error, "description": "More events or bytes than the limits, or an event larger as a "
+                                            "Kafka record than the topic takes (error record_too_large, with "
+                                            "limit_bytes): never send it again as it is."},
             "415": {**error, "description": "An unsupported Content-Type."},
             "422": {"description": "Every event was refused; nothing was produced.", **answered},
-            "503": {**error, "description": "The broker did not acknowledge in time (or too many events wait for "
-                                            "it): nothing of the request is accepted; send it again after "
-                                            "Retry-After.",
+            "500": {**error, "description": "The broker refused the events for good (error broker_refused: "
+                                            "permissions or a topic setting) or a bug: nothing of the request is "
+                                            "accepted; keep the events, an operator must act."},
+            "503": {**error, "description": "The ingest producer has not reached the broker, the broker did not "
+                                            "acknowledge in time, too many events wait for it, or the worker is at "
+                                            "ACCOUNTANT_WEB_MAX_CONCURRENT_REQUESTS: nothing of the request is "
+                                            "accepted; send it again after Retry-After.",
                     "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
         },
     }
