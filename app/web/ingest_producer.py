@@ -37,14 +37,13 @@ class IngestProducer:
     """Starts, watches and stops the ingest API's producer."""
 
     def __init__(self, make_producer: Callable[[], AIOKafkaProducer], make_admin: Callable[[], AIOKafkaAdminClient],
-                 topic: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+                 topic: str) -> None:
         self._make_producer = make_producer
         self._make_admin = make_admin
         self._topic = topic
-        self._clock = clock
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
-        self._started_at = clock()
+        self._started_at = time.monotonic()
         #: When the broker last answered (a start, a metadata request, an acknowledgement).
         self._reached_at: float | None = None
         #: Since when the broker has answered every question (None: the last went unanswered).
@@ -60,17 +59,17 @@ class IngestProducer:
 
     def reached(self) -> None:
         """The broker just answered (the ingest handler calls it on every acknowledgement)."""
-        self._reached_at = self._clock()
+        self._reached_at = time.monotonic()
         if self._answering_since is None:
             self._answering_since = self._reached_at
 
     def silent_secs(self) -> float:
         """Seconds since the broker last answered (since start-up, when it never did)."""
-        return self._clock() - (self._reached_at if self._reached_at is not None else self._started_at)
+        return time.monotonic() - (self._reached_at if self._reached_at is not None else self._started_at)
 
     def answering_secs(self) -> float:
         """Seconds the broker has answered every question for (0 while it does not)."""
-        return 0.0 if self._answering_since is None else self._clock() - self._answering_since
+        return 0.0 if self._answering_since is None else time.monotonic() - self._answering_since
 
     async def read_record_limit(self) -> int | None:
         """The topic's `max.message.bytes` as the broker says now (None when it cannot be read)."""
@@ -92,7 +91,7 @@ class IngestProducer:
         return self.record_limit
 
     async def on_startup(self, app: web.Application) -> None:
-        self._started_at = self._clock()
+        self._started_at = time.monotonic()
         self._task = asyncio.create_task(self._run(), name="ingest producer")
 
     async def on_cleanup(self, app: web.Application) -> None:
