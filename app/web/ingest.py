@@ -5,13 +5,16 @@ what the worker would refuse `invalid_event`); refused events are listed in
 the answer by index, each with the fields at fault, and are not produced.
 The valid ones are produced to `session-events`, keyed by `session_id`, with
 the idempotent `acks="all"` producer of `app.web.ingest_producer`. The answer
-is 202 only once the broker has acknowledged every one of them. When it does
-not within `delivery_timeout_secs`, or too many events already wait for an
-acknowledgement, the answer is 503 with Retry-After and nothing of the
-request is accepted: some of its events may still reach the topic (they were
-on their way), so the gateway sends the request again and the accountant
-counts each event once (SPEC §5). Bodies, the CloudEvents mapping and the
-answers are in docs/ingest.md.
+is 202 only once the broker has acknowledged every one of them. Every failure
+is classified: permanent ones (a record larger than the topic takes: 413 with
+its limit; the broker refusing for good: 500) carry no Retry-After, since
+sending again cannot succeed; retriable ones (no acknowledgement within
+`delivery_timeout_secs`, too many events waiting, the producer not started,
+a broker error Kafka calls retriable) answer 503 with Retry-After, and
+nothing of the request is accepted: some of its events may still reach the
+topic (they were on their way), so the gateway sends the request again and
+the accountant counts each event once (SPEC §5). Bodies, the CloudEvents
+modes and every answer are in docs/ingest.md.
 """
 
 from __future__ import annotations
