@@ -31,11 +31,14 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from aiokafka.errors import (
+    InvalidProducerEpoch,
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
     RecordListTooLargeError,
+    UnknownProducerId,
 )
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
@@ -71,6 +74,9 @@ NDJSON = "application/x-ndjson"
 CLOUDEVENT = "application/cloudevents+json"
 CLOUDEVENT_BATCH = "application/cloudevents-batch+json"
 MEDIA_TYPES = (JSON, NDJSON, CLOUDEVENT, CLOUDEVENT_BATCH)
+#: The idempotent producer's own state out of step with the broker's: not
+#: retriable for Kafka, but a new producer cures it (`IngestProducer.discard`).
+PRODUCER_STATE_ERRORS = (OutOfOrderSequenceNumber, InvalidProducerEpoch, UnknownProducerId)
 #: A binary-mode CloudEvent's attributes are HTTP headers with this prefix.
 CE_PREFIX = "ce-"
 CE_SPECVERSION_HEADER = "ce-specversion"
@@ -395,6 +401,9 @@ async def _produce(producer: IngestProducer, settings: IngestSettings, pending: 
                          unavailable) from None
     except KafkaError as error:
         if error.retriable or isinstance(error, (KafkaTimeoutError, KafkaConnectionError)):
+            raise _retriable(repr(error), unavailable) from None
+        if isinstance(error, PRODUCER_STATE_ERRORS):
+            producer.discard(kafka)  # a new producer id starts its sequence numbers afresh
             raise _retriable(repr(error), unavailable) from None
         log.error("POST /events: the broker refused to take events for good: %r", error)
         producer.discard(kafka)

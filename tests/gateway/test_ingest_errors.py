@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import TopicAuthorizationFailedError
+from aiokafka.errors import OutOfOrderSequenceNumber, TopicAuthorizationFailedError
 from prometheus_client import CollectorRegistry
 
 from app.dev.kafka import create_topics
@@ -101,37 +101,54 @@ async def test_a_broker_that_cannot_be_reached_is_503_until_the_producer_has_sta
 
 
 class RefusingProducer:
-    """An ingest producer whose broker refuses every record for good.
-    (TopicAuthorizationFailed needs a broker with an authorizer and users; the
+    """An ingest producer whose broker refuses every record with `error`.
+    (TopicAuthorizationFailed needs a broker with an authorizer and users, an
+    out-of-order sequence a broker that lost the producer's state; the
     answer's classification is what is tested here.)"""
 
     record_limit = None
 
-    def __init__(self) -> None:
+    def __init__(self, error: type[Exception]) -> None:
         self.producer = self
+        self.error = error
+        self.discarded = 0
 
     async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[None]:
         refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        refused.set_exception(TopicAuthorizationFailedError())
+        refused.set_exception(self.error())
         return refused
 
     def reached(self) -> None:
         pass
 
     def discard(self, producer: object) -> None:
-        pass
+        self.discarded += 1
+
+
+async def post_to(producer: RefusingProducer, metrics: IngestMetrics) -> tuple[int, dict[str, Any], Any]:
+    app = web.Application(middlewares=middlewares(metrics, 8, ""))
+    app.router.add_post("/events", ingest_handler(producer, IngestSettings(), metrics))  # type: ignore[arg-type]
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        response = await client.post("/events", json=example_events()["session.created"])
+        return response.status, await response.json(), response.headers
 
 
 async def test_a_permanent_refusal_by_the_broker_is_500_without_retry_after() -> None:
     metrics = IngestMetrics(CollectorRegistry())
-    app = web.Application(middlewares=middlewares(metrics, 8, ""))
-    app.router.add_post("/events", ingest_handler(RefusingProducer(), IngestSettings(), metrics))  # type: ignore[arg-type]
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-        response = await client.post("/events", json=example_events()["session.created"])
-        body = await response.json()
-    assert (response.status, body["error"]) == (500, "broker_refused")
-    assert "TopicAuthorizationFailedError" in body["detail"] and "Retry-After" not in response.headers
+    producer = RefusingProducer(TopicAuthorizationFailedError)
+    status, body, headers = await post_to(producer, metrics)
+    assert (status, body["error"]) == (500, "broker_refused")
+    assert "TopicAuthorizationFailedError" in body["detail"] and "Retry-After" not in headers
     assert samples(metrics)["accountant_ingest_requests_total{'status': '500'}"] == 1
+    assert producer.discarded == 1
+
+
+async def test_an_out_of_step_idempotent_producer_is_replaced_and_the_request_is_503() -> None:
+    """Not retriable for Kafka, but a new producer cures it: sending again can succeed."""
+    producer = RefusingProducer(OutOfOrderSequenceNumber)
+    status, body, headers = await post_to(producer, IngestMetrics(CollectorRegistry()))
+    assert (status, body["error"], headers["Retry-After"]) == (503, "unavailable", "5")
+    assert producer.discarded == 1
 
 
 def test_a_pending_cap_below_the_request_cap_stops_start_up_naming_both() -> None:
