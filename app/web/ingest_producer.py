@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 #: How often the broker is asked whether it still answers.
 WATCH_INTERVAL_SECS = 2.0
+#: Silence after which the broker no longer counts as answering (two watch
+#: intervals: a healthy broker answers every one).
+SILENCE_SECS = 2 * WATCH_INTERVAL_SECS
 #: How long a failed start waits before the next try.
 RESTART_DELAY_SECS = 1.0
 
@@ -59,17 +62,22 @@ class IngestProducer:
 
     def reached(self) -> None:
         """The broker just answered (the ingest handler calls it on every acknowledgement)."""
-        self._reached_at = time.monotonic()
-        if self._answering_since is None:
-            self._answering_since = self._reached_at
+        now = time.monotonic()
+        if self._answering_since is None or self.silent_secs() > SILENCE_SECS:
+            self._answering_since = now  # answering again after a silence
+        self._reached_at = now
 
     def silent_secs(self) -> float:
         """Seconds since the broker last answered (since start-up, when it never did)."""
         return time.monotonic() - (self._reached_at if self._reached_at is not None else self._started_at)
 
     def answering_secs(self) -> float:
-        """Seconds the broker has answered every question for (0 while it does not)."""
-        return 0.0 if self._answering_since is None else time.monotonic() - self._answering_since
+        """Seconds the broker has answered every question for (0 once it has
+        been silent for SILENCE_SECS: a frozen broker leaves a metadata request
+        hanging rather than failing it)."""
+        if self._answering_since is None or self.silent_secs() > SILENCE_SECS:
+            return 0.0
+        return time.monotonic() - self._answering_since
 
     async def read_record_limit(self) -> int | None:
         """The topic's `max.message.bytes` as the broker says now (None when it cannot be read)."""

@@ -13,7 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.settings import SettingsError, load_settings
+from app.web import ingest_producer
 from app.web.health import liveness, readiness
+from app.web.ingest_producer import IngestProducer
 from app.web.openapi import build_openapi
 from tests.support import REPO
 from tests.web.openapi_check import validate_response
@@ -79,3 +81,21 @@ def test_a_rebalance_keeps_readiness_200_and_says_so() -> None:
     assert (status, body["status"]) == (200, "rebalancing")
     validate_response(DOCUMENT, "/readyz", status, body)
     assert readiness(True, 1.0, 30.0, rebalancing=False) == (200, {"status": "ready"})
+
+
+def test_the_broker_counts_as_answering_from_its_first_answer_after_a_silence(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What /healthz's stall clock is held to (IngestProducer.answering_secs)."""
+    now = [1000.0]
+    monkeypatch.setattr(ingest_producer.time, "monotonic", lambda: now[0])
+    producer = IngestProducer(lambda: None, lambda: None, "events")  # type: ignore[arg-type, return-value]
+    assert (producer.answering_secs(), producer.silent_secs()) == (0.0, 0.0)
+    producer.reached()
+    for _ in range(10):  # answering every watch interval for 20 s
+        now[0] += ingest_producer.WATCH_INTERVAL_SECS
+        producer.reached()
+    assert producer.answering_secs() == 20.0
+    now[0] += ingest_producer.SILENCE_SECS + 0.5  # frozen: no answer, and no failure either
+    assert producer.answering_secs() == 0.0 and producer.silent_secs() == ingest_producer.SILENCE_SECS + 0.5
+    producer.reached()  # back: the clock starts again
+    now[0] += 3.0
+    assert producer.answering_secs() == 3.0
