@@ -199,8 +199,10 @@ class Storm:
         """One change of the group: start an extra, or SIGTERM or SIGKILL a
         live one (which may still be starting or recovering its tables)."""
         self._forget_exited()
+        # Kills outweigh SIGTERMs: a killed member's partitions wait for its
+        # session timeout, so its successors start on a backlog.
         choices = (["start", "start"] if len(self.live) < self.max_extras else []) + \
-            (["term", "kill"] if self.live else [])
+            (["term", "kill", "kill"] if self.live else [])
         action = self.rng.choice(choices)
         if action == "start":
             # Sometimes two at once: their start-up loads the machine while the group rebalances.
