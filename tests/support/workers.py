@@ -110,6 +110,33 @@ class WorkerProcess:
         with urllib.request.urlopen(request, timeout=10) as response:
             return parse_partitions(response.headers.get(PARTITIONS_HEADER))
 
+    def metric(self, name: str) -> float:
+        """The sum of a metric's samples (all labels); 0 when it has none."""
+        return self.exported_metric(name) or 0.0
+
+    def exported_metric(self, name: str) -> float | None:
+        """The sum of a metric's samples (all labels), or None when the process
+        does not export the metric at all (a labelled counter that has no
+        sample yet is exported: its `# TYPE` line is there)."""
+        status, text = self.get("/metrics")
+        assert status == 200 and isinstance(text, str), (status, text)
+        family = name.removesuffix("_total")
+        exported = False
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith((name + " ", name + "{")):
+                exported = True
+                total += float(line.rsplit(" ", 1)[1])
+            elif line.startswith(f"# TYPE {family} "):
+                exported = True
+        return total if exported else None
+
+    def terminate(self) -> None:
+        """SIGTERM without waiting: the process leaves while the caller goes on
+        (`stop` later waits for it)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+
     def stop(self, timeout: float = 60) -> None:
         """Graceful stop, as on a deploy: SIGTERM, then wait (SIGKILL after `timeout`)."""
         if self.process is not None:
