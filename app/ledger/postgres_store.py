@@ -35,7 +35,7 @@ APPLICATION_NAME = "accountant-ledger"
 _COPY_CLOSURES = """
 COPY closures (closure_id, session_id, tenant_id, provider_id, model, reason, created_at, activated_at, closed_at,
                ttl_secs, round_count, missing_rounds, initial_token_count, delta_token_count, total_token_count,
-               record, content_sha256, emitted_at, source_topic, source_partition, source_offset)
+               record, record_json, content_sha256, emitted_at, source_topic, source_partition, source_offset)
 FROM STDIN
 """
 
@@ -64,8 +64,9 @@ WHERE c.closure_id = u.closure_id
 """
 _INSERT_CONFLICT = """
 INSERT INTO closure_conflicts (closure_id, content_sha256, stored_content_sha256, total_token_count, record,
-                               reason, missing_rounds, emitted_at, source_topic, source_partition, source_offset)
-VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s)
+                               record_json, reason, missing_rounds, emitted_at, source_topic, source_partition,
+                               source_offset)
+VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING
 """
 _INSERT_REJECT = """
@@ -241,15 +242,14 @@ def _copy_row(row: ClosureRow) -> tuple[str | None, ...]:
     return (row.closure_id, row.session_id, row.tenant_id, row.provider_id, row.model, row.reason,
             row.created_at, row.activated_at, row.closed_at, str(row.ttl_secs), str(row.round_count),
             str(row.missing_rounds), str(row.initial_token_count), str(row.delta_token_count),
-            str(row.total_token_count), orjson.dumps(row.record).decode(), "\\x" + row.content_sha256.hex(),
+            str(row.total_token_count), row.record_text, row.record_json, "\\x" + row.content_sha256.hex(),
             row.emitted_at, row.source.topic, str(row.source.partition), str(row.source.offset))
 
 
 def _conflict_params(conflict: Conflict) -> tuple[Any, ...]:
     row = conflict.row
-    return (row.closure_id, row.content_sha256, conflict.stored_sha256, row.total_token_count,
-            orjson.dumps(row.record).decode(),
-            row.reason, row.missing_rounds, row.emitted_at, row.source.topic, row.source.partition,
+    return (row.closure_id, row.content_sha256, conflict.stored_sha256, row.total_token_count, row.record_text,
+            row.record_json, row.reason, row.missing_rounds, row.emitted_at, row.source.topic, row.source.partition,
             row.source.offset)
 
 
