@@ -178,16 +178,25 @@ def broker(data_dir: Path | None, port: int | None, secure: bool) -> None:
 
 
 @main.command()
-def ledger() -> None:
+@click.option("--accept-gap", "accepted_gaps", multiple=True, metavar="PARTITION:FROM-TO",
+              help="Resume a partition stopped at this gap (closures deleted before the ledger wrote them, or a "
+                   "recreated topic), as the ledger's GAP log line prints it; recorded in ledger_gaps. Repeatable.")
+def ledger(accepted_gaps: tuple[str, ...]) -> None:
     """Write closures into the PostgreSQL ledger (ACCOUNTANT_LEDGER_DSN), exactly once."""
+    from app.ledger.gaps import accepted_gap_flag
     from app.ledger.service import main as run_ledger
 
+    try:
+        flags = [accepted_gap_flag(text) for text in accepted_gaps]
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
     settings = load_settings()
     if not settings.bootstrap_servers:
         raise SettingsError("ACCOUNTANT_BROKER is not set (host:port[,host:port])")
     if not settings.ledger_dsn:
-        raise SettingsError("ACCOUNTANT_LEDGER_DSN is not set (e.g. postgresql://user@host:5432/ledger)")
-    run_ledger(settings)
+        raise SettingsError("ACCOUNTANT_LEDGER_DSN is not set (nor ACCOUNTANT_LEDGER_DSN_FILE) "
+                            "(e.g. postgresql://user@host:5432/ledger)")
+    run_ledger(settings, flags)
 
 
 @main.command()

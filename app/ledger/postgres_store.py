@@ -18,11 +18,13 @@ from typing import Any
 
 import orjson
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from app.ledger.batch import BatchOutcome, LedgerBatch, Partition
 from app.ledger.closure_row import ClosureRow, LedgerReject
 from app.ledger.conflicts import Conflict, Verdict, judge, plan_batch
+from app.ledger.connection import DatabaseTimeouts, ledger_conninfo
+from app.ledger.database_errors import describe_database_error
+from app.ledger.gaps import Gap
 from app.ledger.migrations import migrate
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,14 @@ INSERT INTO ledger_rejects (source_topic, source_partition, source_offset, error
 VALUES (%s, %s, %s, %s, %s, %s)
 ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING
 """
+_MOVE_OFFSET_ACROSS_GAP = """
+UPDATE ledger_offsets SET next_offset = %s, updated_at = now()
+WHERE consumer_group = %s AND topic = %s AND partition = %s AND coalesce(next_offset, 0) = %s
+"""
+_RECORD_GAP = """
+INSERT INTO ledger_gaps (consumer_group, topic, partition, from_offset, to_offset, kind, accepted_by)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+"""
 _MOVE_OFFSETS = """
 UPDATE ledger_offsets AS o SET next_offset = u.next_offset, updated_at = now()
 FROM unnest(%s::text[], %s::int[], %s::bigint[]) AS u(topic, partition, next_offset)
@@ -112,12 +122,8 @@ class PostgresLedgerStore:
     a write waits (for locks, or for a database that is down). Errors are the
     caller's to retry (app/ledger/retry.py)."""
 
-    def __init__(self, dsn: str) -> None:
-        given = conninfo_to_dict(dsn)
-        # Defaults only: what the DSN says wins. A short connect timeout keeps
-        # retries against a database that is down frequent.
-        defaults: dict[str, str | int] = {"application_name": APPLICATION_NAME, "connect_timeout": 5}
-        dsn = make_conninfo(dsn, **{name: value for name, value in defaults.items() if name not in given})
+    def __init__(self, dsn: str, timeouts: DatabaseTimeouts | None = None) -> None:
+        dsn = ledger_conninfo(dsn, timeouts or DatabaseTimeouts.defaults(), APPLICATION_NAME)
         self._writes = _Link(dsn)
         self._claims = _Link(dsn)
 
@@ -141,6 +147,16 @@ class PostgresLedgerStore:
                 "AND (topic, partition) IN (SELECT * FROM unnest(%s::text[], %s::int[]))",
                 (group, topics, numbers))
             return {(topic, number): offset for topic, number, offset in await cursor.fetchall()}
+
+    async def accept_gap(self, group: str, gap: Gap, accepted_by: str) -> bool:
+        async with self._claims.use() as connection, connection.transaction():
+            cursor = await connection.execute(_MOVE_OFFSET_ACROSS_GAP, (
+                gap.to_offset, group, gap.topic, gap.partition, gap.from_offset))
+            if cursor.rowcount != 1:
+                return False
+            await connection.execute(_RECORD_GAP, (group, gap.topic, gap.partition, gap.from_offset, gap.to_offset,
+                                                   gap.kind.value, accepted_by))
+            return True
 
     async def write(self, batch: LedgerBatch, *, isolate: bool = False) -> BatchOutcome:
         async with self._writes.use() as connection, connection.transaction():
@@ -231,9 +247,10 @@ class PostgresLedgerStore:
             except (psycopg.DataError, psycopg.IntegrityError) as error:
                 if isinstance(error, psycopg.errors.UniqueViolation):
                     raise  # another writer inserted this closure_id meanwhile: retry the batch
+                reason = f"the database refused the row: {describe_database_error(error)}"
                 log.warning("the database refused closure %r at %s/%d@%d: %s", row.closure_id,
-                            row.source.topic, row.source.partition, row.source.offset, error)
-                refused.append(LedgerReject(row.source, f"the database refused the row: {error}", None, row.raw))
+                            row.source.topic, row.source.partition, row.source.offset, reason)
+                refused.append(LedgerReject(row.source, reason, None, row.raw))
         return written, duplicates, conflicts, refused
 
 
