@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple
 
 import orjson
@@ -80,6 +80,8 @@ class ClosureRow(NamedTuple):
     content_sha256: bytes
     emitted_at: str
     source: SourceOffset
+    #: The first day of the UTC month of ``closed_at``: the period it is billed in, unless closed.
+    closed_month: date
     #: The record's value bytes, kept should the database refuse the row.
     raw: bytes
 
@@ -213,7 +215,7 @@ def _row(closure: Any, source: SourceOffset, raw: bytes) -> ClosureRow:
     # Positional, in field order: the fastest way to build the tuple.
     return ClosureRow(closure_id, reason, session_id, tenant_id, provider_id, model, created_text, activated_text,
                       closed_text, ttl_secs, round_count, missing_rounds, initial, delta, total, record, record_text,
-                      record_json, digest, emitted_text, source, raw)
+                      record_json, digest, emitted_text, source, date(closed_at.year, closed_at.month, 1), raw)
 
 
 def _string(value: Any, name: str, max_chars: int) -> str:

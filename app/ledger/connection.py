@@ -1,16 +1,28 @@
 """How every client of the ledger's database connects: bounded waits
 (connect, statement, lock, idle in transaction) and TCP keepalives, so that a
 lock held elsewhere or a half-dead connection turns into an error the caller
-retries or reports, never into a silent wait."""
+retries or reports, never into a silent wait. And how a DSN is shown: without
+its secrets.
+
+The commands billing runs (`accountant usage`, `adjust`, `period`, `export`,
+`migrate`) connect through `command_connection`: any database problem is one
+line (`LedgerUnavailable`), never a traceback."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
+import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from app.ledger.database_errors import describe_database_error
 from app.settings import Settings
 
+#: libpq parameters that hold a secret (password: the login's; sslpassword: the client key's).
+SECRET_PARAMETERS = ("password", "sslpassword")
 #: Keepalive probes sent, ``keepalive_secs / 3`` apart, before the connection counts as dead.
 KEEPALIVE_PROBES = 3
 
@@ -59,3 +71,42 @@ def ledger_conninfo(dsn: str, timeouts: DatabaseTimeouts, application_name: str)
 
 def _millis(seconds: float) -> int:
     return max(1, round(seconds * 1000))
+
+
+def describe_dsn(dsn: str) -> str:
+    """The DSN without its secrets, for logs and messages."""
+    params = conninfo_to_dict(dsn)
+    for name in SECRET_PARAMETERS:
+        if name in params:
+            params[name] = "***"
+    return make_conninfo("", **params)
+
+
+def dsn_has_secret(dsn: str) -> bool:
+    return any(conninfo_to_dict(dsn).get(name) for name in SECRET_PARAMETERS)
+
+
+class LedgerUnavailable(Exception):
+    """The ledger's database cannot answer a command; the message is one line saying why and what to do."""
+
+
+@contextlib.contextmanager
+def command_connection(dsn: str, timeouts: DatabaseTimeouts,
+                       application_name: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection for one command; database problems raised as `LedgerUnavailable`."""
+    where = describe_dsn(dsn)
+    try:
+        connection = psycopg.connect(ledger_conninfo(dsn, timeouts, application_name))
+    except psycopg.OperationalError as error:
+        raise LedgerUnavailable(f"cannot reach the ledger's database ({where}): "
+                                f"{describe_database_error(error)}") from None
+    with connection:
+        try:
+            yield connection
+        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction,
+                psycopg.errors.UndefinedColumn) as error:
+            raise LedgerUnavailable(f"the ledger's database ({where}) is not migrated to this version "
+                                    f"({describe_database_error(error)}): run `accountant migrate`") from None
+        except psycopg.OperationalError as error:
+            raise LedgerUnavailable(f"the ledger's database ({where}) failed: "
+                                    f"{describe_database_error(error)}") from None

@@ -6,6 +6,11 @@ the digests of the closure_ids already held, apply the conflict rule, then
 insert the new closures, count the duplicates, keep conflicts and rejects, and
 move the offsets; commit. Either all of it is in the database or none of it,
 and the stored offsets say exactly which records it holds.
+
+New closures are booked into a billing period (app/rules/periods.py) under a
+SHARE lock on ``ledger_periods``, so no month closes during the batch; the
+month's partition of ``closures`` is made first, in a transaction of its own
+(making one locks the whole table).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable
+from datetime import date
 from typing import Any
 
 import orjson
@@ -26,6 +32,7 @@ from app.ledger.connection import DatabaseTimeouts, ledger_conninfo
 from app.ledger.database_errors import describe_database_error
 from app.ledger.gaps import Gap
 from app.ledger.migrations import migrate
+from app.rules.periods import booking_period
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +44,19 @@ APPLICATION_NAME = "accountant-ledger"
 _COPY_CLOSURES = """
 COPY closures (closure_id, session_id, tenant_id, provider_id, model, reason, created_at, activated_at, closed_at,
                ttl_secs, round_count, missing_rounds, initial_token_count, delta_token_count, total_token_count,
-               record, record_json, content_sha256, emitted_at, source_topic, source_partition, source_offset)
+               record, record_json, content_sha256, emitted_at, source_topic, source_partition, source_offset,
+               period, late)
 FROM STDIN
+"""
+_INSERT_IDS = """
+INSERT INTO closure_ids (closure_id, period, content_sha256)
+SELECT * FROM unnest(%s::text[], %s::date[], %s::bytea[])
+"""
+_CLOSED_PERIODS = "SELECT month FROM ledger_periods"
+_PARTITIONS = r"""
+SELECT (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([0-9-]+)''\)'))[1]::date
+FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'closures'::regclass
 """
 
 _ENSURE_OFFSET_ROWS = """
@@ -56,13 +74,13 @@ FOR UPDATE
 """
 # The ids as one JSON array: orjson and the server's JSON parser beat adapting a Python list.
 _STORED_DIGESTS = """
-SELECT closure_id, content_sha256 FROM closures
+SELECT closure_id, content_sha256 FROM closure_ids
 WHERE closure_id IN (SELECT jsonb_array_elements_text(%s::jsonb))
 """
 _COUNT_DUPLICATES = """
 UPDATE closures AS c SET duplicates = c.duplicates + u.n, last_duplicate_at = now()
-FROM unnest(%s::text[], %s::bigint[]) AS u(closure_id, n)
-WHERE c.closure_id = u.closure_id
+FROM unnest(%s::text[], %s::bigint[]) AS u(closure_id, n), closure_ids AS i
+WHERE i.closure_id = u.closure_id AND c.closure_id = u.closure_id AND c.period = i.period
 """
 _INSERT_CONFLICT = """
 INSERT INTO closure_conflicts (closure_id, content_sha256, stored_content_sha256, total_token_count, record,
@@ -126,6 +144,8 @@ class PostgresLedgerStore:
         dsn = ledger_conninfo(dsn, timeouts or DatabaseTimeouts.defaults(), APPLICATION_NAME)
         self._writes = _Link(dsn)
         self._claims = _Link(dsn)
+        #: Months that have a partition of closures, as last read (None: not read yet).
+        self._partitions: set[date] | None = None
 
     async def close(self) -> None:
         await self._writes.close()
@@ -159,14 +179,38 @@ class PostgresLedgerStore:
             return True
 
     async def write(self, batch: LedgerBatch, *, isolate: bool = False) -> BatchOutcome:
+        while True:
+            try:
+                return await self._write(batch, isolate)
+            except _MissingPartitions as missing:
+                await self._make_partitions(missing.months)
+            except psycopg.errors.CheckViolation as error:
+                if not (error.diag.message_primary or "").startswith("no partition of relation"):
+                    raise
+                self._partitions = None  # one was detached since we looked: look again
+
+    async def _make_partitions(self, months: Iterable[date]) -> None:
+        async with self._writes.use() as connection:
+            for month in sorted(months):
+                async with connection.transaction():
+                    await connection.execute("SELECT ledger_ensure_partition(%s)", (month,))
+                log.info("made the partition of closures for %s", month.strftime("%Y-%m"))
+        self._partitions = None
+
+    async def _write(self, batch: LedgerBatch, isolate: bool) -> BatchOutcome:
         async with self._writes.use() as connection, connection.transaction():
+            if self._partitions is None:
+                cursor = await connection.execute(_PARTITIONS)
+                self._partitions = {month for (month,) in await cursor.fetchall()}
             fenced = await self._lock_offsets(connection, batch)
             if fenced:
                 batch = batch.without(fenced)
+            closed = await self._closed_periods(connection) if batch.rows else frozenset()
             if isolate:
-                written, duplicates, conflicts, refused = await self._write_one_by_one(connection, batch.rows)
+                written, duplicates, conflicts, refused = await self._write_one_by_one(connection, batch.rows,
+                                                                                        closed)
             else:
-                written, duplicates, conflicts = await self._write_rows(connection, batch.rows)
+                written, duplicates, conflicts = await self._write_rows(connection, batch.rows, closed)
                 refused = []
             rejects = (*batch.rejects, *refused)
             if rejects:
@@ -196,18 +240,25 @@ class PostgresLedgerStore:
         return {advance.key: stored.get(advance.key) for advance in advances
                 if stored.get(advance.key) != advance.expected}
 
+    @staticmethod
+    async def _closed_periods(connection: psycopg.AsyncConnection) -> frozenset[date]:
+        """The closed months, locked against closing another until this transaction ends."""
+        await connection.execute("LOCK TABLE ledger_periods IN SHARE MODE")
+        cursor = await connection.execute(_CLOSED_PERIODS)
+        return frozenset(month for (month,) in await cursor.fetchall())
+
     async def _stored_digests(self, connection: psycopg.AsyncConnection, ids: list[str]) -> dict[str, bytes]:
         if not ids:
             return {}
         cursor = await connection.execute(_STORED_DIGESTS, (orjson.dumps(ids).decode(),))
         return {closure_id: bytes(digest) for closure_id, digest in await cursor.fetchall()}
 
-    async def _write_rows(self, connection: psycopg.AsyncConnection,
-                          rows: tuple[ClosureRow, ...]) -> tuple[int, int, list[Conflict]]:
+    async def _write_rows(self, connection: psycopg.AsyncConnection, rows: tuple[ClosureRow, ...],
+                          closed: frozenset[date]) -> tuple[int, int, list[Conflict]]:
         stored = await self._stored_digests(connection, list({row.closure_id for row in rows}))
         plan = plan_batch(stored, rows)
         if plan.new_rows:
-            await self._copy_closures(connection, plan.new_rows)
+            await self._copy_closures(connection, plan.new_rows, closed)
         if plan.duplicates:
             ids = list(plan.duplicates)
             await connection.execute(_COUNT_DUPLICATES, (ids, [plan.duplicates[closure_id] for closure_id in ids]))
@@ -216,13 +267,20 @@ class PostgresLedgerStore:
                 await cursor.executemany(_INSERT_CONFLICT, [_conflict_params(conflict) for conflict in plan.conflicts])
         return len(plan.new_rows), sum(plan.duplicates.values()), plan.conflicts
 
-    async def _copy_closures(self, connection: psycopg.AsyncConnection, rows: list[ClosureRow]) -> None:
+    async def _copy_closures(self, connection: psycopg.AsyncConnection, rows: list[ClosureRow],
+                             closed: frozenset[date]) -> None:
+        booked = [booking_period(row.closed_month, closed) for row in rows]
+        missing = {period for period, _ in booked} - (self._partitions or set())
+        if missing:
+            raise _MissingPartitions(missing)
         async with connection.cursor() as cursor, cursor.copy(_COPY_CLOSURES) as copy:
-            for row in rows:
-                await copy.write_row(_copy_row(row))
+            for row, (period, late) in zip(rows, booked, strict=True):
+                await copy.write_row((*_copy_row(row), period.isoformat(), "t" if late else "f"))
+        await connection.execute(_INSERT_IDS, ([row.closure_id for row in rows], [period for period, _ in booked],
+                                               [row.content_sha256 for row in rows]))
 
     async def _write_one_by_one(
-        self, connection: psycopg.AsyncConnection, rows: tuple[ClosureRow, ...]
+        self, connection: psycopg.AsyncConnection, rows: tuple[ClosureRow, ...], closed: frozenset[date]
     ) -> tuple[int, int, list[Conflict], list[LedgerReject]]:
         """The rule applied row by row, each in a savepoint: a row the database refuses becomes a reject."""
         written = duplicates = 0
@@ -234,7 +292,7 @@ class PostgresLedgerStore:
                     stored = (await self._stored_digests(connection, [row.closure_id])).get(row.closure_id)
                     verdict = judge(stored, row.content_sha256)
                     if verdict is Verdict.NEW:
-                        await self._copy_closures(connection, [row])
+                        await self._copy_closures(connection, [row], closed)
                         written += 1
                     elif verdict is Verdict.DUPLICATE:
                         await connection.execute(_COUNT_DUPLICATES, ([row.closure_id], [1]))
@@ -247,11 +305,21 @@ class PostgresLedgerStore:
             except (psycopg.DataError, psycopg.IntegrityError) as error:
                 if isinstance(error, psycopg.errors.UniqueViolation):
                     raise  # another writer inserted this closure_id meanwhile: retry the batch
+                if (error.diag.message_primary or "").startswith("no partition of relation"):
+                    raise  # a partition detached meanwhile: not the row's fault
                 reason = f"the database refused the row: {describe_database_error(error)}"
                 log.warning("the database refused closure %r at %s/%d@%d: %s", row.closure_id,
                             row.source.topic, row.source.partition, row.source.offset, reason)
                 refused.append(LedgerReject(row.source, reason, None, row.raw))
         return written, duplicates, conflicts, refused
+
+
+class _MissingPartitions(Exception):
+    """The batch books closures into months that have no partition yet."""
+
+    def __init__(self, months: set[date]) -> None:
+        super().__init__(sorted(months))
+        self.months = months
 
 
 def _copy_row(row: ClosureRow) -> tuple[str | None, ...]:

@@ -19,9 +19,8 @@ from collections.abc import Collection
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from app.ledger.connection import DatabaseTimeouts
+from app.ledger.connection import DatabaseTimeouts, describe_dsn
 from app.ledger.consumer import LedgerConsumer
 from app.ledger.database_errors import PermanentDatabaseError
 from app.ledger.http import build_web_app, serve
@@ -33,19 +32,6 @@ from app.ledger.retry import DatabaseRetry, Stopped
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-#: libpq parameters that hold a secret (password: the login's; sslpassword: the client key's).
-SECRET_PARAMETERS = ("password", "sslpassword")
-
-
-def describe_dsn(dsn: str) -> str:
-    """The DSN without its secrets, for logs."""
-    params = conninfo_to_dict(dsn)
-    for name in SECRET_PARAMETERS:
-        if name in params:
-            params[name] = "***"
-    return make_conninfo("", **params)
 
 
 async def run_ledger(settings: Settings, stop: asyncio.Event, accepted_gaps: Collection[str] = ()) -> None:
