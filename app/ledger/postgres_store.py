@@ -179,15 +179,17 @@ class PostgresLedgerStore:
             return True
 
     async def write(self, batch: LedgerBatch, *, isolate: bool = False) -> BatchOutcome:
+        looked_again = False
         while True:
             try:
                 return await self._write(batch, isolate)
             except _MissingPartitions as missing:
                 await self._make_partitions(missing.months)
             except psycopg.errors.CheckViolation as error:
-                if not (error.diag.message_primary or "").startswith("no partition of relation"):
+                if looked_again or not (error.diag.message_primary or "").startswith("no partition of relation"):
                     raise
-                self._partitions = None  # one was detached since we looked: look again
+                self._partitions = None  # one was detached since we looked: look again, once
+                looked_again = True
 
     async def _make_partitions(self, months: Iterable[date]) -> None:
         async with self._writes.use() as connection:

@@ -76,8 +76,18 @@ BEGIN
     IF p_month <> date_trunc('month', p_month)::date THEN
         RAISE EXCEPTION 'ledger_ensure_partition: % is not the first day of a month', p_month;
     END IF;
-    EXECUTE format('CREATE TABLE IF NOT EXISTS %I PARTITION OF closures FOR VALUES FROM (%L) TO (%L)',
-                   name, p_month, (p_month + interval '1 month')::date);
+    -- Ledgers making the same month's partition together queue here; the later ones find it made.
+    PERFORM pg_advisory_xact_lock(hashtext('ledger_ensure_partition'));
+    IF to_regclass(name) IS NULL THEN
+        EXECUTE format('CREATE TABLE %I PARTITION OF closures FOR VALUES FROM (%L) TO (%L)',
+                       name, p_month, (p_month + interval '1 month')::date);
+    ELSIF NOT EXISTS (SELECT 1 FROM pg_inherits
+                      WHERE inhrelid = to_regclass(name) AND inhparent = 'closures'::regclass) THEN
+        -- A month detached while still open: the ledger waits (retrying) for a person.
+        RAISE EXCEPTION '% exists but is no partition of closures (detached while its month was open?): '
+                        'attach it again, or rename it', name
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
     RETURN name;
 END
 $$;
