@@ -32,37 +32,13 @@ DROP VIEW ledger_usage_monthly;
 DROP VIEW ledger_usage_daily;
 DROP FUNCTION ledger_usage(text, date, date, text);
 
+-- The same columns, defaults and CHECKs, and where each closure is billed:
+-- `period`, its closed_at month (UTC), or the first open month after it when
+-- that one was closed (then `late`).
 CREATE TABLE closures (
-    closure_id          text NOT NULL,
-    session_id          text NOT NULL,
-    tenant_id           text NOT NULL,
-    provider_id         text NOT NULL,
-    model               text NOT NULL,
-    reason              text NOT NULL CHECK (reason IN ('closed', 'ttl_expired')),
-    created_at          timestamptz NOT NULL,
-    activated_at        timestamptz,
-    closed_at           timestamptz NOT NULL,
-    ttl_secs            bigint NOT NULL CHECK (ttl_secs > 0),
-    round_count         bigint NOT NULL CHECK (round_count >= 0),
-    missing_rounds      bigint NOT NULL CHECK (missing_rounds BETWEEN 0 AND round_count),
-    initial_token_count bigint NOT NULL CHECK (initial_token_count >= 0),
-    delta_token_count   bigint NOT NULL CHECK (delta_token_count >= 0),
-    total_token_count   numeric(20, 0) NOT NULL
-                        CHECK (total_token_count = initial_token_count::numeric + delta_token_count),
-    record              jsonb NOT NULL,
-    content_sha256      bytea NOT NULL,
-    emitted_at          timestamptz NOT NULL,
-    first_seen_at       timestamptz NOT NULL DEFAULT now(),
-    source_topic        text NOT NULL,
-    source_partition    integer NOT NULL,
-    source_offset       bigint NOT NULL,
-    duplicates          bigint NOT NULL DEFAULT 0,
-    last_duplicate_at   timestamptz,
-    record_json         text,
-    -- The month the closure is billed in: its closed_at month (UTC), or the
-    -- first open month after it when that one was closed (then late).
-    period              date NOT NULL,
-    late                boolean NOT NULL,
+    LIKE closures_unpartitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS,
+    period  date NOT NULL,
+    late    boolean NOT NULL,
     PRIMARY KEY (closure_id, period)
 ) PARTITION BY RANGE (period);
 CREATE INDEX closures_tenant_closed_at ON closures (tenant_id, closed_at);
@@ -191,6 +167,9 @@ RETURNS TABLE (
     billed_token_count numeric
 )
 LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_from timestamptz := p_from::timestamp AT TIME ZONE 'UTC';
+    v_to timestamptz := (p_to + 1)::timestamp AT TIME ZONE 'UTC';
 BEGIN
     IF p_by IS NULL OR p_by NOT IN ('total', 'provider', 'model', 'day', 'month') THEN
         RAISE EXCEPTION 'ledger_usage: p_by must be total, provider, model, day or month, not %', p_by
@@ -206,8 +185,7 @@ BEGIN
         WHERE c.tenant_id = p_tenant
           AND (p_as_of IS NULL OR c.first_seen_at <= p_as_of)
           AND CASE WHEN p_period IS NOT NULL THEN c.period = p_period
-                   ELSE c.closed_at >= (p_from::timestamp AT TIME ZONE 'UTC')
-                    AND c.closed_at < ((p_to + 1)::timestamp AT TIME ZONE 'UTC') END
+                   ELSE c.closed_at >= v_from AND c.closed_at < v_to END
     ),
     corrections AS (
         -- Each adjustment with the closure it corrects (whichever period holds that one).
@@ -218,8 +196,7 @@ BEGIN
         WHERE a.tenant_id = p_tenant
           AND (p_as_of IS NULL OR a.created_at <= p_as_of)
           AND CASE WHEN p_period IS NOT NULL THEN a.period = p_period
-                   ELSE c.closed_at >= (p_from::timestamp AT TIME ZONE 'UTC')
-                    AND c.closed_at < ((p_to + 1)::timestamp AT TIME ZONE 'UTC') END
+                   ELSE c.closed_at >= v_from AND c.closed_at < v_to END
     ),
     items AS (
         SELECT s.provider_id, s.model, s.closed_at, 1 AS closures, s.late::int AS late_closures,
