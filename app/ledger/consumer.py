@@ -74,7 +74,6 @@ class LedgerConsumer:
         self._gaps: dict[Partition, Gap] = {}
         #: Since when closures have waited with no batch committed (monotonic); None: caught up.
         self._waiting_since: float | None = None
-        metrics.stalled_seconds.set_function(self.stalled_secs)
         self.listener = _DatabaseOffsets(self)
         self.assigned_once = False
 

@@ -52,7 +52,7 @@ class LedgerMetrics:
             registry=self.registry)
         self.stalled_seconds = Gauge(
             "accountant_ledger_stalled_seconds", "Seconds since the last committed batch while closures wait "
-            "to be written; 0 when caught up.", registry=self.registry)
+            "to be written, or since the database last answered; 0 when caught up.", registry=self.registry)
 
     def count(self, outcome: BatchOutcome) -> None:
         self.closures_written.inc(outcome.written)

@@ -36,6 +36,13 @@ class DatabaseRetry:
         self._metrics = metrics
         self._first_delay = first_delay
         self._max_delay = max_delay
+        #: Since when the database has failed with no success in between (monotonic); None: it answers.
+        self._failing_since: float | None = None
+
+    def failing_secs(self) -> float:
+        """Seconds the database has failed every operation; 0 while it answers."""
+        since = self._failing_since
+        return 0.0 if since is None else time.monotonic() - since
 
     async def __call__(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
         """The operation's result; transient errors are logged, counted and
@@ -59,6 +66,8 @@ class DatabaseRetry:
                     failing_since = time.monotonic()
                 if not isinstance(error, psycopg.errors.UniqueViolation):
                     self._metrics.database_up.set(0)
+                    if self._failing_since is None:
+                        self._failing_since = time.monotonic()
                 log.warning("%s failed (%s); retrying in %.1f s (failing for %.0f s)", what,
                             describe_database_error(error), delay, time.monotonic() - failing_since)
                 await self.wait(delay)
@@ -66,6 +75,7 @@ class DatabaseRetry:
                 continue
             if failing_since is not None:
                 log.info("%s succeeded after %.1f s of failures", what, time.monotonic() - failing_since)
+            self._failing_since = None
             self._metrics.database_up.set(1)
             return result
 

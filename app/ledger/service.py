@@ -41,8 +41,15 @@ async def run_ledger(settings: Settings, stop: asyncio.Event, accepted_gaps: Col
     store = PostgresLedgerStore(settings.ledger_dsn, DatabaseTimeouts.from_settings(settings))
     ledger: LedgerConsumer | None = None
 
+    def stalled_secs() -> float:
+        """Since the last committed batch while closures wait; or since the database
+        last answered (it may fail before the ledger knows of any closure)."""
+        return max(ledger.stalled_secs() if ledger else 0.0, retry.failing_secs())
+
+    metrics.stalled_seconds.set_function(stalled_secs)
+
     def status() -> dict:
-        stalled = ledger.stalled_secs() if ledger else 0.0
+        stalled = stalled_secs()
         gaps = [gap.flag for gap in ledger.gaps] if ledger else []
         return {
             "ready": ledger is not None and ledger.assigned_once,

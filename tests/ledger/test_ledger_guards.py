@@ -11,6 +11,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import orjson
 import psycopg
@@ -174,3 +175,27 @@ def test_a_database_that_cannot_be_used_stops_the_ledger_with_one_line_naming_th
 
 def _clean_env() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if not key.startswith("ACCOUNTANT_")}
+
+
+def test_a_database_down_from_the_start_turns_healthz_503_after_the_stall_timeout(tmp_path: Path) -> None:
+    env = {"ACCOUNTANT_BROKER": "127.0.0.1:1", "ACCOUNTANT_LEDGER_DSN": "postgresql://ledger@127.0.0.1:1/ledger",
+           "ACCOUNTANT_LEDGER_STALL_TIMEOUT_SECS": "2", "ACCOUNTANT_LEDGER_CONNECT_TIMEOUT_SECS": "2"}
+    ledger = LedgerProcess("ledger", env, tmp_path)
+    ledger.start()
+    try:
+        wait_for("/healthz to answer", lambda: ledger.check_alive() or _answers(ledger), 30, interval=0.2)
+        wait_for("/healthz to answer 503", lambda: ledger.get("/healthz")[0] == 503, 30, interval=0.3,
+                 observed=ledger.log_tail)
+        assert ledger.get("/healthz")[1]["stalled_secs"] >= 2
+        assert ledger.metric("accountant_ledger_database_retries_total") > 0
+        assert "retrying" in ledger.log_tail() and "Traceback" not in ledger.log_tail()
+    finally:
+        ledger.stop()
+
+
+def _answers(process: LedgerProcess) -> bool:
+    try:
+        process.get("/healthz")
+    except OSError:
+        return False
+    return True
