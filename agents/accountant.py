@@ -32,11 +32,14 @@ from typing import Any, cast
 import faust
 from faust.types import TP
 
-from agents.changes import BatchChanges
-from agents.cursors import InputCursors
-from agents.scheduler import DeadlineSchedule
+from agents.changes import BatchChanges, Lookup
+from agents.cursors import STALE, FreshRecords, Gap, InputCursors
+from agents.scheduler import DeadlineSchedule, TtlWatermarks
 from agents.sender import AcknowledgedSender, Record, SendFailed, key_text, record_log_fields
-from app.faust_compat import BatchConsumer, InputBatch, enable_batches
+from agents.transactions import PartitionTransactions
+from agents.uncommitted import UncommittedStates
+from app.faust_compat import BatchConsumer, InputBatch, InputGap, enable_batches
+from app.kafka_config import client_options
 from app.logs import log_fields
 from app.metrics import AccountingMetrics
 from app.rules import (
@@ -67,6 +70,10 @@ log = logging.getLogger(__name__)
 
 #: A due session whose state did not change is looked at again after this long.
 RETRY_DUE = 5 * SECOND
+#: How long the broker has to answer a produce request (Faust's default is
+#: 20 minutes): a worker cut off longer than a rebalance allows stops
+#: (agents/sender.py RETRY_FOR_SECS) rather than write late.
+PRODUCER_REQUEST_TIMEOUT_SECS = 30.0
 
 
 def now_micros() -> int:
@@ -98,12 +105,25 @@ class SessionAccountant:
                                       value_type=bytes, key_serializer="raw", value_serializer="raw")
         self.consumer: BatchConsumer = enable_batches(app, [settings.events_topic])
         self.sender = AcknowledgedSender(app.producer)
+        #: exactly_once: the open transaction of each owned input partition.
+        self.transactions: PartitionTransactions | None = None
+        self._uncommitted: UncommittedStates | None = None
+        if settings.processing_guarantee == "exactly_once":
+            self.transactions = PartitionTransactions(
+                app_id=settings.app_id, input_topic=settings.events_topic, group_id=settings.app_id,
+                client_options=client_options(settings),
+                transaction_timeout_ms=int(settings.transaction_timeout_secs * 1000),
+                request_timeout_ms=int(PRODUCER_REQUEST_TIMEOUT_SECS * 1000))
+            self.consumer.commits_batch_topics = False
+            self.consumer.on_assigning = self._fence
+            self.consumer.before_commit = self._commit_before_rebalance
         #: Held while a batch or a tick is applied and written: one writer.
         self._lock = asyncio.Lock()
         #: Set when a write failed: the worker is stopping and accounts nothing more.
         self.failure: Exception | None = None
         self._request_stop = request_stop
         self._scheduled_partitions: set[int] = set()
+        self.ttl_watermarks = TtlWatermarks()
         #: Sessions not yet closed, per owned partition.
         self.open_sessions: dict[int, int] = {}
         #: Monotonic time of the last batch, tick or recovery the agent finished.
@@ -116,9 +136,22 @@ class SessionAccountant:
     def store(self) -> SessionStore:
         return cast(SessionStore, self.table.data)
 
+    @property
+    def states(self) -> Lookup:
+        """What the agent reads sessions from: the store, and under
+        exactly_once what open transactions wrote over it."""
+        if self.transactions is None:
+            return self.store
+        if self._uncommitted is None:
+            self._uncommitted = UncommittedStates(self.store)
+        return self._uncommitted
+
     def register(self) -> None:
         self.app.agent(self.events_topic, name="account", concurrency=1)(self._consume)
         self.app.timer(self.settings.timer_interval_secs, name="deadlines")(self._on_tick)
+        if self.transactions is not None:
+            self.app.timer(self.settings.transaction_commit_interval_secs / 2, name="transactions")(
+                self._on_commit_tick)
         self.table.on_recover(self._on_recovered)
         # mode types a receiver as taking any positional arguments.
         self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
@@ -154,16 +187,21 @@ class SessionAccountant:
 
     async def _account_batch(self, batch: InputBatch) -> None:
         now = now_micros()
-        changes = BatchChanges(self.store)
+        changes = BatchChanges(self.states)
         accounted = []
+        gaps = []
         for fetch in batch.fetches:
-            fresh = self.cursors.fresh(fetch, self.consumer.read_start(TP(batch.topic, fetch.partition)))
-            if fresh is None:
+            verdict = self.cursors.fresh(fetch, self.consumer.read_start(TP(batch.topic, fetch.partition)))
+            if verdict is STALE:
                 self.metrics.stale_fetches.inc()
                 continue
-            if fresh.offsets_without_records:
-                self.metrics.input_offsets_without_records.inc(fresh.offsets_without_records)
-            for record in fresh.records:
+            if isinstance(verdict, Gap):
+                gaps.append(verdict)
+                continue
+            assert isinstance(verdict, FreshRecords)
+            if verdict.offsets_without_records:
+                self.metrics.input_offsets_without_records.inc(verdict.offsets_without_records)
+            for record in verdict.records:
                 self._account_record(record, changes, now)
             accounted.append(fetch)
         self.metrics.batch_events.observe(len(batch))
@@ -171,7 +209,27 @@ class SessionAccountant:
         for fetch in accounted:
             self.cursors.advance(fetch)
             self.consumer.mark_accounted(TP(batch.topic, fetch.partition), fetch.position)
+            if self.transactions is not None:
+                self.transactions.advance(fetch.partition, fetch.position)
+        for gap in gaps:
+            await self._read_again(gap)
+        self._report_input_gaps()
+        if self.transactions is not None:
+            await self._commit(self.transactions.due(self.settings.transaction_commit_interval_secs))
         self.last_progress = time.monotonic()
+
+    async def _read_again(self, gap: Gap) -> None:
+        """A fetch began after the cursor: refuse it and read the partition
+        again from the cursor; the commit stays where the cursor is."""
+        self.metrics.refused_fetches.inc()
+        log.warning("input partition %d: a fetch began at offset %d, after the next offset to account for (%d); "
+                    "refused, reading the partition again from %d", gap.partition, gap.fetch_start, gap.expected,
+                    gap.expected)
+        await self.consumer.reseek(TP(self.settings.events_topic, gap.partition), gap.expected)
+
+    def _report_input_gaps(self) -> None:
+        for gap in self.consumer.take_gaps():
+            report_input_gap(gap, self.metrics)
 
     def _account_record(self, record: Any, changes: BatchChanges, now: int) -> None:
         source = Source(record.topic, record.partition, record.offset)
@@ -197,7 +255,7 @@ class SessionAccountant:
             assert session_id is not None
             changes.put(session_id, record.partition, state, new_state)
         for output in published:
-            changes.publish(output)
+            changes.publish(output, record.partition)
 
     def _encode_outputs(self, outputs: tuple[Any, ...], changes: BatchChanges, now: int,
                         original: bytes | None = None) -> list[Record]:
@@ -220,7 +278,7 @@ class SessionAccountant:
             Source(record.topic, record.partition, record.offset))
         for output in self._encode_outputs((rejection, Outcome(Result.REJECTED, None, Reason.INTERNAL_ERROR)),
                                            changes, now, record.value):
-            changes.publish(output)
+            changes.publish(output, record.partition)
 
     # -- writing: outputs, then changelog, then store -------------------------
 
@@ -228,15 +286,29 @@ class SessionAccountant:
         if not changes:
             self.metrics.count(changes.outcomes)
             return
-        self.metrics.outputs_in_flight.set(len(changes.outputs))
-        await self.sender.send_all(changes.outputs)
-        self.metrics.outputs_in_flight.set(0)
         changelog = self.table.changelog_topic.get_topic_name()
         records = [Record(changelog, session_id.encode("utf-8"),
                           None if change.after is None else encode_state(change.after), change.partition)
                    for session_id, change in changes.states.items()]
-        acknowledged = await self.sender.send_all(records)
-        self._store(changes, records, acknowledged, now)
+        if self.transactions is None:
+            outputs = changes.all_outputs()
+            self.metrics.outputs_in_flight.set(len(outputs))
+            await self.sender.send_all(outputs)
+            self.metrics.outputs_in_flight.set(0)
+            acknowledged = await self.sender.send_all(records)
+            self._store(changes, records, acknowledged, now)
+        else:
+            # One transaction per input partition holds its outputs and its
+            # changelog records alike: no order between them is needed, so
+            # both go in one round trip.
+            by_partition = {partition: list(outputs) for partition, outputs in changes.outputs.items()}
+            for record in records:
+                assert record.partition is not None
+                by_partition.setdefault(record.partition, []).append(record)
+            self.metrics.outputs_in_flight.set(sum(len(outputs) for outputs in changes.outputs.values()))
+            acknowledged_by_partition = await self.transactions.send(by_partition)
+            self.metrics.outputs_in_flight.set(0)
+            self._stage(changes, records, acknowledged_by_partition, now)
         self.metrics.count(changes.outcomes)
 
     def _store(self, changes: BatchChanges, records: list[Record], acknowledged: list[Any], now: int) -> None:
@@ -254,6 +326,84 @@ class SessionAccountant:
         changelog = records[0].topic if records else ""
         for partition, offset in last_offsets.items():
             store.set_persisted_offset(TP(changelog, partition), offset)
+
+    def _stage(self, changes: BatchChanges, records: list[Record], acknowledged: dict[int, list[Any]],
+               now: int) -> None:
+        """exactly_once: the states wait in `UncommittedStates` for their
+        partition's transaction to commit (`_commit`)."""
+        uncommitted = cast(UncommittedStates, self.states)
+        for (session_id, change), record in zip(changes.states.items(), records, strict=True):
+            uncommitted.put(change.partition, session_id, change.after, record.value)
+            self._track(session_id, change.partition, change.before, change.after, now)
+        changelog = self.table.changelog_topic.get_topic_name()
+        for partition, acknowledgements in acknowledged.items():
+            for metadata in acknowledgements:
+                if metadata.topic == changelog:
+                    uncommitted.written_to(partition, metadata.offset)
+
+    # -- exactly_once: transactions -------------------------------------------
+
+    async def _commit(self, partitions: list[int]) -> None:
+        """Commit these partitions' transactions, then store what they wrote."""
+        if not partitions:
+            return
+        assert self.transactions is not None
+        await self.transactions.commit(partitions)
+        uncommitted = cast(UncommittedStates, self.states)
+        changelog = self.table.changelog_topic.get_topic_name()
+        store = self.store
+        for partition in partitions:
+            writes = uncommitted.committed(partition)
+            if writes is None:
+                continue
+            store.write(partition, {session_id: encoded for session_id, (_, encoded) in writes.states.items()})
+            if writes.changelog_offset >= 0:
+                store.set_persisted_offset(TP(changelog, partition), writes.changelog_offset)
+        self.metrics.transaction_commits.inc(len(partitions))
+        self.consumer.last_commit_at = time.monotonic()
+
+    async def _on_commit_tick(self) -> None:
+        """Commit transactions that have been open for the commit interval
+        while no batch came to commit them."""
+        if self.transactions is None or self.app.rebalancing or self.failure is not None:
+            return
+        async with self._lock:
+            try:
+                await self._commit(self.transactions.due(self.settings.transaction_commit_interval_secs))
+            except Exception as error:
+                self._stop_on(error)
+
+    async def _commit_before_rebalance(self) -> None:
+        """A rebalance (or a stop) begins: commit every open transaction, so
+        the partitions are handed over with all they accounted."""
+        assert self.transactions is not None
+        if self.failure is not None:
+            return  # stopping: what is uncommitted is aborted by the next owner
+        async with self._lock:
+            try:
+                await self._commit(self.transactions.pending())
+            except Exception as error:
+                self._stop_on(error)
+
+    async def _fence(self, assigned: set[TP]) -> None:
+        """Partitions were assigned: before Faust reads their changelog or
+        committed offsets, own their transactional ids anew. A partition kept
+        through the rebalance is fenced again too: another worker may have
+        owned it in between, which fenced this worker's producer."""
+        assert self.transactions is not None
+        partitions = {tp.partition for tp in assigned if tp.topic == self.settings.events_topic}
+        async with self._lock:
+            dropped = self.transactions.partitions()
+            if self._uncommitted is not None:
+                self._uncommitted.forget(dropped)
+            await self.transactions.close(dropped)
+            if self.failure is not None:
+                return
+            try:
+                await self.transactions.fence(partitions)
+            except Exception as error:
+                self._stop_on(error)
+                raise
 
     def _track(self, session_id: str, partition: int, before: Any, after: Any, now: int) -> None:
         """Deadlines, the live-session count and the closure counter follow each write."""
@@ -280,16 +430,21 @@ class SessionAccountant:
 
     async def _close_and_purge_due(self) -> None:
         now = now_micros()
-        changes = BatchChanges(self.store)
+        changes = BatchChanges(self.states)
         for partition in sorted(self._scheduled_partitions):
-            if not self._caught_up(partition):
-                # Events still waiting in this partition may belong to a
-                # session that is due; closing it first would reject them.
+            due_at = self._ttl_due_time(partition, now)
+            if due_at is None:
                 continue
-            for session_id in self.schedule.pop_due(now, partition):
+            for session_id in self.schedule.pop_due(due_at, partition):
                 self._apply_due(session_id, partition, changes, now)
         await self._write(changes, now)
+        self._report_input_gaps()
         self.last_progress = time.monotonic()
+
+    def _ttl_due_time(self, partition: int, now: int) -> int | None:
+        tp = TP(self.settings.events_topic, partition)
+        accounted = self.cursors.offset(partition, self.consumer.read_start(tp))
+        return self.ttl_watermarks.due_time(partition, accounted, self.consumer.stable_end(tp), now)
 
     def _apply_due(self, session_id: str, partition: int, changes: BatchChanges, now: int) -> None:
         state: Stored | None = changes.get(session_id)
@@ -299,26 +454,11 @@ class SessionAccountant:
         command = Expire(session_id) if _is_open(state) else Purge(session_id)
         new_state, outputs = apply(state, command, now, self.policy)
         for output in self._encode_outputs(outputs, changes, now):
-            changes.publish(output)
+            changes.publish(output, partition)
         if new_state is state:
             self.schedule.set(partition, session_id, max(due_at, now + RETRY_DUE))
         else:
             changes.put(session_id, partition, state, new_state)
-
-    def _caught_up(self, partition: int) -> bool:
-        """Whether every event of the partition up to its stable end, as the
-        consumer last saw it, is accounted: the position passes transaction
-        markers, so a trailing marker does not hold TTL closes back."""
-        tp = TP(self.settings.events_topic, partition)
-        start = self.consumer.read_start(tp)
-        fetched = self.consumer.fetched_to(tp)
-        end = self.consumer.stable_end(tp)
-        accounted = self.cursors.offset(partition, start)
-        if start is None or fetched is None or end is None:
-            return False
-        if accounted is None:
-            accounted = start.offset  # nothing fetched since the seek
-        return accounted >= fetched >= end
 
     # -- progress (app/metrics.py `Progress`, and /healthz) -------------------
 
@@ -327,11 +467,10 @@ class SessionAccountant:
         lags = {}
         for partition in self._scheduled_partitions:
             tp = TP(self.settings.events_topic, partition)
-            start = self.consumer.read_start(tp)
+            accounted = self.cursors.offset(partition, self.consumer.read_start(tp))
             end = self.consumer.stable_end(tp)
-            if start is not None and end is not None:
-                accounted = self.cursors.offset(partition, start)
-                lags[partition] = max(end - (start.offset if accounted is None else accounted), 0)
+            if accounted is not None and end is not None:
+                lags[partition] = max(end - accounted, 0)
         return lags
 
     def last_commit_age(self) -> float | None:
@@ -378,7 +517,7 @@ class SessionAccountant:
     async def _schedule_partitions(self, partitions: set[int]) -> None:
         """One pass over the partitions' sessions, once per assignment, never per tick."""
         now = now_micros()
-        changes = BatchChanges(self.store)
+        changes = BatchChanges(self.states)
         for partition in partitions:
             self.open_sessions[partition] = 0
         for session_id, state in self.store.items_in(partitions):
@@ -388,7 +527,7 @@ class SessionAccountant:
                 settled, owed = settle_owed(state)
                 changes.put(session_id, state.partition, state, settled)
                 for output in self._encode_outputs(owed, changes, now):
-                    changes.publish(output)
+                    changes.publish(output, state.partition)
         await self._write(changes, now)
         log.info("scheduled partitions %s: %d sessions due-tracked", sorted(partitions), len(self.schedule))
 
@@ -397,8 +536,21 @@ class SessionAccountant:
         self.schedule.drop_partitions(partitions)
         self._scheduled_partitions -= partitions
         self.cursors.forget(partitions)
+        self.ttl_watermarks.forget(partitions)
         for partition in partitions:
             self.open_sessions.pop(partition, None)
+
+
+def report_input_gap(gap: InputGap, metrics: AccountingMetrics) -> None:
+    """Input the group never accounted and can no longer read: an error with
+    a metric, never silence."""
+    lost = gap.log_start - gap.expected
+    metrics.input_gaps.inc()
+    metrics.input_gap_offsets.inc(lost)
+    with log_fields(partition=gap.partition):
+        log.error("input partition %d: offsets %d to %d (%d) were deleted before they were accounted (retention or "
+                  "a deleted record range); their events are not billed. Reading on from %d.", gap.partition,
+                  gap.expected, gap.log_start - 1, lost, gap.log_start)
 
 
 def _is_open(state: Any) -> bool:

@@ -35,7 +35,8 @@ class BatchChanges:
         self._store = store
         self.states: dict[str, Change] = {}
         self._read: dict[str, Any] = {}
-        self.outputs: list[Record] = []
+        #: Closures and rejections, by the input partition that caused them.
+        self.outputs: dict[int, list[Record]] = {}
         #: How the batch's events ended, counted once the batch is written.
         self.outcomes: Counter[Any] = Counter()
 
@@ -58,5 +59,8 @@ class BatchChanges:
         else:
             change.after = after
 
-    def publish(self, record: Record) -> None:
-        self.outputs.append(record)
+    def publish(self, record: Record, source_partition: int) -> None:
+        self.outputs.setdefault(source_partition, []).append(record)
+
+    def all_outputs(self) -> list[Record]:
+        return [record for records in self.outputs.values() for record in records]

@@ -1,13 +1,18 @@
 """Where the agent is in each input partition, and which fetched records are new.
 
-The consumer (app/faust_compat.py) seeks a partition to its committed offset
-whenever it is assigned, and records that `ReadStart`; every fetch carries
-the seek epoch it was drained in and the consumer's position after it. A
-fetch drained before the latest seek of its partition is stale: the seek
-moved the consumer back, and those records come again. Within one epoch the
-fetches of a partition follow each other without gaps, except for offsets
-that hold no event the agent may see: transaction markers, records of
-aborted transactions (read_committed), or a log start moved by retention.
+The consumer (app/faust_compat.py) seeks a partition whenever it is assigned,
+and records that `ReadStart` in the same step as the seek; every fetch
+carries the seek epoch it was drained in and the exact span of offsets it
+covers (`start` up to `position`). A fetch is then one of:
+
+- stale: drained before the latest seek of its partition; the seek moved
+  the consumer back, and those records come again;
+- a gap: it begins after the cursor, so offsets between them were read by
+  no one the agent knows of; it is refused, and the partition is read
+  again from the cursor (never committed past);
+- fresh: it begins at or before the cursor; records before the cursor were
+  accounted already, and offsets of the span without a record hold no event
+  the agent may see (transaction markers, aborted transactions).
 """
 
 from __future__ import annotations
@@ -36,22 +41,42 @@ class FreshRecords:
     offsets_without_records: int
 
 
+@dataclass(frozen=True, slots=True)
+class Stale:
+    """A fetch drained before the partition's latest seek."""
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A fetch that begins after the cursor: offsets `expected` up to
+    `fetch_start` reached no one."""
+
+    partition: int
+    expected: int
+    fetch_start: int
+
+
+STALE = Stale()
+
+
 class InputCursors:
     def __init__(self) -> None:
         self._cursors: dict[int, Cursor] = {}
 
-    def fresh(self, fetch: Fetch, start: Start | None) -> FreshRecords | None:
-        """The records of `fetch` to account for, or None if the fetch is stale
-        (drained before the partition's latest seek, or before it has one)."""
+    def fresh(self, fetch: Fetch, start: Start | None) -> FreshRecords | Stale | Gap:
+        """What of `fetch` to account for."""
         if start is None or fetch.seek_epoch != start.seek_epoch:
-            return None
+            return STALE
         cursor = self._cursors.get(fetch.partition)
         if cursor is None or cursor.seek_epoch != start.seek_epoch:
             cursor = self._cursors[fetch.partition] = Cursor(start.seek_epoch, start.offset)
+        if fetch.start > cursor.offset:
+            return Gap(fetch.partition, cursor.offset, fetch.start)
         records = fetch.records
-        if records and records[0].offset < cursor.offset:
+        if fetch.start < cursor.offset and records and records[0].offset < cursor.offset:
             records = [record for record in records if record.offset >= cursor.offset]
-        return FreshRecords(records, max(fetch.position - cursor.offset - len(records), 0))
+        spanned = fetch.position - max(fetch.start, cursor.offset)
+        return FreshRecords(records, max(spanned - len(records), 0))
 
     def advance(self, fetch: Fetch) -> None:
         """Everything of the fetch's partition before its position is accounted."""
@@ -60,10 +85,12 @@ class InputCursors:
 
     def offset(self, partition: int, start: Start | None) -> int | None:
         """The next offset to account for in the partition's current read
-        (the one `start` began), None before its first fresh fetch."""
-        cursor = self._cursors.get(partition)
-        if cursor is None or start is None or cursor.seek_epoch != start.seek_epoch:
+        (the one `start` began): the read start before its first fresh fetch."""
+        if start is None:
             return None
+        cursor = self._cursors.get(partition)
+        if cursor is None or cursor.seek_epoch != start.seek_epoch:
+            return start.offset
         return cursor.offset
 
     def forget(self, partitions: set[int]) -> None:

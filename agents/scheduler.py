@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 
 class DeadlineSchedule:
@@ -45,3 +46,43 @@ class DeadlineSchedule:
                 del self._deadline[session_id]
                 due.append(session_id)
         return due
+
+
+@dataclass(frozen=True, slots=True)
+class TtlMark:
+    """A partition's stable end as a tick past due time saw it, and when."""
+
+    stable_end: int
+    noted_at: int
+
+
+class TtlWatermarks:
+    """When a partition's sessions may be closed by TTL.
+
+    Events still waiting before a partition's end may belong to a due
+    session, and closing it first would reject them. The first tick notes
+    the partition's stable end and the time; sessions due by that time are
+    closed once every event up to that end is accounted. Events after it
+    came later than the deadline. A partition whose input never stops
+    reaches the mark within a batch or two, so its TTL closes never starve
+    (the previous rule waited for the partition to be fully caught up, which
+    sustained input never allowed: issue 20)."""
+
+    def __init__(self) -> None:
+        self._marks: dict[int, TtlMark] = {}
+
+    def due_time(self, partition: int, accounted: int | None, stable_end: int | None, now: int) -> int | None:
+        """The time up to which the partition's sessions may be closed now, or None."""
+        if accounted is None or stable_end is None:
+            return None
+        mark = self._marks.get(partition)
+        if mark is None:
+            mark = self._marks[partition] = TtlMark(stable_end, now)
+        if accounted < mark.stable_end:
+            return None
+        del self._marks[partition]
+        return mark.noted_at
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        for partition in partitions:
+            self._marks.pop(partition, None)

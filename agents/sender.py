@@ -25,8 +25,11 @@ from app.logs import log_fields
 
 log = logging.getLogger(__name__)
 
-#: How long retriable failures of one record are retried before the worker stops.
-RETRY_FOR_SECS = 300.0
+#: How long retriable failures of one record are retried before the worker
+#: stops. Bounded by what a rebalance allows: a worker cut off from the
+#: brokers for longer has likely lost its partitions, and at-least-once has
+#: no fence against its late writes (docs/guarantees.md).
+RETRY_FOR_SECS = 60.0
 _FIRST_PAUSE_SECS = 0.5
 _MAX_PAUSE_SECS = 10.0
 
@@ -71,8 +74,9 @@ def _retriable(error: BaseException) -> bool:
 class AcknowledgedSender:
     """Sends records through the app's producer and awaits their acknowledgements."""
 
-    def __init__(self, producer: Any) -> None:
+    def __init__(self, producer: Any, retry_for_secs: float = RETRY_FOR_SECS) -> None:
         self._producer = producer
+        self._retry_for_secs = retry_for_secs
 
     async def send_all(self, records: Sequence[Record]) -> list[Any]:
         """The broker's acknowledgement (RecordMetadata) of each record, in
@@ -92,13 +96,18 @@ class AcknowledgedSender:
                     acknowledgements[index] = outcome
             if not failed:
                 break
-            first, error = records[failed[0][0]], failed[0][1]
-            if isinstance(error, asyncio.CancelledError):
-                raise error
-            if not _retriable(error) or time.monotonic() - started > RETRY_FOR_SECS:
-                raise SendFailed(f"{len(failed)} record(s) to {first.topic} not delivered "
-                                 f"(first: partition {first.partition}, {len(first.value or b'')} bytes): "
-                                 f"{error!r}", first) from error
+            for _, error in failed:
+                if isinstance(error, asyncio.CancelledError):
+                    raise error
+            # Every failure is judged: one permanent error among retriable
+            # ones stops the worker now, not after the retry window.
+            permanent = [(index, error) for index, error in failed if not _retriable(error)]
+            index, error = permanent[0] if permanent else failed[0]
+            first = records[index]
+            if permanent or time.monotonic() - started >= self._retry_for_secs:
+                raise SendFailed(f"{len(failed)} record(s) not delivered (the first {'permanent' if permanent else ''}"
+                                 f" failure: {first.topic} partition {first.partition}, "
+                                 f"{len(first.value or b'')} bytes): {error!r}", first) from error
             with log_fields(**record_log_fields(first)):
                 log.warning("%d record(s) to %s not delivered yet (%r); sending them again in %.1f s",
                             len(failed), first.topic, error, pause)

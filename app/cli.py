@@ -16,7 +16,7 @@ import click
 from app import logs
 from app.dev.simulator import simulate_command
 from app.preflight import KafkaCheckError, run_kafka_check
-from app.settings import Settings, SettingsError, load_settings
+from app.settings import Settings, SettingsError, exposure_warnings, load_settings
 
 # Named, not __name__: run as `python -m app.cli` that would be "__main__".
 log = logging.getLogger("app.cli")
@@ -40,6 +40,8 @@ def _run_worker(settings: Settings) -> None:
     from app.topics import ensure_topics
 
     logs.configure(settings)
+    for warning in exposure_warnings(settings):
+        log.warning("%s", warning)
     try:
         run_kafka_check(settings)
     except KafkaCheckError as error:

@@ -21,16 +21,20 @@ import asyncio
 import contextlib
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, cast
 
 import faust
 from aiokafka import TopicPartition
+from aiokafka.errors import ConsumerStoppedError
 from aiokafka.structs import ConsumerRecord
 from faust.stores.memory import Store as MemoryStore
 from faust.stores.rocksdb import Store as RocksDBStore
+from faust.tables.manager import TableManager
+from faust.tables.recovery import Recovery
 from faust.transport import drivers
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -76,17 +80,22 @@ def check_pinned_versions() -> None:
 
 @dataclass(slots=True)
 class PartitionFetch:
-    """What one fetch brought of one input partition.
+    """What one fetch brought of one input partition: every offset from
+    `start` up to `position`.
 
-    `position` is the consumer's position after the fetch: the next offset to
-    read. It passes transaction markers and aborted records, which take
-    offsets but are never delivered, so it can be past the last record.
-    `seek_epoch` counts the seeks of this partition when the fetch was
-    drained: records drained before a seek are stale once it happened.
+    `start` is the consumer's position when the records were drained: aiokafka
+    hands over a partition's records only when they begin exactly there
+    (aiokafka consumer/fetcher.py `FetchResult.check_assignment`). `position`
+    is the position after the drain, the next offset to read. Both pass
+    transaction markers and aborted records, which take offsets but are never
+    delivered, so the records may cover less than the span. `seek_epoch`
+    counts the seeks of this partition when the fetch was drained: records
+    drained before a seek are stale once it happened.
     """
 
     partition: int
     records: list[ConsumerRecord]
+    start: int
     position: int
     seek_epoch: int
 
@@ -127,32 +136,51 @@ class InputBatchMessage(ConsumerMessage):
 @dataclass(frozen=True, slots=True)
 class ReadStart:
     """Where the consumer was sought to read a partition from, and the seek
-    epoch that seek began."""
+    epoch that seek began: both set in one step, in the consumer thread, with
+    no await between the seek and the epoch (`BatchConsumerThread._seek_from`)."""
 
     offset: int
     seek_epoch: int
 
 
+@dataclass(frozen=True, slots=True)
+class InputGap:
+    """Offsets of an input partition that can no longer be read: the log
+    start (retention, a deleted record range) passed them before the group
+    accounted them. Reported, never passed in silence."""
+
+    partition: int
+    #: The first offset the group had not accounted.
+    expected: int
+    #: The first offset the broker still holds.
+    log_start: int
+
+
 class FetchedRecords(dict[TP, list[ConsumerRecord]]):
     """A fetch's records by partition (what Faust's consumer returns), plus,
-    for every active batch-topic partition, its position and seek epoch,
-    read in the consumer thread in the same step as the records."""
+    for every batch-topic partition the drain passed, its `PartitionFetch`
+    and stable end, read in the consumer thread in the same step as the
+    records."""
 
-    def __init__(self, records: Mapping[TP, list[ConsumerRecord]], positions: dict[TP, tuple[int, int]],
+    def __init__(self, records: Mapping[TP, list[ConsumerRecord]], fetches: dict[TP, PartitionFetch],
                  stable_ends: dict[TP, int]) -> None:
         super().__init__(records)
-        self.positions = positions
+        self.fetches = fetches
         self.stable_ends = stable_ends
 
 
 class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """The aiokafka consumer's thread: reads `read_committed`, counts seeks,
-    and reports positions with each fetch."""
+    """The aiokafka consumer's thread: reads `read_committed`, seeks the batch
+    topics' partitions itself, and reports with each fetch where every one of
+    their drains began and ended."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         #: Seeks per partition, bumped in the consumer thread (see `PartitionFetch`).
         self.seek_epochs: dict[TP, int] = {}
+        #: Per partition of the other topics (changelogs), the offset of the
+        #: last record drained since its last seek (`MarkerAwareRecovery`).
+        self.last_drained: dict[TP, int] = {}
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -170,47 +198,82 @@ class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     async def _fetch_records(self, consumer: Any, active_partitions: set[TP], timeout: float | None = None,
                              max_records: int | None = None) -> FetchedRecords:
-        records = await super()._fetch_records(consumer, active_partitions, timeout=timeout,
-                                               max_records=max_records)
-        # No await between the drain above and these reads: a seek (which
-        # runs in this thread too) cannot fall between them.
+        """Faust's `_fetch_records` (one `Fetcher.fetched_records`), with the
+        drain itself kept free of awaits: each batch-topic partition's position
+        is read just before and just after it, so a fetch carries the exact
+        span it covers, whatever seeked or reset the position while the
+        thread waited for data."""
+        if not self.consumer.flow_active:
+            return FetchedRecords({}, {}, {})
+        fetcher = consumer._fetcher
+        if consumer._closed or fetcher._closed:
+            raise ConsumerStoppedError()
+        subscriptions = fetcher._subscriptions
         batch_topics = cast(BatchConsumer, self.consumer).batch_topics
-        assignment = consumer._subscription.subscription
-        states = assignment.assignment if assignment is not None else None
-        positions: dict[TP, tuple[int, int]] = {}
+        deadline = time.monotonic() + (timeout or 0.0)
+        with subscriptions.fetch_context():
+            while True:
+                if subscriptions.reassignment_in_progress:
+                    await subscriptions.wait_for_assignment()
+                states = _partition_states(consumer, active_partitions, batch_topics)
+                starts = {tp: state.position for tp, state in states.items() if state.has_valid_position}
+                # With no timeout, fetched_records only drains what is there:
+                # it runs to its end without suspending, so no seek, reset or
+                # other drain can fall between `starts` and the records.
+                records = await fetcher.fetched_records(active_partitions, timeout=0, max_records=max_records)
+                fetches, stable_ends = self._spans(states, starts, records)
+                for tp, drained in records.items():
+                    if drained and tp.topic not in batch_topics:
+                        self.last_drained[tp] = drained[-1].offset
+                remaining = deadline - time.monotonic()
+                if records or fetches or remaining <= 0:
+                    return FetchedRecords(records, fetches, stable_ends)
+                waiter = fetcher._create_fetch_waiter()
+                done, pending = await asyncio.wait([waiter], timeout=remaining)
+                for future in pending:
+                    future.cancel()
+                if fetcher._closed:
+                    return FetchedRecords({}, {}, {})
+                if done:
+                    waiter.result()  # raises what the fetch raised (authorization errors)
+                # Drain once more: at the deadline, it returns the stable ends
+                # even without records (TTL closes wait for them).
+
+    def _spans(self, states: Mapping[TP, Any], starts: Mapping[TP, int],
+               records: Mapping[Any, list[ConsumerRecord]]) -> tuple[dict[TP, PartitionFetch], dict[TP, int]]:
+        fetches: dict[TP, PartitionFetch] = {}
         stable_ends: dict[TP, int] = {}
-        if states is not None:
-            for tp in active_partitions or ():
-                if tp.topic not in batch_topics:
-                    continue
-                state = states.state_value(TopicPartition(tp.topic, tp.partition))
-                if state is None or not state.has_valid_position:
-                    continue
-                positions[tp] = (state.position, self.seek_epochs.get(tp, 0))
-                stable_end = state.lso if state.lso is not None and state.lso >= 0 else state.highwater
-                if stable_end is not None:
-                    stable_ends[tp] = stable_end
-        return FetchedRecords(records, positions, stable_ends)
+        for tp, state in states.items():
+            stable_end = state.lso if state.lso is not None and state.lso >= 0 else state.highwater
+            if stable_end is not None:
+                stable_ends[tp] = stable_end
+            start = starts.get(tp)
+            if start is None or not state.has_valid_position:
+                continue
+            drained = records.get(tp) or []
+            if drained or state.position != start:
+                fetches[tp] = PartitionFetch(tp.partition, drained, start, state.position,
+                                             self.seek_epochs.get(tp, 0))
+        return fetches, stable_ends
 
     def _bump(self, tps: Iterable[Any]) -> None:
         for tp in tps:
             key = TP(tp.topic, tp.partition)
             self.seek_epochs[key] = self.seek_epochs.get(key, 0) + 1
+            self.last_drained.pop(key, None)
 
-    async def seek_to_committed(self) -> Mapping[TP, int]:
-        return await self.call_thread(self._seek_to_committed_counted)
-
-    async def _seek_to_committed_counted(self) -> Mapping[TP, int]:
-        consumer = self._ensure_consumer()
-        self._bump(consumer.assignment())
-        return await consumer.seek_to_committed()
-
-    async def seek_to_beginning(self, *partitions: Any) -> None:
-        await self.call_thread(self._seek_to_beginning_counted, *partitions)
-
-    async def _seek_to_beginning_counted(self, *partitions: Any) -> None:
-        self._bump(partitions)
-        await self._ensure_consumer().seek_to_beginning(*_aiokafka_tps(partitions))
+    def read_past(self, tp: TP) -> tuple[int, int | None] | None:
+        """The consumer's position in `tp` and the last record drained before
+        it (since the last seek), or None when it has no position. Read from
+        another thread: each value is a single read of an int."""
+        consumer = self._consumer
+        subscription = None if consumer is None else consumer._subscription.subscription
+        assignment = None if subscription is None else subscription.assignment
+        state = None if assignment is None else assignment.state_value(TopicPartition(tp.topic, tp.partition))
+        if state is None or not state.has_valid_position:
+            return None
+        last = self.last_drained.get(tp)
+        return state.position, last
 
     async def _seek_wait(self, consumer: Any, partitions: Mapping[TP, int]) -> None:
         self._bump(partitions)
@@ -224,13 +287,66 @@ class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         self._bump([partition])
         self._ensure_consumer().seek(*_aiokafka_tps([partition]), offset)
 
-    async def positions(self, tps: Iterable[TP]) -> dict[TP, ReadStart]:
-        return await self.call_thread(self._positions, list(tps))
+    async def seek_partitions_to_committed(self, tps: Iterable[TP]) -> Mapping[TP, int | None]:
+        """aiokafka's `seek_to_committed` of these partitions (Faust's seeks all)."""
+        return await self.call_thread(self._seek_partitions_to_committed, list(tps))
 
-    async def _positions(self, tps: list[TP]) -> dict[TP, ReadStart]:
+    async def _seek_partitions_to_committed(self, tps: list[TP]) -> Mapping[TP, int | None]:
+        if not tps:
+            return {}
+        self._bump(tps)
+        return await self._ensure_consumer().seek_to_committed(*_aiokafka_tps(tps))
+
+    async def seek_to_read_starts(self, wanted: Mapping[TP, int | None]) -> tuple[dict[TP, ReadStart], list[InputGap]]:
+        """Seek each partition to its wanted offset (None: the group's
+        committed offset, or the log start when it never committed), never
+        before the log start; a wanted offset the log no longer holds is an
+        `InputGap`. Returns where each partition is now read from."""
+        return await self.call_thread(self._seek_to_read_starts, dict(wanted))
+
+    async def _seek_to_read_starts(self, wanted: dict[TP, int | None]) -> tuple[dict[TP, ReadStart], list[InputGap]]:
         consumer = self._ensure_consumer()
-        return {tp: ReadStart(await consumer.position(aiotp), self.seek_epochs.get(tp, 0))
-                for tp, aiotp in zip(tps, _aiokafka_tps(tps), strict=True)}
+        aiotps = dict(zip(wanted, _aiokafka_tps(wanted), strict=True))
+        unknown = [aiotps[tp] for tp, offset in wanted.items() if offset is None]
+        committed = await consumer._coordinator.fetch_committed_offsets(unknown) if unknown else {}
+        log_starts = await consumer.beginning_offsets(list(aiotps.values()))
+        # From here to the end: no await. Each seek, its epoch and its read
+        # start are one step, so every fetch drained afterwards carries the
+        # new epoch and begins at the offset recorded here.
+        starts: dict[TP, ReadStart] = {}
+        gaps: list[InputGap] = []
+        for tp, aiotp in aiotps.items():
+            offset = wanted[tp]
+            if offset is None:
+                meta = committed.get(aiotp)
+                offset = meta.offset if meta is not None and meta.offset >= 0 else None
+            log_start = log_starts[aiotp]
+            if offset is None:
+                offset = log_start  # the group never read this partition
+            elif offset < log_start:
+                gaps.append(InputGap(tp.partition, offset, log_start))
+                offset = log_start
+            if not self._ensure_consumer()._subscription.is_assigned(aiotp):
+                continue  # revoked while the offsets were fetched
+            consumer.seek(aiotp, offset)
+            self._bump([tp])
+            starts[tp] = ReadStart(offset, self.seek_epochs[tp])
+        return starts, gaps
+
+
+def _partition_states(consumer: Any, active_partitions: set[TP] | None, topics: frozenset[str]) -> dict[TP, Any]:
+    """aiokafka's state (position, stable end) of each active partition of `topics`."""
+    subscription = consumer._subscription.subscription
+    assignment = subscription.assignment if subscription is not None else None
+    if assignment is None:
+        return {}
+    states = {}
+    for tp in active_partitions or ():
+        if tp.topic in topics:
+            state = assignment.state_value(TopicPartition(tp.topic, tp.partition))
+            if state is not None:
+                states[tp] = state
+    return states
 
 
 def _aiokafka_tps(tps: Iterable[Any]) -> list[TopicPartition]:
@@ -271,7 +387,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
         self._accounted: dict[TP, int] = {}
         self._read_starts: dict[TP, ReadStart] = {}
         self._stable_ends: dict[TP, int] = {}
-        self._fetched_to: dict[TP, int] = {}
+        #: Input gaps found by a seek and not yet taken by the agent.
+        self._gaps: list[InputGap] = []
         #: Batches handed over and not finished. Weak: a batch that Faust drops
         #: on a rebalance (it clears the agent's queue, and its stream skips
         #: batches of an older generation) never reaches the agent, and
@@ -281,6 +398,15 @@ class BatchConsumer(faust_aiokafka.Consumer):
         self._batch_done = asyncio.Event()
         #: Monotonic time of the last successful offset commit.
         self.last_commit_at: float | None = None
+        #: False under exactly_once: the batch topics' offsets are committed
+        #: in the agent's transactions, never by the consumer.
+        self.commits_batch_topics = True
+        #: Awaited when partitions are assigned, before Faust recovers their
+        #: tables or seeks them (exactly_once: the fence).
+        self.on_assigning: Callable[[set[TP]], Awaitable[None]] | None = None
+        #: Awaited by `wait_empty` once the agent's batch is done, before the
+        #: consumer commits (exactly_once: the agent commits its transactions).
+        self.before_commit: Callable[[], Awaitable[None]] | None = None
 
     def _new_consumer_thread(self) -> BatchConsumerThread:
         return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -294,20 +420,24 @@ class BatchConsumer(faust_aiokafka.Consumer):
         """Everything of `tp` before `offset` is accounted: commit up to it."""
         self._accounted[tp] = offset
 
-    def accounted(self, tp: TP) -> int | None:
-        return self._accounted.get(tp)
-
-    def fetched_to(self, tp: TP) -> int | None:
-        """The position after the last fetch of `tp` handed over."""
-        return self._fetched_to.get(tp)
-
     def stable_end(self, tp: TP) -> int | None:
         """The partition's last stable offset (its end, for read_committed) as
         of the last fetch."""
         return self._stable_ends.get(tp)
 
-    def committed(self, tp: TP) -> int | None:
-        return self._committed_offset.get(tp)
+    def take_gaps(self) -> list[InputGap]:
+        """The input gaps found since the last call."""
+        gaps, self._gaps = self._gaps, []
+        return gaps
+
+    async def reseek(self, tp: TP, offset: int) -> ReadStart | None:
+        """Read `tp` again from `offset` (where the agent's cursor is), or
+        from the log start if the broker no longer holds `offset`; None when
+        the partition was revoked meanwhile."""
+        starts, gaps = await self._thread.seek_to_read_starts({tp: offset})
+        self._gaps.extend(gaps)
+        self._read_starts.update(starts)
+        return starts.get(tp)
 
     # -- fetching ------------------------------------------------------------
 
@@ -322,6 +452,10 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 records, active_partitions = await self._wait_next_records(1.0)
                 generation_id = self.app.consumer_generation_id
                 await self.sleep(0)
+                # Records drained while the flow is stopped (a rebalance) are
+                # dropped: their partitions are sought again when it ends, and
+                # a fetch that does not begin where the agent's cursor is gets
+                # refused (agents/cursors.py), so none can be passed over.
                 if records is not None and not self.should_stop and self.flow_active:
                     if isinstance(records, FetchedRecords):
                         self._stable_ends.update(records.stable_ends)
@@ -346,18 +480,13 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     async def _hand_over_batches(self, fetched: FetchedRecords, generation_id: int) -> None:
         by_topic: dict[str, list[PartitionFetch]] = {}
-        for tp, (position, epoch) in fetched.positions.items():
-            records = fetched.get(tp) or []
-            if not records and position == self._fetched_to.get(tp):
-                continue  # nothing new: not even a marker passed
-            by_topic.setdefault(tp.topic, []).append(PartitionFetch(tp.partition, records, position, epoch))
+        for tp, fetch in fetched.fetches.items():
+            by_topic.setdefault(tp.topic, []).append(fetch)
         for topic, fetches in by_topic.items():
             batch = InputBatch(topic, fetches)
             if not await self._wait_for_slot():
                 return  # a rebalance began: Faust seeks to the committed offsets after it
             self._batches_out.add(batch)
-            for fetch in fetches:
-                self._fetched_to[TP(topic, fetch.partition)] = fetch.position
             await self.wait_first(self.callback(InputBatchMessage(batch, generation_id)), self.suspend_flow.wait())
 
     async def _wait_for_slot(self) -> bool:
@@ -374,7 +503,6 @@ class BatchConsumer(faust_aiokafka.Consumer):
         """Faust's per-message hand-over, for the topics that are not batched."""
         get_read_offset = self._read_offset.__getitem__
         set_read_offset = self._read_offset.__setitem__
-        acks_enabled_for = self.app.topics.acks_enabled_for
         for tp, batch in records.items():
             if tp.topic in self.batch_topics:
                 continue
@@ -388,9 +516,6 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 offset = message.offset
                 r_offset = get_read_offset(tp)
                 if r_offset is None or offset >= r_offset:
-                    gap = offset - (r_offset or 0)
-                    if gap > 1 and r_offset and acks_enabled_for(message.topic):
-                        await self._add_gap(tp, r_offset + 1, offset)
                     await self.wait_first(self.callback(message), self.suspend_flow.wait())
                     set_read_offset(tp, offset)
 
@@ -407,11 +532,13 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     async def wait_empty(self) -> None:
         """Also wait for the batch the agent is working on, so a rebalance
-        commits it and never hands its partitions over half-written."""
+        (or a stop) commits it and never hands its partitions over half-written."""
         while self._batch_in_process is not None and not self.app.crashed:
             self._batch_done.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._batch_done.wait(), timeout=1.0)
+        if self.before_commit is not None:
+            await self.before_commit()
         await super().wait_empty()
 
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
@@ -422,13 +549,15 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
         yield from super()._filter_tps_with_pending_acks(topics)
+        if not self.commits_batch_topics:
+            return
         for tp in self._accounted:
             if tp not in self._acked and (topics is None or tp in topics or tp.topic in topics):
                 yield tp
 
     def _new_offset(self, tp: TP) -> int | None:
         if tp.topic in self.batch_topics:
-            return self._accounted.get(tp)
+            return self._accounted.get(tp) if self.commits_batch_topics else None
         return super()._new_offset(tp)
 
     def verify_event_path(self, now: float, tp: TP) -> None:
@@ -443,40 +572,46 @@ class BatchConsumer(faust_aiokafka.Consumer):
         await self._thread.seek_counted(partition, offset)
 
     async def perform_seek(self) -> None:
-        """Seek every partition to its committed offset (Faust's
-        `perform_seek`), the batch topics' never-committed partitions to the
-        log start, and record where each batch-topic partition is read from.
+        """Faust's `perform_seek`, with the batch topics' partitions sought by
+        `BatchConsumerThread.seek_to_read_starts`: each to its committed
+        offset (the log start when the group never committed), and its
+        `ReadStart` recorded in the same step as the seek.
 
-        Faust leaves a never-committed partition wherever the fetcher got to
-        (canary test_faust_seek_leaves_never_committed_partitions_alone); a
-        worker that took over from one killed before its first commit then
-        sat idle on a full input (docs/faults.md)."""
-        committed = await self.seek_to_committed()
-        # Faust's perform_seek, minus the per-message read offsets the batch
-        # topics do not use.
+        The read start is never read back from the consumer's position: Faust
+        resumes the partitions before it seeks (faust tables/recovery.py), so
+        a fetch drained meanwhile has already moved the position, and a start
+        read from it passed the drained records over (issue 20: 74 to 488
+        events lost per partition under group churn)."""
+        assigned = [TP(tp.topic, tp.partition) for tp in self.assignment()]
+        others = [tp for tp in assigned if tp.topic not in self.batch_topics]
+        committed = await self._thread.seek_partitions_to_committed(others)
         self._read_offset.update({tp: offset if offset is not None and offset >= 0 else None
                                   for tp, offset in committed.items()})
         self._committed_offset.update({TP(tp.topic, tp.partition): offset for tp, offset in committed.items()
                                        if offset is not None and offset > 0})
-        batch_tps = [TP(tp.topic, tp.partition) for tp in self.assignment() if tp.topic in self.batch_topics]
-        never_committed = [tp for tp in batch_tps if (committed.get(tp) is None or committed[tp] < 0)]
-        if never_committed:
-            await self._thread.seek_to_beginning(*never_committed)
-        starts = await self._thread.positions(batch_tps)
+        batch_tps = [tp for tp in assigned if tp.topic in self.batch_topics]
+        starts, gaps = await self._thread.seek_to_read_starts(dict.fromkeys(batch_tps))
+        self._gaps.extend(gaps)
         for tp, start in starts.items():
             self._read_starts[tp] = start
             self._accounted.pop(tp, None)
-            self._fetched_to[tp] = start.offset
         self.log.info("reading input partitions from %s",
                       ", ".join(f"{tp.partition}@{start.offset}" for tp, start in sorted(starts.items())))
 
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        if self.on_assigning is not None:
+            await self.on_assigning(assigned)
+        await super().on_partitions_assigned(assigned, generation_id)
+
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        # Faust commits while the revocation runs (App._on_partitions_revoked,
+        # wait_empty): what was accounted of the revoked partitions is
+        # forgotten only after that, or the new owner would account it again.
+        await super().on_partitions_revoked(revoked)
         for tp in revoked:
             self._read_starts.pop(tp, None)
             self._accounted.pop(tp, None)
             self._stable_ends.pop(tp, None)
-            self._fetched_to.pop(tp, None)
-        await super().on_partitions_revoked(revoked)
 
 
 class BatchTransport(faust_aiokafka.Transport):
@@ -500,6 +635,52 @@ def enable_batches(app: AppT, topics: Iterable[str]) -> BatchConsumer:
 
 # --------------------------------------------------------------------------
 # Tables and stores
+
+
+class MarkerAwareRecovery(Recovery):
+    """Faust's recovery, which also ends for a changelog partition whose last
+    offsets are transaction markers.
+
+    Faust counts a partition recovered when it has applied the record at
+    its end offset - 1 (`need_recovery`, `_build_highwaters`). A changelog
+    written in transactions (exactly_once) ends with a commit marker, which
+    holds that offset and is never delivered, so stock recovery waits on
+    it; Faust's own way out runs only under its exactly-once mode, after two
+    5 s timeouts (`detect_aborted_tx`) (canary:
+    test_faust_recovery_waits_on_a_trailing_marker). Here a partition is
+    also recovered once the consumer's position passed its end and the last
+    record drained before that position has been applied."""
+
+    def active_remaining(self) -> Counter[TP]:
+        return self._past_markers(super().active_remaining(), self.active_offsets)
+
+    def standby_remaining(self) -> Counter[TP]:
+        return self._past_markers(super().standby_remaining(), self.standby_offsets)
+
+    def _past_markers(self, remaining: Counter[TP], applied: Mapping[TP, int | None]) -> Counter[TP]:
+        thread = cast(BatchConsumer, self.app.consumer)._thread
+        for tp, left in remaining.items():
+            if left <= 0:
+                continue
+            read = thread.read_past(tp)
+            if read is None:
+                continue
+            position, last_drained = read
+            applied_to = applied.get(tp)
+            applied_to = -1 if applied_to is None else applied_to
+            if position > applied_to + left and (last_drained is None or applied_to >= last_drained):
+                remaining[tp] = 0
+        return remaining
+
+
+class MarkerAwareTableManager(TableManager):
+    """Faust's table manager with `MarkerAwareRecovery` (the app's `TableManager`)."""
+
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            self._recovery = MarkerAwareRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
+        return self._recovery
 
 
 class CodecTable(faust.Table):

@@ -38,7 +38,7 @@ import asyncio
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -46,9 +46,6 @@ from aiokafka.errors import KafkaError
 
 from app.rules import DEFAULT_POLICY, Policy
 from app.schemas import FieldError, validate_event
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "DEFAULT_TOPIC",

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import aiohttp
 import faust
 
-from agents.accountant import SessionAccountant
-from app.faust_compat import check_pinned_versions
+from agents.accountant import PRODUCER_REQUEST_TIMEOUT_SECS, SessionAccountant
+from app.faust_compat import MarkerAwareTableManager, check_pinned_versions
 from app.kafka_config import faust_options
 from app.metrics import AccountingMetrics
 from app.rules import Session
@@ -72,7 +72,12 @@ def build_app(settings: Settings) -> Service:
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication,
         topic_allow_declare=True,
-        processing_guarantee=settings.processing_guarantee,
+        # Faust's own exactly-once routes records by their destination
+        # partition and is not used (docs/design.md); the agent runs its own
+        # transactions (agents/transactions.py).
+        processing_guarantee="at_least_once",
+        TableManager=MarkerAwareTableManager,
+        producer_request_timeout=PRODUCER_REQUEST_TIMEOUT_SECS,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=settings.commit_interval_secs,
         broker_session_timeout=settings.session_timeout_secs,

@@ -51,8 +51,17 @@ class Settings(BaseSettings):
     #: URL other workers (and the printed dashboard link) use to reach this
     #: one; empty: http://WEB_HOST:WEB_PORT. Required when binding 0.0.0.0 or ::.
     web_advertised_url: str = Field("", validate_default=True)
-    #: at_least_once (default). exactly_once is not offered: see docs/guarantees.md.
-    processing_guarantee: Literal["at_least_once"] = "at_least_once"
+    #: at_least_once: outputs, changelog and offsets are written in that order,
+    #: and a crash may repeat closures. exactly_once: each input partition's
+    #: outputs, changelog and offsets commit in one Kafka transaction
+    #: (docs/guarantees.md).
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    #: exactly_once: how long a partition's transaction stays open. Closures
+    #: reach read_committed readers (the ledger) when it commits.
+    transaction_commit_interval_secs: float = Field(0.1, gt=0, le=60)
+    #: exactly_once: the broker aborts a transaction open this long (a worker
+    #: that died without a successor); read_committed readers wait until then.
+    transaction_timeout_secs: float = Field(60.0, ge=1, le=900)
     #: Seconds after expires_at before an idle session is closed.
     grace_secs: float = Field(5.0, ge=0, le=86_400)
     #: Seconds a closed record stays in the table for inspection.
@@ -65,6 +74,11 @@ class Settings(BaseSettings):
     timer_interval_secs: float = Field(0.5, gt=0, le=60)
     #: Bearer token for the HTTP API; empty: no authentication.
     api_token: str = ""
+    #: Bearer token workers send each other when they forward a request (and
+    #: accept on forwarded requests only); empty: the API token.
+    peer_token: SecretStr = SecretStr("")
+    #: Requests the web server answers at once; beyond: 503 with Retry-After.
+    web_max_concurrent_requests: int = Field(256, ge=1, le=100_000)
     #: POST /events: at most this many events, and bytes, per request (413 beyond).
     ingest_max_events: int = Field(1000, ge=1, le=100_000)
     ingest_max_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
@@ -72,6 +86,8 @@ class Settings(BaseSettings):
     ingest_delivery_timeout_secs: float = Field(10.0, gt=0, le=300)
     #: POST /events answers 503 at once while this many events already wait for the broker.
     ingest_max_pending_events: int = Field(100_000, ge=1, le=10_000_000)
+    #: /readyz answers 503 once the ingest producer has not reached the broker for this long.
+    ingest_broker_unreachable_secs: float = Field(30.0, gt=0, le=3600)
     #: Faust commit interval; each is the replay window after a crash.
     commit_interval_secs: float = Field(1.0, gt=0, le=60)
     #: Kafka consumer session timeout; a killed worker is evicted after it.
@@ -203,8 +219,8 @@ class Settings(BaseSettings):
         return {**data, "ledger_dsn": dsn}
 
     @model_validator(mode="after")
-    def _kafka_security(self) -> Settings:
-        problems = kafka_security_problems(self)
+    def _consistent(self) -> Settings:
+        problems = kafka_security_problems(self) + ingest_limit_problems(self)
         if problems:
             raise ValueError("\n".join(f"{ENV_PREFIX}{name.upper()}: {message}" for name, message in problems))
         return self
@@ -237,6 +253,27 @@ class Settings(BaseSettings):
     @property
     def bootstrap_servers(self) -> list[str]:
         return [part.strip() for part in self.broker.split(",") if part.strip()]
+
+
+def exposure_warnings(settings: Settings) -> list[str]:
+    """What start-up warns of: settings that work, but leave the API open to more than its owner."""
+    warnings = []
+    if settings.web_host in WILDCARD_HOSTS and not settings.api_token:
+        warnings.append(f"ACCOUNTANT_WEB_HOST is {settings.web_host} and ACCOUNTANT_API_TOKEN is not set: every "
+                        "interface serves the API, POST /events included, to anyone who reaches it")
+    return warnings
+
+
+def ingest_limit_problems(settings: Settings) -> list[tuple[str, str]]:
+    """(field, problem) for ingest limits that contradict each other."""
+    if settings.ingest_max_pending_events < settings.ingest_max_events:
+        # Every request of more events than the pending cap would be answered
+        # 503 "retry" for ever: a permanent refusal disguised as a passing one.
+        return [("ingest_max_pending_events",
+                 f"({settings.ingest_max_pending_events}) is below ACCOUNTANT_INGEST_MAX_EVENTS "
+                 f"({settings.ingest_max_events}): a full request could never be accepted; raise the first "
+                 "or lower the second")]
+    return []
 
 
 def kafka_security_problems(settings: Settings) -> list[tuple[str, str]]:

@@ -125,14 +125,43 @@ async def throughput(ctx: Context) -> dict[str, Any]:
         f"{deployment.topic_prefix}peer-out", str(loaded), str(ctx.workdir / "peer-state"), timeout=900,
         python=peer_python(ctx.log))
 
+    ctx.log("throughput: peer (Quix Streams), exactly-once")
+    result["peer_exactly_once"] = await _subprocess_json(
+        "-m", "bench.peer_quix", deployment.bootstrap, deployment.events_topic,
+        f"{deployment.topic_prefix}peer-eos-out", str(loaded), str(ctx.workdir / "peer-eos-state"), "exactly-once",
+        timeout=900, python=peer_python(ctx.log))
+
     floor_events = min(scale.floor_events, loaded)
     ctx.log(f"throughput: Faust floor (counting agent, first {floor_events:,} events)")
     result["faust_floor"] = await _subprocess_json(
         "-m", "bench.floor", deployment.bootstrap, deployment.events_topic, str(floor_events),
         str(pick_free_loopback_port()), str(ctx.workdir / "floor"), timeout=600)
 
-    ctx.log("throughput: worker")
-    worker = new_worker(deployment).start()
+    for guarantee, key in (("at_least_once", "worker"), ("exactly_once", "worker_exactly_once")):
+        ctx.log(f"throughput: worker, {guarantee}")
+        result[key] = await _worker_throughput(deployment.with_group(f"{deployment.app_id}-{guarantee}"),
+                                               loaded, guarantee)
+    worker_result = result["worker"]
+    for name in ("baseline", "peer", "peer_exactly_once", "faust_floor"):
+        if "events" in result[name]:
+            result[name]["cpu_us_per_event"] = round(result[name]["cpu_secs"] / result[name]["events"] * 1e6, 1)
+    result["ratio_to_baseline"] = round(worker_result["events_per_sec"] / result["baseline"]["events_per_sec"], 3)
+    if "events_per_sec" in result["peer"]:
+        result["ratio_to_peer"] = round(worker_result["events_per_sec"] / result["peer"]["events_per_sec"], 3)
+    result["ratio_to_faust_floor"] = round(
+        worker_result["events_per_sec"] / result["faust_floor"]["events_per_sec"], 3)
+    eos = result["worker_exactly_once"]["events_per_sec"]
+    result["exactly_once_ratio_to_at_least_once"] = round(eos / worker_result["events_per_sec"], 3)
+    result["exactly_once_ratio_to_baseline"] = round(eos / result["baseline"]["events_per_sec"], 3)
+    if "events_per_sec" in result["peer_exactly_once"]:
+        result["exactly_once_ratio_to_peer_exactly_once"] = round(
+            eos / result["peer_exactly_once"]["events_per_sec"], 3)
+    return result
+
+
+async def _worker_throughput(deployment: Deployment, loaded: int, guarantee: str) -> dict[str, Any]:
+    """One worker of a fresh group accounts the whole loaded input."""
+    worker = new_worker(deployment, ACCOUNTANT_PROCESSING_GUARANTEE=guarantee).start()
     process = psutil.Process(worker.pid)
     ready_secs = await wait_ready_secs(worker)
     first = last = None
@@ -161,6 +190,7 @@ async def throughput(ctx: Context) -> dict[str, Any]:
     seconds = last[0] - first[0]
     events = last[1] - first[1]
     worker_result = {
+        "guarantee": guarantee,
         "events_per_sec": round(events / seconds),
         "seconds": round(seconds, 2),
         "cpu_secs": round(last[2] - first[2], 2),
@@ -172,16 +202,7 @@ async def throughput(ctx: Context) -> dict[str, Any]:
         "rss_mib": round(process.memory_info().rss / 2**20, 1),
     }
     worker.stop()
-    result["worker"] = worker_result
-    for name in ("baseline", "peer", "faust_floor"):
-        if "events" in result[name]:
-            result[name]["cpu_us_per_event"] = round(result[name]["cpu_secs"] / result[name]["events"] * 1e6, 1)
-    result["ratio_to_baseline"] = round(worker_result["events_per_sec"] / result["baseline"]["events_per_sec"], 3)
-    if "events_per_sec" in result["peer"]:
-        result["ratio_to_peer"] = round(worker_result["events_per_sec"] / result["peer"]["events_per_sec"], 3)
-    result["ratio_to_faust_floor"] = round(
-        worker_result["events_per_sec"] / result["faust_floor"]["events_per_sec"], 3)
-    return result
+    return worker_result
 
 
 # --------------------------------------------------------------------------
@@ -206,8 +227,11 @@ class Observer:
         self._consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
+        # read_committed, as billing reads: under exactly_once a closure
+        # counts as arrived when its transaction commits.
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", fetch_max_wait_ms=50)
+                                    auto_offset_reset="earliest", fetch_max_wait_ms=50,
+                                    isolation_level="read_committed")
         await consumer.start()
         tps = [TopicPartition(topic, p) for topic in (self.deployment.closures_topic, self.deployment.changelog_topic)
                for p in range(PARTITIONS)]
@@ -259,12 +283,14 @@ class Observer:
 # 2. Latency at a fixed rate
 
 
-async def latency_and_ttl(ctx: Context) -> dict[str, Any]:
+async def latency_and_ttl(ctx: Context, guarantee: str = "at_least_once",
+                          ttl_load_rate: int | None = None) -> dict[str, Any]:
     """Benchmarks 2 and 3 share one worker: TTL closures first (on an idle
     worker), then latency at a rate the worker sustains, then at the target
-    rate. Each phase starts once the worker has accounted everything before it,
-    so a backlog of one does not show up in the next."""
-    deployment = ctx.deployment()
+    rate, then (with `ttl_load_rate`) TTL closures again while events flow
+    at that rate. Each phase starts once the worker has accounted everything
+    before it, so a backlog of one does not show up in the next."""
+    deployment = ctx.deployment(ACCOUNTANT_PROCESSING_GUARANTEE=guarantee)
     await deployment.create_topics_async(changelog=True)
     worker = new_worker(deployment).start()
     await wait_ready_secs(worker)
@@ -285,12 +311,38 @@ async def latency_and_ttl(ctx: Context) -> dict[str, Any]:
         await _caught_up(worker, produced)
         latency_result = await _latency(ctx, deployment, worker, observer, scale.latency_rate, scale.latency_secs,
                                         "lat")
-        latency_result.pop("sent")
+        produced += latency_result.pop("sent")
+        results = {"guarantee": guarantee, "ttl": ttl_result, "latency_sustainable": sustainable,
+                   "latency": latency_result}
+        if ttl_load_rate is not None:
+            await _caught_up(worker, produced)
+            results["ttl_under_load"] = await _ttl_under_load(ctx, deployment, worker, observer, ttl_load_rate)
     finally:
         gc.enable()
         await observer.stop()
         worker.stop()
-    return {"ttl": ttl_result, "latency_sustainable": sustainable, "latency": latency_result}
+    return results
+
+
+async def _ttl_under_load(ctx: Context, deployment: Deployment, worker: WorkerProcess, observer: Observer,
+                          rate: int) -> dict[str, Any]:
+    """TTL closure lag while the worker accounts `rate` events/s without pause:
+    a partition with more input always waiting must still close its idle
+    sessions on time (issue 20: they never closed)."""
+    duration = ctx.scale.ttl_spread_secs + GRACE_SECS + 15
+    ctx.log(f"ttl under load: {rate:,} events/s for {duration:.0f} s")
+    stats_at_start = await worker_stats(worker)
+    started = time.monotonic()
+    pacer = asyncio.create_task(_subprocess_json(
+        "-m", "bench.pacer", deployment.bootstrap, deployment.events_topic, str(rate), str(duration), "load", "0",
+        timeout=duration + 120))
+    await asyncio.sleep(3.0)  # the load is flowing before the idle sessions start
+    ttl_result = await _ttl(ctx, deployment, worker, observer, prefix="ttlload")
+    paced = await pacer
+    stats = await worker_stats(worker)
+    return {**ttl_result, "rate": rate, "achieved_rate": paced["achieved_rate"],
+            "worker_events_per_sec": round((accounted(stats) - accounted(stats_at_start))
+                                           / (time.monotonic() - started), 0)}
 
 
 async def _caught_up(worker: WorkerProcess, produced: int, timeout: float = 180) -> None:
@@ -349,7 +401,8 @@ async def _latency(ctx: Context, deployment: Deployment, worker: WorkerProcess, 
 # 3. TTL closure lag
 
 
-async def _ttl(ctx: Context, deployment: Deployment, worker: WorkerProcess, observer: Observer) -> dict[str, Any]:
+async def _ttl(ctx: Context, deployment: Deployment, worker: WorkerProcess, observer: Observer,
+               prefix: str = "ttl") -> dict[str, Any]:
     scale = ctx.scale
     count, spread = scale.ttl_sessions, scale.ttl_spread_secs
     ctx.log(f"ttl: {count:,} sessions expiring over {spread} s (closure due {GRACE_SECS:.0f} s later)")
@@ -357,7 +410,7 @@ async def _ttl(ctx: Context, deployment: Deployment, worker: WorkerProcess, obse
     records = []
     ids = []
     for n in range(count):
-        session_id = f"ttl{n:06d}"
+        session_id = f"{prefix}{n:06d}"
         ids.append(session_id)
         ttl_secs = 5 + rng.randrange(spread)
         occurred_at = now_rfc3339(-rng.random())  # sub-second spread within each second

@@ -8,7 +8,10 @@ a time and writes its state and changelog at each checkpoint (every 5 s by
 default). Runs from the peer's own venv (bench/peer_env.py), which
 bench.run makes on first use:
 
-    .venv-peer/bin/python -m bench.peer_quix BOOTSTRAP TOPIC OUT_TOPIC COUNT STATE_DIR
+    .venv-peer/bin/python -m bench.peer_quix BOOTSTRAP TOPIC OUT_TOPIC COUNT STATE_DIR [GUARANTEE]
+
+GUARANTEE is Quix's `processing_guarantee`: at-least-once (default) or
+exactly-once (its transactional producer, committed at each checkpoint).
 
 Prints one JSON line: events, seconds, events_per_sec, cpu_secs.
 """
@@ -24,10 +27,11 @@ import orjson
 from quixstreams import Application, State
 
 
-def run(bootstrap: str, topic_name: str, out_topic_name: str, count: int, state_dir: str) -> dict[str, Any]:
+def run(bootstrap: str, topic_name: str, out_topic_name: str, count: int, state_dir: str,
+        guarantee: str = "at-least-once") -> dict[str, Any]:
     app = Application(broker_address=bootstrap, consumer_group=f"peer-quix-{uuid.uuid4().hex[:8]}",
                       auto_offset_reset="earliest", state_dir=state_dir, use_changelog_topics=True,
-                      processing_guarantee="at-least-once", loglevel="WARNING")
+                      processing_guarantee=guarantee, loglevel="WARNING")  # type: ignore[arg-type]
     topic = app.topic(topic_name, value_deserializer="json")
     out_topic = app.topic(out_topic_name, value_serializer="json")
     progress = {"seen": 0, "started": 0.0, "cpu": 0.0, "seconds": 0.0, "cpu_secs": 0.0}
@@ -57,4 +61,5 @@ def run(bootstrap: str, topic_name: str, out_topic_name: str, count: int, state_
 
 if __name__ == "__main__":
     bootstrap, topic, out_topic, count, state_dir = sys.argv[1:6]
-    print(orjson.dumps(run(bootstrap, topic, out_topic, int(count), state_dir)).decode(), flush=True)
+    guarantee = sys.argv[6] if len(sys.argv) > 6 else "at-least-once"
+    print(orjson.dumps(run(bootstrap, topic, out_topic, int(count), state_dir, guarantee)).decode(), flush=True)

@@ -41,7 +41,15 @@ async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[
     if "throughput" in args.only:
         results["throughput"] = await throughput(ctx)
     if "latency" in args.only:
-        results.update(await latency_and_ttl(ctx))
+        # TTL under load at 80 % of the throughput just measured (or of the
+        # last full run's, bench/results/latest.json, when it was not run).
+        measured = results.get("throughput") or (_load(RESULTS / "latest.json") or {}).get("throughput") or {}
+        worker_rate = measured.get("worker", {}).get("events_per_sec", 20_000)
+        ttl_load_rate = int(0.8 * worker_rate)
+        at_least_once = await latency_and_ttl(ctx, "at_least_once", ttl_load_rate)
+        results.update({key: at_least_once[key] for key in ("ttl", "latency_sustainable", "latency")})
+        results["ttl_under_load"] = at_least_once["ttl_under_load"]
+        results["latency_exactly_once"] = await latency_and_ttl(ctx, "exactly_once", ttl_load_rate)
     if "recovery" in args.only:
         results["recovery"] = await recovery_and_memory(ctx, args.stores)
     if "ingest" in args.only:

@@ -129,6 +129,17 @@ def ledger_dsn(postgres_dsn: str) -> Iterator[str]:
         yield dsn
 
 
+#: ACCOUNTANT_PROCESSING_GUARANTEE values; fault tests that take `guarantee` run in each.
+GUARANTEES = ("at_least_once", "exactly_once")
+
+
+@pytest.fixture(params=GUARANTEES)
+def guarantee(request: pytest.FixtureRequest) -> str:
+    """Each processing guarantee in turn: the test puts it in its deployment's
+    settings (`harness.finish` then holds exactly_once to no repeat)."""
+    return str(request.param)
+
+
 @pytest.fixture
 def unique_name() -> Callable[[str], str]:
     """Factory of collision-free names for topics, groups and app ids:

@@ -42,10 +42,7 @@ from app.rules.limits import (
     Policy,
 )
 from app.rules.model import (
-    CloseReason,
     Session,
-    SessionRecord,
-    State,
     Stored,
     Tombstone,
     creation_digest,
@@ -61,6 +58,7 @@ from app.rules.outputs import (
     Source,
     encode_output,
 )
+from app.rules.record import CloseReason, SessionRecord, State
 from app.rules.rounds import NO_MISSING_ROUNDS, MissingRounds
 from app.rules.timestamps import SECOND, Micros, format_timestamp, parse_timestamp
 

@@ -17,7 +17,8 @@ from app.rules import CloseReason, Session, State
 from app.web.assets import static_file
 from app.web.errors import ApiError, dumps, json_response
 from app.web.fanout import PARTITIONS_HEADER, Peers, add_counts, format_partitions, is_fanout, require_every_partition
-from app.web.health import liveness
+from app.web.health import liveness, readiness
+from app.web.ingest_producer import IngestProducer
 from app.web.openapi import build_openapi
 from app.web.paging import encode_cursor, merge_pages, page_after
 from app.web.params import (
@@ -104,8 +105,9 @@ class LocalShard:
 class Api:
     """The endpoints of SPEC §8 for one worker."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Worker, ingest: IngestProducer) -> None:
         self.worker = worker
+        self.ingest = ingest
         self.settings = worker.settings
         self.local = LocalShard(worker)
         self.peers = Peers(worker)
@@ -114,13 +116,15 @@ class Api:
 
     async def healthz(self, request: web.Request) -> web.Response:
         params(NoParams, request)
-        status, body = liveness(self.worker.stalled_seconds(), self.settings.stall_timeout_secs)
+        status, body = liveness(self.worker.stalled_seconds(), self.ingest.answering_secs(),
+                                self.settings.stall_timeout_secs)
         return json_response(body, status)
 
     async def readyz(self, request: web.Request) -> web.Response:
         params(NoParams, request)
-        ready = self.local.ready()
-        return json_response({"ready": ready}, 200 if ready else 503)
+        status, body = readiness(self.ingest.producer is not None, self.ingest.silent_secs(),
+                                 self.settings.ingest_broker_unreachable_secs, not self.local.ready())
+        return json_response(body, status)
 
     async def get_session(self, request: web.Request) -> web.Response:
         session_id = params(SessionParams, request).session_id

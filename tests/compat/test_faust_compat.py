@@ -6,16 +6,15 @@ it guards may be obsolete; read the piece's docstring before removing it."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import faust
 import pytest
 from aiokafka import TopicPartition
 from faust.stores.memory import Store as MemoryStore
-from faust.transport.consumer import Consumer, ThreadDelegateConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
@@ -25,7 +24,6 @@ from app.faust_compat import (
     BATCH_TOPIC_SUFFIX,
     PINNED,
     TRANSPORT_SCHEME,
-    BatchConsumer,
     BatchConsumerThread,
     CodecTable,
     IncompatibleVersions,
@@ -92,17 +90,38 @@ async def test_aiokafka_keeps_position_and_stable_offset_per_partition(apps: tup
     consumer = ours.consumer._thread._create_worker_consumer(ours.transport)
     consumer.assign([TopicPartition(TOPIC, 0)])
     state = consumer._subscription.subscription.assignment.state_value(TopicPartition(TOPIC, 0))
-    assert {"position", "lso", "highwater", "has_valid_position"} <= set(dir(state))
+    assert not state.has_valid_position and state.lso is None and state.highwater is None
+    consumer._subscription.seek(TopicPartition(TOPIC, 0), 5)  # what `seek` does (Fetcher.seek_to)
+    assert state.has_valid_position and state.position == 5
+    state.consumed_to(9)  # what a drain does (aiokafka FetchResult._update_position)
+    assert state.position == 9
     await consumer.stop()
 
 
-def test_faust_seeks_from_the_callers_thread() -> None:
+class RecordingThread:
+    """A consumer thread that records how it is asked to seek."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def seek(self, partition: TP, offset: int) -> None:
+        self.calls.append("seek in the caller's thread")
+
+    async def seek_counted(self, partition: TP, offset: int) -> None:
+        self.calls.append("seek in the consumer thread")
+
+
+async def test_faust_seeks_from_the_callers_thread(apps: tuple[faust.App, faust.App]) -> None:
     """Faust's `_seek` calls the consumer thread's sync `seek` from the event
-    loop's thread; `BatchConsumer._seek` runs it in the consumer thread, where
-    the seek epochs are counted in step with the fetches."""
-    source = inspect.getsource(ThreadDelegateConsumer._seek)
-    assert "self._thread.seek(partition, offset)" in source
-    assert "call_thread" in inspect.getsource(BatchConsumerThread.seek_counted)
+    loop's thread, racing the fetches the consumer thread drains;
+    `BatchConsumer._seek` runs it in the consumer thread, where the seek
+    epochs are counted in step with the fetches."""
+    stock, ours = apps
+    for app in (stock, ours):
+        app.consumer._thread = RecordingThread()
+        await app.consumer._seek(TP(TOPIC, 0), 5)
+    assert stock.consumer._thread.calls == ["seek in the caller's thread"]
+    assert ours.consumer._thread.calls == ["seek in the consumer thread"]
 
 
 # -- BatchConsumer: commits -------------------------------------------------------
@@ -144,13 +163,31 @@ async def test_enable_batches_needs_the_batch_transport(apps: tuple[faust.App, f
         faust_compat.enable_batches(stock, [TOPIC])
 
 
-def test_faust_leaves_never_committed_partitions_where_the_fetcher_got_to() -> None:
-    """Faust's `perform_seek` seeks only to committed offsets; a partition the
-    group never committed stays wherever the fetcher left it (a worker taking
-    over from one killed before its first commit sat idle on a full input).
-    The batch consumer seeks those to the log start."""
-    assert "seek_to_beginning" not in inspect.getsource(Consumer.perform_seek)
-    assert "seek_to_beginning" in inspect.getsource(BatchConsumer.perform_seek)
+async def test_aiokafka_leaves_never_committed_partitions_where_the_fetcher_got_to(
+        apps: tuple[faust.App, faust.App]) -> None:
+    """Faust's `perform_seek` is aiokafka's `seek_to_committed`, which seeks
+    only partitions with a committed offset above 0; one the group never
+    committed stays wherever the fetcher left it (a worker taking over from
+    one killed before its first commit sat idle on a full input). The batch
+    consumer seeks every input partition itself (tests/compat/test_batch_reads.py)."""
+    _, ours = apps
+    consumer = ours.consumer._thread._create_worker_consumer(ours.transport)
+    committed, never = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
+    consumer.assign([committed, never])
+    # The fetcher's seek, without a started fetcher (aiokafka Fetcher.seek_to).
+    consumer._fetcher = SimpleNamespace(seek_to=consumer._subscription.seek)
+    consumer.seek(never, 40)  # where the fetcher got to
+    offsets = {committed: 12, never: None}
+
+    async def committed_offset(tp: TopicPartition) -> int | None:
+        return offsets[tp]
+
+    consumer.committed = committed_offset
+    assert await consumer.seek_to_committed() == offsets
+    assert await consumer.position(committed) == 12
+    assert await consumer.position(never) == 40
+    consumer._fetcher = None
+    await consumer.stop()
 
 
 # -- InputBatchMessage --------------------------------------------------------------
@@ -180,7 +217,7 @@ def test_faust_stream_acks_past_consumer_ack(apps: tuple[faust.App, faust.App]) 
     iterator.after(event, True, None)
     assert calls == [] and consumer._acked[TP(TOPIC, 0)] == [7]
 
-    batch = InputBatch(TOPIC, [PartitionFetch(0, [], 9, 1)])
+    batch = InputBatch(TOPIC, [PartitionFetch(0, [], 9, 9, 1)])
     batch_event = stock.create_event(None, batch, None, InputBatchMessage(batch, 0))
     assert batch_event.message.topic == TOPIC + BATCH_TOPIC_SUFFIX
     iterator.after(batch_event, True, None)

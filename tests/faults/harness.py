@@ -98,8 +98,9 @@ def finish(deployment: Deployment, ledger: Ledger, simulation: Simulation, *, fa
                                   ledger=ledger, timeout=timeout))
     outputs.closures = _without(outputs.closures, injected)
     stats = settled_stats(stats_from, ledger) if stats_from is not None else None
+    exactly_once = deployment.config.processing_guarantee == "exactly_once"
     verdict = check_run(ledger, outputs, events_topic=deployment.events_topic, run_id=simulation.config.run_id,
-                        stats=stats, exact_stats=exact_stats)
+                        stats=stats, exact_stats=exact_stats, exactly_once=exactly_once)
     missing = [sid for sid in ledger.closures if sid not in {c.get("closure_id") for c in outputs.closures}]
     if missing:
         # What the changelog says of them, for the diagnosis.
@@ -117,7 +118,8 @@ def finish(deployment: Deployment, ledger: Ledger, simulation: Simulation, *, fa
                                 expected_conflicts=expected_conflicts)
         verdict.problems.extend(f"ledger: {problem}" for problem in billed.problems())
         verdict.figures.update(billed.figures())
-    figures = {**verdict.figures, "faults_injected": faults, **(extra or {})}
+    figures = {**verdict.figures, "faults_injected": faults, "guarantee": deployment.config.processing_guarantee,
+               **(extra or {})}
     if timeline is not None:
         timeline("checked")
         figures["seconds"] = round(time.monotonic() - timeline.start, 1)

@@ -24,13 +24,14 @@ OUTAGE_SECS = 10.0
 
 
 def test_broker_down_for_10_s_under_load(private_kafka: LocalKafka, private_deployment: Deployment,
-                                         fault_figures: Callable[[dict], None]) -> None:
+                                         fault_figures: Callable[[dict], None], guarantee: str) -> None:
     deployment = private_deployment
     timeline = Timeline()
     simulation = Simulation(SimulationConfig(sessions=1500, rounds=6, seed=3003, run_id=new_run_id()))
     ledger, stamper = simulated(simulation)
     events = list(simulation.events())
     first, second = pieces(events, split_points(events, simulation, (0.6,)))
+    deployment.settings["ACCOUNTANT_PROCESSING_GUARANTEE"] = guarantee
     deployment.create_topics()
 
     worker = deployment.worker("worker").start().wait_ready()

@@ -23,13 +23,15 @@ pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 
 def test_every_event_delivered_two_or_three_times_bills_as_once(deployment: Deployment,
-                                                               fault_figures: Callable[[dict], None]) -> None:
+                                                               fault_figures: Callable[[dict], None],
+                                                               guarantee: str) -> None:
     timeline = Timeline()
     simulation = Simulation(SimulationConfig(sessions=1200, rounds=6, seed=5005, run_id=new_run_id()))
     ledger, stamper = simulated(simulation)
     single = simulation.expected
     stream = with_copies(simulation, seed=5005)
     copies = len(stream) - single.events_sent
+    deployment.settings["ACCOUNTANT_PROCESSING_GUARANTEE"] = guarantee
     deployment.create_topics()
 
     worker = deployment.worker("worker").start().wait_ready()

@@ -23,12 +23,13 @@ pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.postgres]
 
 
 def test_kill_9_under_load_then_restart(deployment: Deployment, deployment_ledger: LedgerDeployment,
-                                        fault_figures: Callable[[dict], None]) -> None:
+                                        fault_figures: Callable[[dict], None], guarantee: str) -> None:
     timeline = Timeline()
     simulation = Simulation(SimulationConfig(sessions=3000, seed=1001, run_id=new_run_id()))
     ledger, stamper = simulated(simulation)
     events = list(simulation.events())
     first, second, third = pieces(events, split_points(events, simulation, (0.45, 0.75)))
+    deployment.settings["ACCOUNTANT_PROCESSING_GUARANTEE"] = guarantee
     deployment.create_topics()
     deployment_ledger.ledger().start().wait_ready()
 

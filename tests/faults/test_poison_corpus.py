@@ -237,7 +237,8 @@ async def _send(deployment: Deployment, records: list[Poison]) -> None:
 
 
 def test_poison_is_rejected_and_good_events_around_it_are_exact(deployment: Deployment,
-                                                                fault_figures: Callable[[dict], None]) -> None:
+                                                                fault_figures: Callable[[dict], None],
+                                                                guarantee: str) -> None:
     timeline = Timeline()
     simulation = Simulation(SimulationConfig(sessions=800, rounds=6, bad=0.03, seed=4004, run_id=new_run_id()))
     ledger, stamper = simulated(simulation)
@@ -246,6 +247,7 @@ def test_poison_is_rejected_and_good_events_around_it_are_exact(deployment: Depl
     events = list(simulation.events())
     parts = pieces(events, split_points(events, simulation, (0.33, 0.66)))
     asyncio.run(_create_topics(deployment))
+    deployment.settings["ACCOUNTANT_PROCESSING_GUARANTEE"] = guarantee
     deployment.create_topics()  # the others, as the worker would
 
     worker = deployment.worker("worker").start().wait_ready()

@@ -24,12 +24,14 @@ ALL = frozenset(range(PARTITIONS))
 
 
 def test_standby_takes_over_a_killed_worker_and_hands_back(deployment: Deployment,
-                                                           fault_figures: Callable[[dict], None]) -> None:
+                                                           fault_figures: Callable[[dict], None],
+                                                           guarantee: str) -> None:
     timeline = Timeline()
     simulation = Simulation(SimulationConfig(sessions=2000, rounds=6, seed=2002, run_id=new_run_id()))
     ledger, stamper = simulated(simulation)
     events = list(simulation.events())
     first, second, third = pieces(events, split_points(events, simulation, (0.35, 0.7)))
+    deployment.settings["ACCOUNTANT_PROCESSING_GUARANTEE"] = guarantee
     deployment.create_topics()
 
     a = deployment.worker("a").start()

@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.deployment import Deployment
 from tests.support.events import session_events
-from tests.support.kafka import consume_json, end_offsets, produce_events
+from tests.support.kafka import consume_json, end_offsets, produce_events, record_count
 from tests.support.waiting import wait_for
 from tests.support.workers import WorkerProcess, accounted
 
@@ -88,8 +88,7 @@ def test_restart_recovers_the_table_from_the_changelog(deployment: Deployment, s
     first.stop()
     committed = deployment.committed_offsets(deployment.events_topic)
 
-    changelog_records = sum(end_offsets(deployment.bootstrap, deployment.changelog_topic,
-                                        deployment.partitions).values())
+    changelog_records = record_count(deployment.bootstrap, deployment.changelog_topic, deployment.partitions)
     second = deployment.worker("second").start().wait_ready()
     if store == "memory":
         # tables/changelog.py: the changelog is read in bulk, not through Faust's replay.
@@ -130,13 +129,15 @@ def test_a_takeover_before_the_first_commit_accounts_the_whole_input(deployment:
     events, expected = make_sessions("first-commit", 1500, seed=3)
     deployment.create_topics()
     produce_events(deployment.bootstrap, deployment.events_topic, events)
-    deployment.settings["ACCOUNTANT_COMMIT_INTERVAL_SECS"] = "60"  # the victim never commits
+    never = {"ACCOUNTANT_COMMIT_INTERVAL_SECS": "60", "ACCOUNTANT_TRANSACTION_COMMIT_INTERVAL_SECS": "60"}
+    deployment.settings.update(never)  # the victim never commits, in either mode
     victim = deployment.worker("victim").start().wait_ready()
     wait_until_processing(victim, len(events) // 3)
     victim.kill()
     assert not deployment.committed_offsets(deployment.events_topic), "the victim committed: nothing shown"
 
-    del deployment.settings["ACCOUNTANT_COMMIT_INTERVAL_SECS"]
+    for setting in never:
+        del deployment.settings[setting]
     survivor = deployment.worker("survivor").start().wait_ready()
     figures = assert_closures_exact(deployment, expected, timeout=120)
     print(f"takeover before the first commit: events={len(events)} {figures}")

@@ -77,6 +77,12 @@ class Deployment:
             **self.settings,
         }
 
+    def with_group(self, app_id: str) -> Deployment:
+        """The same topics and settings under another app id: another consumer
+        group, changelog and transactional ids, reading the same input."""
+        return Deployment(self.bootstrap, app_id, self.topic_prefix, self.workdir / app_id, dict(self.settings),
+                          self.defaults)
+
     def worker(self, name: str = "worker", *, command: list[str] | None = None, **settings: str) -> WorkerProcess:
         """A worker of this deployment (not started), with `settings` of its own."""
         worker = WorkerProcess(name, {**self.env(), **settings}, self.workdir, command=command)

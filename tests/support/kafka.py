@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from app.partition_reader import plain_consumer, read_ranges
 from app.rules import decode_state
 
 __all__ = [
@@ -157,6 +158,23 @@ async def fetch_end_offsets(bootstrap: str, topic: str, partitions: int | None =
 
 def end_offsets(bootstrap: str, topic: str, partitions: int | None = None) -> dict[int, int]:
     return asyncio.run(fetch_end_offsets(bootstrap, topic, partitions))
+
+
+async def fetch_record_count(bootstrap: str, topic: str, partitions: int) -> int:
+    """How many records `topic` holds for a read_committed reader: its offsets
+    less transaction markers and aborted records."""
+    consumer = plain_consumer({"bootstrap_servers": bootstrap}, isolation_level="read_committed")
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, number) for number in range(partitions)]
+        ends = await consumer.end_offsets(tps)
+        return sum([len(batch) async for _, batch in read_ranges(consumer, {tp: (0, ends[tp]) for tp in tps})])
+    finally:
+        await consumer.stop()
+
+
+def record_count(bootstrap: str, topic: str, partitions: int) -> int:
+    return asyncio.run(fetch_record_count(bootstrap, topic, partitions))
 
 
 async def group_lag(bootstrap: str, group: str, topic: str) -> int:

@@ -232,7 +232,10 @@ async def collect(bootstrap: str, *, events_topic: str, closures_topic: str, rej
     start = time.monotonic()
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                 # A 1 MB input record must fit (the default is 1 MiB per partition).
-                                max_partition_fetch_bytes=4 * 1024 * 1024)
+                                max_partition_fetch_bytes=4 * 1024 * 1024,
+                                # As billing reads: under exactly_once, what an aborted
+                                # transaction wrote is no output.
+                                isolation_level="read_committed")
     await consumer.start()
     try:
         records = await _read_all(consumer, await _partitions(bootstrap, events_topic))
@@ -323,7 +326,11 @@ class Verdict:
 
 
 def check_run(ledger: Ledger, outputs: Outputs, *, events_topic: str, run_id: str,
-              stats: dict[str, Any] | None = None, exact_stats: bool = False) -> Verdict:
+              stats: dict[str, Any] | None = None, exact_stats: bool = False,
+              exactly_once: bool = False) -> Verdict:
+    """The oracle's verdict on a run. With `exactly_once` (the workers' mode),
+    a closure or rejection that reached a read_committed reader twice is a
+    problem too, and so are /stats counters inflated by a replay."""
     problems: list[str] = []
 
     # 1. The input topic holds what was sent, each record known.
@@ -437,6 +444,16 @@ def check_run(ledger: Ledger, outputs: Outputs, *, events_topic: str, run_id: st
                 problems.append(f"/stats counts {counted} events applied, duplicate or rejected; {ledger.sent} sent")
 
     rejection_copies = sum(len(got) for got in outputs.rejections.values())
+    rejections_repeated = sum(1 for got in outputs.rejections.values() if len(got) > 1)
+    if exactly_once:
+        repeated = sorted(closure_id for closure_id, n in copies.items() if n > 1)
+        if repeated:
+            problems.append(f"exactly_once: {len(repeated)} closures reached billing more than once: "
+                            f"{listing(repeated)}")
+        if rejections_repeated:
+            problems.append(f"exactly_once: {rejections_repeated} rejections were published more than once")
+        if stats is not None and stats.get("redelivered"):
+            problems.append(f"exactly_once: /stats counts {stats['redelivered']} redelivered events")
     figures = {
         "events": ledger.sent,
         "sessions": len(ledger.closures),
@@ -446,6 +463,7 @@ def check_run(ledger: Ledger, outputs: Outputs, *, events_topic: str, run_id: st
         "closures_received": len(outputs.closures),
         "closures_repeated": sum(1 for n in copies.values() if n > 1),
         "rejections_received": rejection_copies,
+        "rejections_repeated": rejections_repeated,
         "tokens": expected.total_tokens,
         "lost": lost,
         "lost_tokens": under_tokens,

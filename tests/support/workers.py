@@ -70,12 +70,16 @@ class WorkerProcess:
             raise AssertionError(f"{self.name} exited with {self.process.returncode}; log:\n{self.log_tail()}")
 
     def wait_ready(self, timeout: float = 90, interval: float = 0.3) -> WorkerProcess:
-        """Wait for /readyz to answer 200 (failing at once if the worker exits)."""
+        """Wait for /readyz to answer 200 and ready: a worker's "ready", not
+        "rebalancing" (its table recovered), a ledger's `"ready": true`
+        (failing at once if the process exits)."""
 
         def ready() -> bool:
             self.check_alive()
             try:
-                return self.get("/readyz")[0] == 200
+                status, body = self.get("/readyz")
+                return status == 200 and isinstance(body, dict) and (body.get("status") == "ready"
+                                                                     or body.get("ready") is True)
             except OSError:
                 return False
 

@@ -1,0 +1,221 @@
+"""The order in which the agent writes a batch, and what it commits, with no
+broker: the real agent of an app built in-process, its real memory store,
+and stand-ins for the consumer and the producers that record every step.
+
+at_least_once: closures and rejections acknowledged, then the changelog
+acknowledged, then the store, then the offset marked accounted.
+exactly_once: outputs and changelog in the partition's transaction, the
+store only once that transaction committed, and the offset committed in it.
+A fetch that does not begin at the cursor is refused and the partition is
+read again from the cursor, with nothing marked accounted past it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from faust.types import TP
+
+from agents.accountant import SessionAccountant
+from agents.sender import Record
+from app.faust_compat import InputBatch, InputGap, PartitionFetch, ReadStart
+from app.service import build_app
+from app.settings import load_settings
+from tests.support.events import session_events
+
+TOPIC = "session-events"
+
+
+@dataclass
+class ConsumerRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes
+
+
+def lifecycle(session_id: str) -> list[ConsumerRecord]:
+    """created, activated (100), one round (20), closed: offsets 0-3 of partition 0."""
+    return [ConsumerRecord(TOPIC, 0, offset, session_id.encode(), orjson.dumps(body))
+            for offset, body in enumerate(session_events(session_id, [20], initial=100))]
+
+
+@dataclass
+class RecordingConsumer:
+    """What the agent asks of the batch consumer."""
+
+    steps: list[str]
+    start: ReadStart = field(default_factory=lambda: ReadStart(0, 1))
+    accounted: dict[int, int] = field(default_factory=dict)
+    reseeks: list[tuple[int, int]] = field(default_factory=list)
+    gaps: list[InputGap] = field(default_factory=list)
+    last_commit_at: float | None = None
+
+    def read_start(self, tp: TP) -> ReadStart:
+        return self.start
+
+    def stable_end(self, tp: TP) -> int | None:
+        return None
+
+    def mark_accounted(self, tp: TP, offset: int) -> None:
+        self.steps.append(f"accounted {offset}")
+        self.accounted[tp.partition] = offset
+
+    def take_gaps(self) -> list[InputGap]:
+        gaps, self.gaps = self.gaps, []
+        return gaps
+
+    async def reseek(self, tp: TP, offset: int) -> ReadStart:
+        self.reseeks.append((tp.partition, offset))
+        self.start = ReadStart(offset, self.start.seek_epoch + 1)
+        return self.start
+
+
+class RecordingSender:
+    def __init__(self, steps: list[str], changelog: str) -> None:
+        self.steps = steps
+        self.changelog = changelog
+
+    async def send_all(self, records: list[Record]) -> list[Any]:
+        kinds = sorted({"changelog" if record.topic == self.changelog else "outputs" for record in records})
+        self.steps.append("acknowledged " + "+".join(kinds))
+        return [Ack(record.topic, record.partition or 0, offset) for offset, record in enumerate(records)]
+
+
+@dataclass
+class Ack:
+    topic: str
+    partition: int
+    offset: int
+
+
+class RecordingTransactions:
+    """PartitionTransactions as the agent uses it, without a broker."""
+
+    def __init__(self, steps: list[str], sender: RecordingSender) -> None:
+        self.steps = steps
+        self.sender = sender
+        self.offsets: dict[int, int] = {}
+        self.open: set[int] = set()
+        self.committed: list[dict[int, int | None]] = []
+
+    async def send(self, by_partition: dict[int, list[Record]]) -> dict[int, list[Any]]:
+        self.open |= set(by_partition)
+        return {partition: await self.sender.send_all(records) for partition, records in by_partition.items()}
+
+    def advance(self, partition: int, next_offset: int) -> None:
+        self.open.add(partition)
+        self.offsets[partition] = next_offset
+
+    def due(self, interval_secs: float) -> list[int]:
+        return []  # the test commits explicitly
+
+    def pending(self) -> list[int]:
+        return sorted(self.open)
+
+    async def commit(self, partitions: list[int]) -> None:
+        self.steps.append(f"committed transactions {sorted(partitions)}")
+        self.committed.append({partition: self.offsets.pop(partition, None) for partition in partitions})
+        self.open -= set(partitions)
+
+
+def accountant(tmp_path: Path, guarantee: str) -> tuple[SessionAccountant, list[str], RecordingConsumer, Any]:
+    settings = load_settings(broker="127.0.0.1:9", app_id="steps", partitions=1, data_dir=str(tmp_path),
+                             processing_guarantee=guarantee)
+    agent = build_app(settings).accountant
+    steps: list[str] = []
+    store = agent.store
+    write = store.write
+
+    def recorded_write(partition: int, values: Any) -> None:
+        steps.append("store written")
+        write(partition, values)
+
+    store.write = recorded_write  # type: ignore[method-assign]
+    consumer = RecordingConsumer(steps)
+    agent.consumer = consumer  # type: ignore[assignment]
+    sender = RecordingSender(steps, agent.table.changelog_topic.get_topic_name())
+    agent.sender = sender  # type: ignore[assignment]
+    if agent.transactions is not None:
+        agent.transactions = RecordingTransactions(steps, sender)  # type: ignore[assignment]
+    agent._scheduled_partitions = {0}
+    return agent, steps, consumer, store
+
+
+def batch(records: list[ConsumerRecord], start: int | None = None, epoch: int = 1) -> InputBatch:
+    first = records[0].offset if start is None else start
+    return InputBatch(TOPIC, [PartitionFetch(0, records, first, records[-1].offset + 1, epoch)])
+
+
+async def test_at_least_once_acknowledges_outputs_then_changelog_then_stores_then_marks(tmp_path: Path) -> None:
+    agent, steps, _, store = accountant(tmp_path, "at_least_once")
+    await agent._account_batch(batch(lifecycle("s-1")))
+    assert steps == ["acknowledged outputs", "acknowledged changelog", "store written", "accounted 4"]
+    closed = store.get("s-1")
+    assert closed is not None and closed.record.total_token_count == 120
+
+
+async def test_exactly_once_stores_only_what_its_transaction_committed(tmp_path: Path) -> None:
+    agent, steps, consumer, store = accountant(tmp_path, "exactly_once")
+    await agent._account_batch(batch(lifecycle("s-1")))
+    # Outputs and changelog in one transaction (one round trip), nothing stored yet.
+    assert steps == ["acknowledged changelog+outputs", "accounted 4"]
+    assert store.get("s-1") is None
+    assert agent.states.get("s-1").record.total_token_count == 120  # the agent reads its own writes
+    transactions = agent.transactions
+    assert isinstance(transactions, RecordingTransactions)
+    await agent._commit(transactions.pending())
+    assert steps[-2:] == ["committed transactions [0]", "store written"]
+    assert transactions.committed == [{0: 4}]  # the input offset commits in the transaction
+    stored = store.get("s-1")
+    assert stored is not None and stored.record.total_token_count == 120
+    assert consumer.last_commit_at is not None
+
+
+async def test_a_failed_commit_leaves_the_store_untouched(tmp_path: Path) -> None:
+    agent, steps, _, store = accountant(tmp_path, "exactly_once")
+    await agent._account_batch(batch(lifecycle("s-1")))
+    transactions = agent.transactions
+    assert isinstance(transactions, RecordingTransactions)
+
+    async def fenced(partitions: list[int]) -> None:
+        raise RuntimeError("ProducerFenced")
+
+    transactions.commit = fenced  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        await agent._commit([0])
+    assert store.get("s-1") is None and "store written" not in steps
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_a_fetch_past_the_cursor_is_refused_and_read_again(tmp_path: Path, guarantee: str) -> None:
+    agent, steps, consumer, store = accountant(tmp_path, guarantee)
+    records = lifecycle("s-2")
+    await agent._account_batch(batch(records[:2]))  # offsets 0-1: the cursor is at 2
+    steps.clear()
+    await agent._account_batch(batch(records[3:]))  # begins at 3: offset 2 reached no one
+    assert consumer.reseeks == [(0, 2)]
+    assert steps == []  # nothing applied, sent or marked
+    assert agent.metrics.refused_fetches._value.get() == 1
+    # Read again from the cursor (a new seek epoch): the whole rest is accounted.
+    await agent._account_batch(batch(records[2:], epoch=consumer.start.seek_epoch))
+    assert consumer.accounted[0] == 4
+    if agent.transactions is not None:
+        await agent._commit([0])
+    closed = store.get("s-2")
+    assert closed is not None and closed.record.total_token_count == 120 and closed.close_reason is not None
+
+
+async def test_an_input_gap_is_counted_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    agent, _, consumer, _ = accountant(tmp_path, "at_least_once")
+    consumer.gaps.append(InputGap(0, expected=100, log_start=130))
+    await agent._account_batch(batch(lifecycle("s-3")))
+    assert agent.metrics.input_gaps._value.get() == 1
+    assert agent.metrics.input_gap_offsets._value.get() == 30
+    assert any(r.levelname == "ERROR" and "offsets 100 to 129" in r.getMessage() for r in caplog.records)
+

@@ -1,0 +1,261 @@
+"""Where the batch consumer reads each input partition from, with no broker:
+`BatchConsumerThread` over a stand-in for the aiokafka consumer that moves
+its positions the way aiokafka's fetcher does (a drain moves a partition's
+position to the end of what it handed over; a seek sets it).
+
+These pin the fix of issue 20: a partition's read start was read back from
+the consumer's position after the seek, with awaits in between, and a fetch
+drained meanwhile had moved that position past records no one accounted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+from faust.types import TP
+
+from app.faust_compat import TRANSPORT_SCHEME, BatchConsumerThread, InputGap, PartitionFetch, ReadStart
+
+TOPIC = "session-events"
+TP0 = TP(TOPIC, 0)
+AIO_TP0 = TopicPartition(TOPIC, 0)
+
+
+@dataclass
+class Record:
+    offset: int
+
+
+@dataclass
+class PartitionState:
+    position: int | None = None
+    lso: int | None = None
+    highwater: int | None = None
+
+    @property
+    def has_valid_position(self) -> bool:
+        return self.position is not None
+
+
+@dataclass
+class Assignment:
+    states: dict[TopicPartition, PartitionState]
+
+    def state_value(self, tp: TopicPartition) -> PartitionState | None:
+        return self.states.get(tp)
+
+
+@dataclass
+class Subscriptions:
+    assignment: Assignment
+    reassignment_in_progress: bool = False
+
+    @property
+    def subscription(self) -> Subscriptions:
+        return self
+
+    def is_assigned(self, tp: TopicPartition) -> bool:
+        return tp in self.assignment.states
+
+    @contextlib.contextmanager
+    def fetch_context(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class Chunk:
+    """What aiokafka holds of a partition: offsets `start` up to `end`, with
+    these records (the rest are transaction markers or aborted records)."""
+
+    start: int
+    offsets: list[int]
+    end: int
+
+
+def records(start: int, end: int) -> Chunk:
+    return Chunk(start, list(range(start, end)), end)
+
+
+@dataclass
+class Fetcher:
+    """aiokafka's fetcher as far as the thread uses it: what it holds for a
+    partition begins at that partition's position, and a drain moves it."""
+
+    subscriptions: Subscriptions
+    buffered: dict[TopicPartition, Chunk] = field(default_factory=dict)
+    #: Set to make a wait for data end; what it runs first stands for
+    #: whatever else the consumer thread does while it waits.
+    on_wait: Any = None
+    _closed: bool = False
+
+    @property
+    def _subscriptions(self) -> Subscriptions:
+        return self.subscriptions
+
+    async def fetched_records(self, partitions: Any, timeout: float = 0, max_records: Any = None) -> dict:
+        assert timeout == 0, "the thread drains without waiting inside the drain"
+        drained = {}
+        for tp, chunk in list(self.buffered.items()):
+            state = self.subscriptions.assignment.states[tp]
+            if state.position != chunk.start:
+                continue  # aiokafka: FetchResult.check_assignment
+            if chunk.offsets:
+                drained[TP(tp.topic, tp.partition)] = [Record(offset) for offset in chunk.offsets]
+            state.position = chunk.end  # aiokafka: FetchResult._update_position
+            del self.buffered[tp]
+        return drained
+
+    def _create_fetch_waiter(self) -> asyncio.Future[None]:
+        waiter = asyncio.get_running_loop().create_future()
+
+        async def later() -> None:
+            if self.on_wait is not None:
+                await self.on_wait()
+            waiter.set_result(None)
+
+        asyncio.get_running_loop().create_task(later())
+        return waiter
+
+
+class Coordinator:
+    def __init__(self, committed: dict[TopicPartition, int], during_fetch: Any = None) -> None:
+        self.committed = committed
+        self.during_fetch = during_fetch
+
+    async def fetch_committed_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, OffsetAndMetadata]:
+        if self.during_fetch is not None:
+            await self.during_fetch()
+        return {tp: OffsetAndMetadata(self.committed[tp], "") for tp in tps if tp in self.committed}
+
+
+class Consumer:
+    """The aiokafka consumer of one partition, 0 of the input topic."""
+
+    def __init__(self, *, committed: dict[TopicPartition, int], log_start: int = 0, position: int | None = None,
+                 during_offset_fetch: Any = None) -> None:
+        self._subscription = Subscriptions(Assignment({AIO_TP0: PartitionState(position)}))
+        self._fetcher = Fetcher(self._subscription)
+        self._coordinator = Coordinator(committed, during_offset_fetch)
+        self.log_start = log_start
+        self.seeks: list[tuple[TopicPartition, int]] = []
+        self._closed = False
+
+    def state(self) -> PartitionState:
+        return self._subscription.assignment.states[AIO_TP0]
+
+    async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict.fromkeys(tps, self.log_start)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+        self.state().position = offset
+        self._fetcher.buffered.pop(tp, None)  # aiokafka drops what it held
+
+
+@pytest.fixture
+async def thread() -> AsyncIterator[BatchConsumerThread]:
+    app = faust.App("reads", broker=f"{TRANSPORT_SCHEME}://127.0.0.1:9", autodiscover=False)
+    app.consumer.batch_topics = frozenset({TOPIC})
+    yield app.consumer._thread
+
+
+async def test_the_read_start_is_the_offset_sought_not_a_position_read_afterwards(
+        thread: BatchConsumerThread) -> None:
+    """Issue 20's deterministic case: the group committed 100, and while the
+    committed offset is fetched a drain moves the position to 150. The read
+    start is 100, the consumer is sought there after the drain, and the
+    drained records carry the old epoch: stale."""
+    consumer = Consumer(committed={AIO_TP0: 100}, position=100)
+    consumer._fetcher.buffered[AIO_TP0] = records(100, 150)
+    drained_meanwhile: list[Any] = []
+
+    async def drain() -> None:
+        drained_meanwhile.append(await thread._fetch_records(consumer, {TP0}, timeout=0))
+
+    consumer._coordinator.during_fetch = drain
+    thread._consumer = consumer
+    epoch_before = thread.seek_epochs.get(TP0, 0)
+
+    starts, gaps = await thread._seek_to_read_starts({TP0: None})
+
+    assert starts == {TP0: ReadStart(100, epoch_before + 1)}
+    assert gaps == []
+    assert consumer.seeks[-1] == (AIO_TP0, 100) and consumer.state().position == 100
+    [fetched] = drained_meanwhile
+    assert fetched.fetches[TP0].start == 100 and fetched.fetches[TP0].position == 150
+    assert fetched.fetches[TP0].seek_epoch == epoch_before  # older than the read start: stale
+
+
+async def test_a_partition_the_group_never_committed_is_read_from_the_log_start(thread: BatchConsumerThread) -> None:
+    consumer = Consumer(committed={}, log_start=7, position=40)
+    thread._consumer = consumer
+    starts, gaps = await thread._seek_to_read_starts({TP0: None})
+    assert starts[TP0].offset == 7 and gaps == []
+    assert consumer.state().position == 7
+
+
+async def test_a_committed_offset_the_log_no_longer_holds_is_a_gap(thread: BatchConsumerThread) -> None:
+    """Retention deleted offsets 100-129 before the group read them: the read
+    goes on from 130, and the gap is reported, not passed in silence."""
+    consumer = Consumer(committed={AIO_TP0: 100}, log_start=130)
+    thread._consumer = consumer
+    starts, gaps = await thread._seek_to_read_starts({TP0: None})
+    assert starts[TP0].offset == 130
+    assert gaps == [InputGap(0, expected=100, log_start=130)]
+    # The agent asks to read again from its cursor: the same check applies.
+    starts, gaps = await thread._seek_to_read_starts({TP0: 120})
+    assert starts[TP0].offset == 130 and gaps == [InputGap(0, expected=120, log_start=130)]
+    starts, gaps = await thread._seek_to_read_starts({TP0: 135})
+    assert starts[TP0].offset == 135 and gaps == []
+
+
+async def test_a_partition_revoked_while_its_offsets_are_fetched_is_not_sought(thread: BatchConsumerThread) -> None:
+    consumer = Consumer(committed={AIO_TP0: 5})
+
+    async def revoke() -> None:
+        consumer._subscription.assignment.states.clear()
+
+    consumer._coordinator.during_fetch = revoke
+    thread._consumer = consumer
+    starts, _ = await thread._seek_to_read_starts({TP0: None})
+    assert starts == {} and consumer.seeks == []
+
+
+async def test_each_fetch_carries_the_span_it_was_drained_from(thread: BatchConsumerThread) -> None:
+    """A seek while the thread waits for data moves the position; the fetch
+    then begins where the drain began, not where the last one ended."""
+    consumer = Consumer(committed={}, position=10)
+    thread._consumer = consumer
+    consumer._fetcher.buffered[AIO_TP0] = records(10, 13)
+    first = await thread._fetch_records(consumer, {TP0}, timeout=0)
+    assert first.fetches[TP0] == PartitionFetch(0, first[TP0], 10, 13, 0)
+    assert [record.offset for record in first[TP0]] == [10, 11, 12]
+
+    async def seek_elsewhere_then_data() -> None:
+        consumer.seek(AIO_TP0, 50)
+        consumer._fetcher.buffered[AIO_TP0] = records(50, 52)
+
+    consumer._fetcher.on_wait = seek_elsewhere_then_data
+    second = await thread._fetch_records(consumer, {TP0}, timeout=1.0)
+    assert (second.fetches[TP0].start, second.fetches[TP0].position) == (50, 52)
+
+
+async def test_a_drain_of_markers_alone_is_a_fetch_without_records(thread: BatchConsumerThread) -> None:
+    """read_committed passes transaction markers and aborted records with no
+    record to hand over: the agent must still learn that the position moved
+    (a trailing marker), and a drain that moved nothing is no fetch."""
+    consumer = Consumer(committed={}, position=20)
+    thread._consumer = consumer
+    assert (await thread._fetch_records(consumer, {TP0}, timeout=0)).fetches == {}
+    consumer._fetcher.buffered[AIO_TP0] = Chunk(20, [], 22)
+    fetched = await thread._fetch_records(consumer, {TP0}, timeout=0)
+    assert dict(fetched) == {}
+    assert fetched.fetches[TP0] == PartitionFetch(0, [], 20, 22, 0)
