@@ -4,8 +4,10 @@ Two kinds of records, in this order: ``usage``, one per tenant, provider and
 model (closures, late closures, their tokens, the adjustments booked in the
 period and the billed total), then ``adjustment``, one per adjustment booked
 in the period (who, when, why, which closure). Both are read in one
-REPEATABLE READ snapshot, so they agree, through server-side cursors: the
-export streams, whatever the month's size.
+REPEATABLE READ snapshot, so they agree, row by row as the server sends them
+(psycopg's ``stream``, libpq's single-row mode): the export streams, whatever
+the month's size. Not through a server-side cursor: PostgreSQL plans no
+parallel scan for one, and a month's aggregate is a scan of its partition.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ FORMATS = ("csv", "jsonl")
 COLUMNS = ("record_type", "period", "tenant_id", "provider_id", "model", "closures", "late_closures",
            "total_token_count", "adjustments", "adjustment_token_count", "billed_token_count", "adjustment_id",
            "closure_id", "token_count", "reason", "created_by", "created_at", "late")
-_ROWS_PER_FETCH = 10_000
 
 _USAGE = """
 WITH usage AS (
@@ -56,18 +57,16 @@ def export_records(connection: psycopg.Connection[Any], period: date) -> Iterato
     connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     with connection.transaction():
         connection.execute("SET LOCAL TIME ZONE 'UTC'")
-        with connection.cursor(name="export_usage") as cursor:
-            cursor.itersize = _ROWS_PER_FETCH
-            cursor.execute(_USAGE, {"period": period})
-            for tenant, provider, model, closures, late, total, adjustments, adjusted in cursor:
+        with connection.cursor() as cursor:
+            for tenant, provider, model, closures, late, total, adjustments, adjusted in cursor.stream(
+                    _USAGE, {"period": period}):
                 yield {"record_type": "usage", "period": label, "tenant_id": tenant, "provider_id": provider,
                        "model": model, "closures": closures, "late_closures": late,
                        "total_token_count": int(total), "adjustments": adjustments,
                        "adjustment_token_count": int(adjusted), "billed_token_count": int(total + adjusted)}
-        with connection.cursor(name="export_adjustments") as cursor:
-            cursor.itersize = _ROWS_PER_FETCH
-            cursor.execute(_ADJUSTMENTS, {"period": period})
-            for number, tenant, closure_id, tokens, reason, created_by, created_at, late in cursor:
+        with connection.cursor() as cursor:
+            for number, tenant, closure_id, tokens, reason, created_by, created_at, late in cursor.stream(
+                    _ADJUSTMENTS, {"period": period}):
                 yield {"record_type": "adjustment", "period": label, "tenant_id": tenant, "adjustment_id": number,
                        "closure_id": closure_id, "token_count": int(tokens), "reason": reason,
                        "created_by": created_by, "created_at": created_at.isoformat().replace("+00:00", "Z"),
