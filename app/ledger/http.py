@@ -15,7 +15,7 @@ def build_web_app(metrics: LedgerMetrics, status: Callable[[], dict[str, Any]]) 
     """``status()`` says whether the ledger is ready (schema migrated, partitions
     positioned), what it owns, and whether it is ``healthy``: /healthz answers
     503 when not (stalled: closures wait and no batch committed for the stall
-    timeout, the database down included; or a partition stopped at a gap)."""
+    timeout, the database down included), so that a stuck ledger is restarted."""
 
     async def metrics_view(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
