@@ -412,8 +412,12 @@ def export(month, fmt: str, out: Path | None, dsn: str | None) -> None:
             count = write_export(export_records(connection, month), sys.stdout, fmt)
         else:
             partial = out.with_name(out.name + ".partial")
-            with open(partial, "w", newline="") as file:
-                count = write_export(export_records(connection, month), file, fmt)
+            try:
+                with open(partial, "w", newline="") as file:
+                    count = write_export(export_records(connection, month), file, fmt)
+            except BaseException:
+                partial.unlink(missing_ok=True)  # no half export left where an invoicing system may look
+                raise
             partial.replace(out)
     click.echo(f"exported {count:,} records of {month:%Y-%m}" + (f" to {out}" if out else ""), err=True)
 

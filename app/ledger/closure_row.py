@@ -82,8 +82,9 @@ class ClosureRow(NamedTuple):
     source: SourceOffset
     #: The first day of the UTC month of ``closed_at``: the period it is billed in, unless closed.
     closed_month: date
-    #: The record's value bytes, kept should the database refuse the row.
+    #: The record's value bytes and key, kept should the database refuse the row.
     raw: bytes
+    key: bytes | None
 
 
 class LedgerReject(NamedTuple):
@@ -112,7 +113,7 @@ def decode_closure(source: SourceOffset, key: bytes | None, value: bytes | None)
     except orjson.JSONDecodeError as error:
         return LedgerReject(source, f"not JSON: {error}", key, value)
     try:
-        return _row(closure, source, value)
+        return _row(closure, source, value, key)
     except _Invalid as error:
         return LedgerReject(source, str(error), key, value)
     except (RecursionError, orjson.JSONEncodeError):
@@ -160,7 +161,7 @@ def datetime_to_micros(moment: datetime) -> int:
     return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
-def _row(closure: Any, source: SourceOffset, raw: bytes) -> ClosureRow:
+def _row(closure: Any, source: SourceOffset, raw: bytes, key: bytes | None) -> ClosureRow:
     if type(closure) is not dict:
         raise _Invalid("the closure must be a JSON object")
     get = closure.get
@@ -215,7 +216,7 @@ def _row(closure: Any, source: SourceOffset, raw: bytes) -> ClosureRow:
     # Positional, in field order: the fastest way to build the tuple.
     return ClosureRow(closure_id, reason, session_id, tenant_id, provider_id, model, created_text, activated_text,
                       closed_text, ttl_secs, round_count, missing_rounds, initial, delta, total, record, record_text,
-                      record_json, digest, emitted_text, source, date(closed_at.year, closed_at.month, 1), raw)
+                      record_json, digest, emitted_text, source, date(closed_at.year, closed_at.month, 1), raw, key)
 
 
 def _string(value: Any, name: str, max_chars: int) -> str:

@@ -312,7 +312,7 @@ class PostgresLedgerStore:
                 reason = f"the database refused the row: {describe_database_error(error)}"
                 log.warning("the database refused closure %r at %s/%d@%d: %s", row.closure_id,
                             row.source.topic, row.source.partition, row.source.offset, reason)
-                refused.append(LedgerReject(row.source, reason, None, row.raw))
+                refused.append(LedgerReject(row.source, reason, row.key, row.raw))
         return written, duplicates, conflicts, refused
 
 

@@ -45,8 +45,9 @@ def test_the_password_is_nowhere_and_a_refused_row_is_not_copied(ledger_deployme
     refused = closure("vip", tenant_id="tenant-vip", metadata={"card": "row-canary-4111"})
     ledger_deployment.publish([("vip", orjson.dumps(refused)), ("junk", b"not json")])
     ledger_deployment.wait_caught_up(alive=[ledger])
-    [(error,)] = ledger_deployment.query("SELECT error FROM ledger_rejects WHERE error LIKE %s", ("%no_vip%",))
-    assert "row-canary" not in error
+    [(key, error)] = ledger_deployment.query("SELECT key, error FROM ledger_rejects WHERE error LIKE %s",
+                                             ("%no_vip%",))
+    assert key == b"vip" and "row-canary" not in error
 
     wait_for("the log to tell of the refused row", lambda: "no_vip" in ledger.log_tail(400), 10)
     seen = {
