@@ -136,9 +136,10 @@ class LedgerConsumer:
             self._planned.pop(key, None)
             if self._gaps.pop(key, None) is not None:
                 self._consumer.resume(tp)
-                self._metrics.gap_refused.labels(tp.topic, str(tp.partition)).set(0)
             with contextlib.suppress(KeyError):  # no lag was recorded for it yet
                 self._metrics.lag.remove(tp.topic, str(tp.partition))
+            with contextlib.suppress(KeyError):
+                self._metrics.gap_refused.remove(tp.topic, str(tp.partition))
 
     async def partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         try:
@@ -165,6 +166,8 @@ class LedgerConsumer:
                 offset = gap.to_offset
             self._consumer.seek(tp, beginning[tp] if offset is None else offset)
             self._stored[key] = self._planned[key] = offset
+            # 0, not absent, for every partition owned without a gap: the alert's series exists.
+            self._metrics.gap_refused.labels(tp.topic, str(tp.partition)).set(0)
         log.info("positioned %s at the database's offsets %s", sorted(keys),
                  {f"{topic}/{number}": self._stored.get((topic, number)) for topic, number in sorted(keys)})
 
@@ -176,7 +179,6 @@ class LedgerConsumer:
             log.warning("GAP accepted by %s and recorded in ledger_gaps: %s; resuming at offset %d",
                         self._accepted_by, gap.describe(), gap.to_offset)
             self._metrics.gaps_accepted.inc()
-            self._metrics.gap_refused.labels(tp.topic, str(tp.partition)).set(0)
             return True
         log.error("GAP: %s. The partition is stopped. To skip those closures for good, run the ledger with "
                   "--accept-gap %s (recorded in ledger_gaps).", gap.describe(), gap.flag)
