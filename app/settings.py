@@ -103,6 +103,21 @@ class Settings(BaseSettings):
     #: Address and port of the ledger's /metrics and /healthz.
     ledger_web_host: str = "127.0.0.1"
     ledger_web_port: int = Field(6067, ge=1, le=65535)
+    #: A file holding the ledger's DSN (e.g. a mounted secret), so its password
+    #: stays out of the environment listing. Setting both it and the DSN is an error.
+    ledger_dsn_file: str = ""
+    #: The ledger's database waits (what the DSN says wins): connecting; one
+    #: statement; waiting for a lock; a transaction left idle by a stuck client.
+    ledger_connect_timeout_secs: int = Field(5, ge=2, le=600)
+    ledger_statement_timeout_secs: float = Field(300.0, gt=0, le=86_400)
+    ledger_lock_timeout_secs: float = Field(30.0, gt=0, le=86_400)
+    ledger_idle_in_transaction_timeout_secs: float = Field(120.0, gt=0, le=86_400)
+    #: TCP keepalive: probes start after this many idle seconds, so a half-dead
+    #: connection to the database is dropped (then retried) within about twice it.
+    ledger_tcp_keepalive_secs: int = Field(30, ge=1, le=7200)
+    #: The ledger's /healthz answers 503 once no batch has committed for this
+    #: long while closures wait to be written: a stuck ledger gets restarted.
+    ledger_stall_timeout_secs: float = Field(120.0, gt=0, le=86_400)
     #: text (default, for people) or json (one object per line, for log collectors).
     log_format: Literal["text", "json"] = "text"
     #: /healthz answers 503 once the agent has made no progress for this long
@@ -185,6 +200,23 @@ class Settings(BaseSettings):
         except ValueError:
             raise ValueError("has an invalid port") from None
         return value.rstrip("/")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ledger_dsn_from_file(cls, data: Any) -> Any:
+        """ACCOUNTANT_LEDGER_DSN_FILE read into ledger_dsn, so every user of the DSN gets it."""
+        if not isinstance(data, dict) or not data.get("ledger_dsn_file"):
+            return data
+        path = data["ledger_dsn_file"]
+        if data.get("ledger_dsn"):
+            raise ValueError(f"{ENV_PREFIX}LEDGER_DSN and {ENV_PREFIX}LEDGER_DSN_FILE are both set; set only one")
+        problems = _file_problems("ledger_dsn_file", path)
+        if problems:
+            raise ValueError(f"{ENV_PREFIX}LEDGER_DSN_FILE: {problems[0][1]}")
+        dsn = read_secret_file(path).strip()
+        if not dsn:
+            raise ValueError(f"{ENV_PREFIX}LEDGER_DSN_FILE: {path} is empty")
+        return {**data, "ledger_dsn": dsn}
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
