@@ -111,16 +111,21 @@ class UsageEntry:
 
 @value
 class UsageDelta:
-    """What one batch of one input partition adds to one tenant, in order."""
+    """What one batch of one input partition adds to one tenant, in order.
+
+    `delta_id` tells a record the producer wrote twice (a retried send)
+    from the next delta: the sender makes it unique per delta."""
 
     tenant_id: str
     source_partition: int
     entries: tuple[UsageEntry, ...]
+    delta_id: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "tenant_id": self.tenant_id,
             "source_partition": self.source_partition,
+            "delta_id": self.delta_id,
             "entries": [_entry_json(entry) for entry in self.entries],
         }
 
@@ -128,7 +133,7 @@ class UsageDelta:
     def from_json(cls, data: Mapping[str, Any]) -> UsageDelta:
         tenant_id = data["tenant_id"]
         return cls(tenant_id, data["source_partition"],
-                   tuple(_entry_from_json(tenant_id, entry) for entry in data["entries"]))
+                   tuple(_entry_from_json(tenant_id, entry) for entry in data["entries"]), data["delta_id"])
 
 
 def _entry_json(entry: UsageEntry) -> list[Any]:
@@ -274,6 +279,8 @@ class TenantUsage:
     applied_through: Mapping[int, int] = field(default_factory=dict)
     #: Per month, the names of the thresholds alerted.
     alerted: Mapping[Period, frozenset[str]] = field(default_factory=dict)
+    #: Per input partition, the id of the last delta applied.
+    last_delta: Mapping[int, str] = field(default_factory=dict)
 
     def usage(self, period: Period, now: Micros) -> int:
         """SPEC §9: the month's closures, plus the open sessions when it is the month of `now`."""
@@ -289,6 +296,7 @@ class TenantUsage:
             "closed": {period: [t.tokens, t.closed, t.ttl_expired] for period, t in sorted(self.closed.items())},
             "applied_through": {str(p): offset for p, offset in sorted(self.applied_through.items())},
             "alerted": {period: sorted(names) for period, names in sorted(self.alerted.items())},
+            "last_delta": {str(p): delta_id for p, delta_id in sorted(self.last_delta.items())},
         }
 
     @classmethod
@@ -298,6 +306,7 @@ class TenantUsage:
             {period: PeriodTotals(*totals) for period, totals in data["closed"].items()},
             {int(p): offset for p, offset in data["applied_through"].items()},
             {period: frozenset(names) for period, names in data["alerted"].items()},
+            {int(p): delta_id for p, delta_id in data["last_delta"].items()},
         )
 
 
@@ -311,6 +320,7 @@ class _Working:
         self.closed = dict(state.closed)
         self.applied_through = dict(state.applied_through)
         self.alerted = {period: set(names) for period, names in state.alerted.items()}
+        self.last_delta = dict(state.last_delta)
         self.alerts: list[Alert] = []
 
     def usage(self, period: Period, current: Period) -> int:
@@ -339,7 +349,8 @@ class _Working:
     def result(self) -> tuple[TenantUsage, tuple[Alert, ...]]:
         state = TenantUsage(self.state.tenant_id, self.open_sessions, self.open_tokens, self.closed,
                             self.applied_through,
-                            {period: frozenset(names) for period, names in self.alerted.items() if names})
+                            {period: frozenset(names) for period, names in self.alerted.items() if names},
+                            self.last_delta)
         return state, tuple(self.alerts)
 
 
@@ -359,11 +370,15 @@ def apply_delta(state: TenantUsage, delta: UsageDelta, budget: Budget | None,
                 now: Micros) -> tuple[TenantUsage, tuple[Alert, ...]]:
     """The tenant's state with the delta's new steps applied, and the alerts
     of the thresholds they reach. A step whose input offset was applied
-    before (the same batch read again after a crash) is skipped."""
+    before (the same batch read again after a crash) is skipped, and so is a
+    delta that is the last one applied from its partition (a send retried)."""
+    partition = delta.source_partition
+    if delta.delta_id and state.last_delta.get(partition) == delta.delta_id:
+        return state, ()
     state, carried = carried_alerts(state, budget, now)
     working = _Working(state)
+    working.last_delta[partition] = delta.delta_id
     current = period_of(now)
-    partition = delta.source_partition
     for entry in delta.entries:
         if entry.offset is not None:
             if entry.offset < working.applied_through.get(partition, 0):
@@ -379,3 +394,33 @@ def apply_delta(state: TenantUsage, delta: UsageDelta, budget: Budget | None,
     new_state, alerts = working.result()
     return new_state, carried + alerts
 
+
+
+def budget_state(usage: int, budget: Budget | None, period: Period) -> str:
+    """SPEC §9: `none` without a budget for the month, `exceeded` at or past
+    the limit, `warning` from the lowest threshold on, else `ok`."""
+    if budget is None or not budget.applies_to(period):
+        return "none"
+    if usage >= budget.limit_tokens:
+        return "exceeded"
+    return "warning" if reaches(usage, budget.thresholds[0], budget.limit_tokens) else "ok"
+
+
+def usage_view(tenant_id: str, state: TenantUsage | None, budget: Budget | None, now: Micros) -> dict[str, Any]:
+    """`GET /tenants/{id}/usage`: the tenant's live figures and the month of `now` (SPEC §8, §9)."""
+    state = state or TenantUsage(tenant_id)
+    period = period_of(now)
+    usage = state.usage(period, now)
+    totals = state.closed.get(period, PeriodTotals())
+    applies = budget is not None and budget.applies_to(period)
+    return {
+        "tenant_id": tenant_id,
+        "live_sessions": state.open_sessions,
+        "live_token_count": state.open_tokens,
+        "closures": {CloseReason.CLOSED.value: totals.closed, CloseReason.TTL_EXPIRED.value: totals.ttl_expired},
+        "period": period,
+        "usage_tokens": usage,
+        "budget": budget.to_json() if budget is not None and applies else None,
+        "remaining_tokens": max(budget.limit_tokens - usage, 0) if budget is not None and applies else None,
+        "state": budget_state(usage, budget, period),
+    }

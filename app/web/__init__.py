@@ -34,12 +34,18 @@ from app.web.ledger import LedgerView
 from app.web.schemas import SCHEMAS_PATH, get_schema
 from app.web.worker import Worker
 
-__all__ = ["Worker", "register_views"]
+__all__ = ["BUDGET_PATH", "Worker", "register_views"]
+
+#: A tenant's budget (SPEC §9): GET, PUT and DELETE.
+BUDGET_PATH = "/tenants/{tenant_id}/budget"
 
 
 def register_views(app: faust.App, worker: Worker) -> None:
     """Serve the API and the dashboard on `app`'s web server, answering from `worker`."""
-    api = Api(worker)
+    settings = worker.settings
+    producer = IngestProducer(lambda: reliable_producer(
+        settings.bootstrap_servers, {**security_options(settings), "client_id": f"{settings.app_id}-ingest"}))
+    api = Api(worker, producer)
     ledger = LedgerView.from_settings(worker.settings)
     routes: dict[str, Handler] = {
         "/": api.dashboard_page,
@@ -57,11 +63,10 @@ def register_views(app: faust.App, worker: Worker) -> None:
     }
     for path, handler in routes.items():
         app.page(path, name=handler.__name__)(_faust_handler(handler))
-    settings = worker.settings
-    producer = IngestProducer(lambda: reliable_producer(
-        settings.bootstrap_servers, {**security_options(settings), "client_id": f"{settings.app_id}-ingest"}))
     post_events = ingest_handler(producer, IngestSettings.from_settings(settings))
-    app.page(INGEST_PATH, name=post_events.__name__)(_faust_post_view(post_events))
+    app.page(INGEST_PATH, name=post_events.__name__)(_faust_view("post_events", {"post": post_events}))
+    app.page(BUDGET_PATH, name="tenant_budget")(_faust_view("tenant_budget", {
+        "get": api.get_budget, "put": api.put_budget, "delete": api.delete_budget}))
     server = app.web
     assert isinstance(server, AiohttpWeb), "Faust's web driver is aiohttp, the only one it ships"
     server.add_static("/static/", str(STATIC_DIR))
@@ -84,10 +89,12 @@ def _faust_handler(handler: Handler) -> Callable[..., Any]:
     return get
 
 
-def _faust_post_view(handler: Handler) -> type[View]:
-    """A Faust view answering POST with `handler` (Faust answers 405 to the other methods)."""
+def _faust_view(name: str, handlers: dict[str, Handler]) -> type[View]:
+    """A Faust view answering each method with its handler (Faust answers 405 to the others)."""
 
-    async def post(view: View, request: web.Request, **match_info: str) -> web.StreamResponse:
-        return await handler(request)
+    def method(handler: Handler) -> Callable[..., Any]:
+        async def answer(view: View, request: web.Request, **match_info: str) -> web.StreamResponse:
+            return await handler(request)
+        return answer
 
-    return type(handler.__name__, (View,), {"post": post, "__doc__": handler.__doc__})
+    return type(name, (View,), {verb: method(handler) for verb, handler in handlers.items()})

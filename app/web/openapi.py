@@ -34,7 +34,7 @@ from app.web.params import (
     SessionListParams,
     SessionParams,
     TenantListParams,
-    TenantUsageParams,
+    TenantParams,
     path_fields,
 )
 from app.web.schemas import SCHEMA_MEDIA_TYPE, SCHEMAS_PATH
@@ -268,7 +268,7 @@ _PARAMS: dict[str, type[Params]] = {
     "/sessions/{session_id}": SessionParams,
     "/sessions": SessionListParams,
     "/tenants": TenantListParams,
-    "/tenants/{tenant_id}/usage": TenantUsageParams,
+    "/tenants/{tenant_id}/usage": TenantParams,
     "/": DashboardParams,
 }
 

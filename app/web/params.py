@@ -25,7 +25,7 @@ from app.web.paging import CURSOR_PATTERN, DEFAULT_LIMIT, MAX_LIMIT, decode_curs
 
 __all__ = [
     "DashboardParams", "InPath", "NoParams", "Params", "SessionListParams", "SessionParams", "TenantListParams",
-    "TenantUsageParams", "parse",
+    "TenantParams", "parse",
 ]
 
 
@@ -117,7 +117,7 @@ class TenantListParams(Params):
     cursor: Cursor | None = None
 
 
-class TenantUsageParams(Params):
+class TenantParams(Params):
     tenant_id: Annotated[Identifier, InPath]
 
 

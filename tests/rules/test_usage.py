@@ -26,6 +26,7 @@ from app.rules.usage import (
     UsageEntry,
     UsageStep,
     alert_id,
+    budget_state,
     apply_delta,
     carried_alerts,
     next_period,
@@ -34,6 +35,7 @@ from app.rules.usage import (
     period_start,
     reaches,
     usage_step,
+    usage_view,
 )
 from tests.rules.strategies import POLICY, activated, closed, created, event_delivery, round_
 
@@ -290,3 +292,26 @@ def test_a_budget_applies_from_the_month_it_is_set_in() -> None:
     earlier = {"2026-11": PeriodTotals(10, 1, 0)}
     state, alerts = apply_delta(TenantUsage(TENANT, 1, 20, earlier), UsageDelta(TENANT, 0, (old,)), budget, december)
     assert alerts == () and state.usage("2026-11", december) == 30 and state.usage("2026-12", december) == 0
+
+
+def test_a_delta_written_twice_by_a_retried_send_counts_once() -> None:
+    close = UsageEntry(UsageStep(TENANT, -1, -5, "2026-11", 5, CloseReason.TTL_EXPIRED), None, START)
+    delta = UsageDelta(TENANT, 3, (close,), "d-1")
+    once, _ = apply_delta(TenantUsage(TENANT, 1, 5), delta, None, START)
+    assert apply_delta(once, delta, None, START) == (once, ())
+    again, _ = apply_delta(once, UsageDelta(TENANT, 3, (close,), "d-2"), None, START)
+    assert again.closed["2026-11"].ttl_expired == 2  # another delta: the timer's steps have no offset
+
+
+def test_the_usage_view_reports_the_month_against_its_budget() -> None:
+    december = parse_timestamp("2026-12-02T00:00:00Z")
+    budget = Budget(100, (0.5, 1.0), "2026-11", START)
+    state = TenantUsage(TENANT, 2, 30, {"2026-12": PeriodTotals(25, 1, 2), "2026-11": PeriodTotals(500, 9, 0)})
+    view = usage_view(TENANT, state, budget, december)
+    assert view == {"tenant_id": TENANT, "live_sessions": 2, "live_token_count": 30,
+                    "closures": {"closed": 1, "ttl_expired": 2}, "period": "2026-12", "usage_tokens": 55,
+                    "budget": budget.to_json(), "remaining_tokens": 45, "state": "warning"}
+    assert usage_view(TENANT, None, None, december)["state"] == "none"
+    assert [budget_state(usage, budget, "2026-12") for usage in (49, 50, 99, 100, 150)] == [
+        "ok", "warning", "warning", "exceeded", "exceeded"]
+    assert budget_state(10**9, Budget(1, (1.0,), "2027-01", START), "2026-12") == "none"
