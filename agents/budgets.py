@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from app.kafka_config import client_options
 from app.rules.usage import Budget, budget_from_json
@@ -64,7 +65,7 @@ class BudgetBook:
         await consumer.start()
         try:
             partitions = [TopicPartition(self.settings.budgets_topic, partition) for partition in
-                          sorted(await _partitions(consumer, self.settings.budgets_topic))]
+                          sorted(await _partitions(self.settings, self.settings.budgets_topic))]
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             ends = await consumer.end_offsets(partitions)
@@ -85,13 +86,17 @@ async def _read_to(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) 
     return all([await consumer.position(tp) >= end for tp, end in ends.items()])
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    """The topic's partitions, once the worker's metadata holds the topic
-    (`accountant worker` creates it before it starts)."""
-    for _ in range(300):
-        # A new topic is listed before its partitions have leaders.
-        partitions = consumer.partitions_for_topic(topic) if topic in await consumer.topics() else None
-        if partitions:
-            return set(partitions)
-        await asyncio.sleep(0.1)
+async def _partitions(settings: Settings, topic: str) -> set[int]:
+    """The topic's partitions (`accountant worker` creates the topic before it starts)."""
+    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=30_000)
+    await admin.start()
+    try:
+        for _ in range(300):
+            # A new topic can be listed before its partitions are.
+            described = [meta for meta in await admin.describe_topics([topic]) if not meta.get("error_code")]
+            if described and described[0]["partitions"]:
+                return {partition["partition"] for partition in described[0]["partitions"]}
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
     raise RuntimeError(f"topic {topic!r} does not exist")

@@ -33,6 +33,7 @@ from faust.stores.memory import Store as MemoryStore
 
 from agents.sender import AcknowledgedSender, Record
 from app.faust_compat import CodecTable, memory_store_partitions
+from app.json_bytes import dumps, loads
 from app.rules.usage import (
     Alert,
     Budget,
@@ -119,7 +120,7 @@ class TenantAccountant:
 
     def get(self, tenant_id: str) -> TenantUsage | None:
         encoded = self.store.data.get(tenant_id)
-        return None if encoded is None else TenantUsage.from_json(orjson.loads(encoded))
+        return None if encoded is None else TenantUsage.from_json(loads(encoded))
 
     def tenants_in(self, partitions: Collection[int]) -> Iterator[tuple[str, int]]:
         """Every stored tenant of these partitions, with its partition."""
@@ -157,19 +158,22 @@ class TenantAccountant:
         them sends an alert again (same alert_id), never loses one."""
         updates = [update for update in updates if update[2] != update[1]]
         alerts = [Record(self.settings.alerts_topic, alert.tenant_id.encode("utf-8"),
-                         orjson.dumps(alert.to_json(now)))
+                         dumps(alert.to_json(now)))
                   for _, _, _, found in updates for alert in found]
         if alerts:
             await self.sender.send_all(alerts)
         changelog = self.table.changelog_topic.get_topic_name()
-        records = [Record(changelog, new.tenant_id.encode("utf-8"), orjson.dumps(new.to_json()), partition)
+        records = [Record(changelog, new.tenant_id.encode("utf-8"), dumps(new.to_json()), partition)
                    for partition, _, new, _ in updates]
         await self.sender.send_all(records)
-        store = self.store
-        partitions = memory_store_partitions(store)
         for (partition, _, new, _), record in zip(updates, records, strict=True):
-            store.data[new.tenant_id] = record.value
-            partitions[new.tenant_id] = partition
+            self.store_state(partition, new.tenant_id, record.value)
+
+    def store_state(self, partition: int, tenant_id: str, encoded: bytes | None) -> None:
+        """Keep a tenant's state as its changelog holds it."""
+        store = self.store
+        store.data[tenant_id] = encoded
+        memory_store_partitions(store)[tenant_id] = partition
 
     # -- the timer: a month's start and changed budgets -------------------------
 

@@ -37,6 +37,7 @@ DEFAULT_THRESHOLDS = (0.8, 1.0)
 MAX_THRESHOLDS = 10
 MAX_THRESHOLD = 10.0
 ALERT_TYPE = "budget.threshold_crossed"
+BUDGET_FIELDS = ("limit_tokens", "thresholds")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -184,7 +185,12 @@ def parse_budget(data: Any, now: Micros) -> Budget:
     BudgetError naming the field."""
     if not isinstance(data, dict):
         raise BudgetError("body", "the body must be a JSON object")
+    for name in data:
+        if name not in BUDGET_FIELDS:
+            raise BudgetError(name, f"{name} is not a field of a budget (expected: {', '.join(BUDGET_FIELDS)})")
     limit = data.get("limit_tokens")
+    if isinstance(limit, float) and limit.is_integer() and abs(limit) <= 2**53:
+        limit = int(limit)  # JSON Schema's integer: 5.0 is one, and exact as a double up to 2^53
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_COUNT:
         raise BudgetError("limit_tokens", f"limit_tokens must be an integer in 1..{MAX_COUNT}")
     raw = data.get("thresholds", list(DEFAULT_THRESHOLDS))

@@ -31,13 +31,11 @@ from app.web.errors import Handler, json_errors
 from app.web.ingest import INGEST_PATH, IngestSettings, ingest_handler
 from app.web.ingest_producer import IngestProducer
 from app.web.ledger import LedgerView
+from app.web.params import BUDGET_PATH
 from app.web.schemas import SCHEMAS_PATH, get_schema
 from app.web.worker import Worker
 
-__all__ = ["BUDGET_PATH", "Worker", "register_views"]
-
-#: A tenant's budget (SPEC §9): GET, PUT and DELETE.
-BUDGET_PATH = "/tenants/{tenant_id}/budget"
+__all__ = ["Worker", "register_views"]
 
 
 def register_views(app: faust.App, worker: Worker) -> None:

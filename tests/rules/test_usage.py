@@ -74,6 +74,7 @@ def test_budget_requests_name_the_offending_field() -> None:
     now = START
     assert parse_budget({"limit_tokens": 50}, now) == Budget(50, (0.8, 1.0), "2026-11", now)
     assert parse_budget({"limit_tokens": 50, "thresholds": [1, 0.5]}, now).thresholds == (0.5, 1.0)
+    assert parse_budget({"limit_tokens": 50.0}, now).limit_tokens == 50
     for body, name in [([], "body"), ({}, "limit_tokens"), ({"limit_tokens": 0}, "limit_tokens"),
                        ({"limit_tokens": True}, "limit_tokens"), ({"limit_tokens": 2**63}, "limit_tokens"),
                        ({"limit_tokens": 5, "thresholds": []}, "thresholds"),
@@ -81,7 +82,8 @@ def test_budget_requests_name_the_offending_field() -> None:
                        ({"limit_tokens": 5, "thresholds": [10.5]}, "thresholds"),
                        ({"limit_tokens": 5, "thresholds": [1, 1.0]}, "thresholds"),
                        ({"limit_tokens": 5, "thresholds": [0.1] * 11}, "thresholds"),
-                       ({"limit_tokens": 5, "thresholds": ["0.5"]}, "thresholds")]:
+                       ({"limit_tokens": 5, "thresholds": ["0.5"]}, "thresholds"),
+                       ({"limit_tokens": 5.5}, "limit_tokens"), ({"limit_tokens": 5, "limit": 5}, "limit")]:
         with pytest.raises(BudgetError) as refused:
             parse_budget(body, now)
         assert refused.value.field == name, body

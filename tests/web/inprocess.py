@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from app.dev.processes import pick_free_loopback_port
 from app.rules import SECOND, CloseReason, Session, SessionRecord, encode_state, parse_timestamp
+from app.rules.usage import TenantUsage
 from app.service import Service, build_app
 from app.settings import load_settings
 
@@ -51,6 +52,7 @@ class InProcessWorker:
         self.store = self.service.accountant.store
         self.owned = set(owned)
         self.service.accountant.active_partitions = lambda: set(self.owned)  # type: ignore[method-assign]
+        self.service.tenants.active_partitions = lambda: set(self.owned)  # type: ignore[method-assign]
         self.service.accountant.recovered = True
         self.group: list[str] = [self.url]
         self.service.app.assignor.tables_metadata = lambda: {url: {} for url in self.group}  # type: ignore
@@ -63,6 +65,13 @@ class InProcessWorker:
     def put(self, *sessions: Session) -> None:
         for session in sessions:
             self.store.write(session.partition, {session.record.session_id: encode_state(session)})
+
+    def put_tenants(self, *states: TenantUsage) -> None:
+        """Tenant states, each in its partition of the tenant table."""
+        tenants = self.service.tenants
+        for state in states:
+            tenants.store_state(tenants.partition_of(state.tenant_id), state.tenant_id,
+                                orjson.dumps(state.to_json()))
 
     async def start(self) -> InProcessWorker:
         web = self.service.app.web

@@ -203,11 +203,10 @@ function renderTenants(page) {
     const cells = [
       [usage.tenant_id, "id", "tenant_id"],
       [usage.live_sessions, "num", "live_sessions"],
-      [usage.sessions.pending, "num", "pending"],
-      [usage.sessions.active, "num", "active"],
-      [usage.sessions.closed, "num", "closed"],
       [usage.live_token_count, "num", "live_token_count"],
-      [usage.total_token_count, "num", "total_token_count"],
+      [usage.usage_tokens, "num", "usage_tokens"],
+      [usage.budget ? usage.budget.limit_tokens : "–", usage.budget ? "num" : "id", "limit_tokens"],
+      [usage.state, "id", "state"],
       [usage.closures.closed, "num", "closures_closed"],
       [usage.closures.ttl_expired, "num", "closures_ttl_expired"],
     ];
@@ -222,8 +221,8 @@ function renderTenants(page) {
     });
     return row;
   });
-  $("tenants").tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(9, "no tenants in the table")]));
-  if (page.tenants.length) $("retention").textContent = formatDuration(page.tenants[0].retention_secs);
+  $("tenants").tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(8, "no tenants in the table")]));
+  if (page.tenants.length) $("period").textContent = page.tenants[0].period;
 
   // Keep the chosen tenant in the list even when its records are gone.
   const names = new Set(page.tenants.map((usage) => usage.tenant_id));
