@@ -49,6 +49,11 @@ from tables.codecs import KEY_CODEC
 
 log = logging.getLogger(__name__)
 
+#: The tenant agent applies up to this many deltas at once...
+DELTAS_PER_BATCH = 2000
+#: ...or what came within this long.
+DELTA_WAIT_SECS = 0.02
+
 
 def now_micros() -> int:
     return time.time_ns() // 1000
@@ -134,23 +139,35 @@ class TenantAccountant:
     # -- the agent --------------------------------------------------------------
 
     async def _consume(self, stream: faust.StreamT) -> None:
-        async for event in stream.events():
+        # Whole batches: one round trip for their alerts and one for their
+        # changelog records, however many deltas (the agent keeps up with a
+        # fetch's worth of batches from every input partition).
+        # StreamT does not declare take_events; faust.Stream has it.
+        async for events in cast(faust.Stream, stream).take_events(DELTAS_PER_BATCH, within=DELTA_WAIT_SECS):
             if self.failed:
                 continue
-            message = event.message
-            delta = UsageDelta.from_json(orjson.loads(message.value))
+            deltas = [(event.message.partition, UsageDelta.from_json(loads(event.message.value)))
+                      for event in events]
             async with self._lock:
                 try:
-                    await self._apply(delta, message.partition)
+                    await self._apply(deltas)
                 except Exception as error:
                     self.failed = True
                     self._stop_on(error)
 
-    async def _apply(self, delta: UsageDelta, partition: int) -> None:
+    async def _apply(self, deltas: list[tuple[int, UsageDelta]]) -> None:
         now = now_micros()
-        state = self.get(delta.tenant_id) or TenantUsage(delta.tenant_id)
-        new_state, alerts = apply_delta(state, delta, self.budget_of(delta.tenant_id), now)
-        await self._write([(partition, state, new_state, alerts)], now)
+        # tenant -> (its partition, its stored state, its state now, the alerts so far)
+        touched: dict[str, tuple[int, TenantUsage, TenantUsage, tuple[Alert, ...]]] = {}
+        for partition, delta in deltas:
+            tenant_id = delta.tenant_id
+            if tenant_id not in touched:
+                stored = self.get(tenant_id) or TenantUsage(tenant_id)
+                touched[tenant_id] = (partition, stored, stored, ())
+            _, stored, state, alerts = touched[tenant_id]
+            state, found = apply_delta(state, delta, self.budget_of(tenant_id), now)
+            touched[tenant_id] = (partition, stored, state, alerts + found)
+        await self._write(touched.values(), now)
 
     async def _write(self, updates: Iterable[tuple[int, TenantUsage, TenantUsage, tuple[Alert, ...]]],
                      now: int) -> None:
