@@ -146,7 +146,7 @@ class TenantAccountant:
         async for events in cast(faust.Stream, stream).take_events(DELTAS_PER_BATCH, within=DELTA_WAIT_SECS):
             if self.failed:
                 continue
-            deltas = [(event.message.partition, UsageDelta.from_json(loads(event.message.value)))
+            deltas = [(event.message.partition, UsageDelta.from_json(loads(cast(bytes, event.message.value))))
                       for event in events]
             async with self._lock:
                 try:
