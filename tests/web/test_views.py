@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from app.publisher import SessionPublisher, UsageUnavailable
 from app.rules import CloseReason
 from app.rules.usage import Budget, PeriodTotals, TenantUsage, period_of, period_start
 from tests.web.inprocess import PARTITIONS, InProcessWorker, form_group, make_session
@@ -178,6 +179,22 @@ async def test_a_tenant_lookup_is_answered_by_the_owner_of_its_partition(workers
     for worker in (first, second):
         status, usage = await checked_get(worker, "/tenants/acme/usage", "/tenants/{tenant_id}/usage")
         assert status == 200 and usage["usage_tokens"] == 42
+
+
+async def test_the_publisher_reads_a_tenants_usage_over_http(workers) -> None:
+    worker = await workers()
+    now = time.time_ns() // 1000
+    worker.put_tenants(TenantUsage("acme", open_sessions=1, open_tokens=42))
+    worker.service.budget_written("acme", Budget(100, (0.5, 1.0), period_of(now), now))
+    publisher = SessionPublisher("127.0.0.1:9", usage_url=worker.url)
+    try:
+        usage = await publisher.tenant_usage("acme")
+        assert (usage["usage_tokens"], usage["remaining_tokens"], usage["state"]) == (42, 58, "ok")
+        with pytest.raises(UsageUnavailable) as refused:
+            await publisher.tenant_usage("t" * 129)
+        assert refused.value.status == 400
+    finally:
+        await publisher.stop()
 
 
 async def test_budget_requests_name_the_bad_field(workers) -> None:
