@@ -88,10 +88,12 @@ class TenantAccountant:
     """The owner's side: applies usage deltas to the tenant table and alerts."""
 
     def __init__(self, app: faust.App, settings: Settings, budgets: Callable[[str], Budget | None],
-                 stop_on: Callable[[Exception], None]) -> None:
+                 budgets_loaded: asyncio.Event, stop_on: Callable[[Exception], None]) -> None:
         self.app = app
         self.settings = settings
         self.budget_of = budgets
+        #: Set once every budget stored before start-up was read.
+        self.budgets_loaded = budgets_loaded
         self._stop_on = stop_on
         self.table = define_tenants_table(app, settings)
         self.topic = app.topic(settings.usage_topic, partitions=settings.partitions, key_type=bytes,
@@ -146,8 +148,9 @@ class TenantAccountant:
         async for events in cast(faust.Stream, stream).take_events(DELTAS_PER_BATCH, within=DELTA_WAIT_SECS):
             if self.failed:
                 continue
-            deltas = [(event.message.partition, UsageDelta.from_json(loads(cast(bytes, event.message.value))))
-                      for event in events]
+            deltas = [(event.message.partition, event.message.offset,
+                       UsageDelta.from_json(loads(cast(bytes, event.message.value)))) for event in events]
+            await self.budgets_loaded.wait()  # a budget unknown yet would be judged as none
             async with self._lock:
                 try:
                     await self._apply(deltas)
@@ -155,17 +158,17 @@ class TenantAccountant:
                     self.failed = True
                     self._stop_on(error)
 
-    async def _apply(self, deltas: list[tuple[int, UsageDelta]]) -> None:
+    async def _apply(self, deltas: list[tuple[int, int, UsageDelta]]) -> None:
         now = now_micros()
         # tenant -> (its partition, its stored state, its state now, the alerts so far)
         touched: dict[str, tuple[int, TenantUsage, TenantUsage, tuple[Alert, ...]]] = {}
-        for partition, delta in deltas:
+        for partition, position, delta in deltas:
             tenant_id = delta.tenant_id
             if tenant_id not in touched:
                 stored = self.get(tenant_id) or TenantUsage(tenant_id)
                 touched[tenant_id] = (partition, stored, stored, ())
             _, stored, state, alerts = touched[tenant_id]
-            state, found = apply_delta(state, delta, self.budget_of(tenant_id), now)
+            state, found = apply_delta(state, delta, self.budget_of(tenant_id), now, position)
             touched[tenant_id] = (partition, stored, state, alerts + found)
         await self._write(touched.values(), now)
 
@@ -195,7 +198,7 @@ class TenantAccountant:
     # -- the timer: a month's start and changed budgets -------------------------
 
     async def _on_tick(self) -> None:
-        if self.failed or self.app.rebalancing:
+        if self.failed or self.app.rebalancing or not self.budgets_loaded.is_set():
             return
         now = now_micros()
         period = period_of(now)

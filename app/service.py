@@ -139,7 +139,7 @@ def build_app(settings: Settings) -> Service:
     accountant = SessionAccountant(app, table, settings, metrics)
     accountant.register()
     budgets = BudgetBook(settings)
-    tenants = TenantAccountant(app, settings, budgets.get, accountant.stop_on)
+    tenants = TenantAccountant(app, settings, budgets.get, budgets.loaded, accountant.stop_on)
     budgets.on_change = tenants.budget_changed
     tenants.register()
 

@@ -287,6 +287,10 @@ class TenantUsage:
     alerted: Mapping[Period, frozenset[str]] = field(default_factory=dict)
     #: Per input partition, the id of the last delta applied.
     last_delta: Mapping[int, str] = field(default_factory=dict)
+    #: The position (offset in the tenant's partition of the repartition
+    #: topic) of the last delta applied: the owner reading its input again
+    #: after a crash skips what it applied, TTL steps included.
+    read_through: int = -1
 
     def usage(self, period: Period, now: Micros) -> int:
         """SPEC §9: the month's closures, plus the open sessions when it is the month of `now`."""
@@ -303,6 +307,7 @@ class TenantUsage:
             "applied_through": {str(p): offset for p, offset in sorted(self.applied_through.items())},
             "alerted": {period: sorted(names) for period, names in sorted(self.alerted.items())},
             "last_delta": {str(p): delta_id for p, delta_id in sorted(self.last_delta.items())},
+            "read_through": self.read_through,
         }
 
     @classmethod
@@ -313,6 +318,7 @@ class TenantUsage:
             {int(p): offset for p, offset in data["applied_through"].items()},
             {period: frozenset(names) for period, names in data["alerted"].items()},
             {int(p): delta_id for p, delta_id in data["last_delta"].items()},
+            data["read_through"],
         )
 
 
@@ -327,6 +333,7 @@ class _Working:
         self.applied_through = dict(state.applied_through)
         self.alerted = {period: set(names) for period, names in state.alerted.items()}
         self.last_delta = dict(state.last_delta)
+        self.read_through = state.read_through
         self.alerts: list[Alert] = []
 
     def usage(self, period: Period, current: Period) -> int:
@@ -356,7 +363,7 @@ class _Working:
         state = TenantUsage(self.state.tenant_id, self.open_sessions, self.open_tokens, self.closed,
                             self.applied_through,
                             {period: frozenset(names) for period, names in self.alerted.items() if names},
-                            self.last_delta)
+                            self.last_delta, self.read_through)
         return state, tuple(self.alerts)
 
 
@@ -372,18 +379,22 @@ def carried_alerts(state: TenantUsage, budget: Budget | None, now: Micros) -> tu
     return working.result() if working.alerts else (state, ())
 
 
-def apply_delta(state: TenantUsage, delta: UsageDelta, budget: Budget | None,
-                now: Micros) -> tuple[TenantUsage, tuple[Alert, ...]]:
+def apply_delta(state: TenantUsage, delta: UsageDelta, budget: Budget | None, now: Micros,
+                position: int) -> tuple[TenantUsage, tuple[Alert, ...]]:
     """The tenant's state with the delta's new steps applied, and the alerts
-    of the thresholds they reach. A step whose input offset was applied
-    before (the same batch read again after a crash) is skipped, and so is a
-    delta that is the last one applied from its partition (a send retried)."""
+    of the thresholds they reach. `position` is the delta's offset in the
+    tenant's partition of the repartition topic. Skipped: a delta at or
+    before the last position applied (the owner reading its input again), a
+    delta that is the last one applied from its input partition (a send
+    retried), and each step whose input offset was applied before (the
+    source reading its input again after a crash, with other batch bounds)."""
     partition = delta.source_partition
-    if delta.delta_id and state.last_delta.get(partition) == delta.delta_id:
+    if position <= state.read_through or (delta.delta_id and state.last_delta.get(partition) == delta.delta_id):
         return state, ()
     state, carried = carried_alerts(state, budget, now)
     working = _Working(state)
     working.last_delta[partition] = delta.delta_id
+    working.read_through = position
     current = period_of(now)
     for entry in delta.entries:
         if entry.offset is not None:

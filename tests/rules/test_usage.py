@@ -237,7 +237,7 @@ def test_usage_and_alerts_equal_the_naive_model(history: list[Op], limit: int, t
         for happened in chosen:
             model.sessions = happened.sessions
             model.compare(budget, now, happened.entry.occurred_at)
-        state, emitted = apply_delta(state, delta, budget, now)
+        state, emitted = apply_delta(state, delta, budget, now, batch)
         for alert in emitted:
             assert alert.alert_id not in alerts, "an alert id is emitted once"
             alerts[alert.alert_id] = (alert.usage_tokens, alert.crossed_at)
@@ -272,7 +272,7 @@ def test_a_late_closure_counts_in_its_own_month_and_alerts_there() -> None:
     state = TenantUsage(TENANT, open_sessions=2, open_tokens=150, closed={})
     close = UsageStep(TENANT, -1, -90, "2026-11", 90, CloseReason.TTL_EXPIRED)
     state, alerts = apply_delta(state, UsageDelta(TENANT, 0, (UsageEntry(close, None, expired_at),)), budget,
-                                after_midnight)
+                                after_midnight, 0)
     # December reached 150 >= 100 by carrying (before the close), November only its 90.
     assert [(a.alert_id, a.usage_tokens, a.crossed_at) for a in alerts] == [
         ("acme:2026-12:1.0", 150, period_start("2026-12"))]
@@ -283,7 +283,7 @@ def test_an_event_of_the_old_month_that_crosses_the_new_one_crosses_at_its_start
     budget = Budget(100, (1.0,), "2026-11", START)
     after_midnight = parse_timestamp("2026-12-01T00:00:02Z")
     late = UsageEntry(UsageStep(TENANT, 0, 100), 7, parse_timestamp("2026-11-30T23:59:59Z"))
-    _, alerts = apply_delta(TenantUsage(TENANT), UsageDelta(TENANT, 0, (late,)), budget, after_midnight)
+    _, alerts = apply_delta(TenantUsage(TENANT), UsageDelta(TENANT, 0, (late,)), budget, after_midnight, 0)
     assert [(a.alert_id, a.crossed_at) for a in alerts] == [("acme:2026-12:1.0", period_start("2026-12"))]
 
 
@@ -292,17 +292,31 @@ def test_a_budget_applies_from_the_month_it_is_set_in() -> None:
     budget = Budget(25, (1.0,), "2026-12", december)
     old = UsageEntry(UsageStep(TENANT, -1, -20, "2026-11", 20, CloseReason.CLOSED), 1, START)
     earlier = {"2026-11": PeriodTotals(10, 1, 0)}
-    state, alerts = apply_delta(TenantUsage(TENANT, 1, 20, earlier), UsageDelta(TENANT, 0, (old,)), budget, december)
+    state, alerts = apply_delta(TenantUsage(TENANT, 1, 20, earlier), UsageDelta(TENANT, 0, (old,)), budget, december,
+                                0)
     assert alerts == () and state.usage("2026-11", december) == 30 and state.usage("2026-12", december) == 0
 
 
 def test_a_delta_written_twice_by_a_retried_send_counts_once() -> None:
     close = UsageEntry(UsageStep(TENANT, -1, -5, "2026-11", 5, CloseReason.TTL_EXPIRED), None, START)
     delta = UsageDelta(TENANT, 3, (close,), "d-1")
-    once, _ = apply_delta(TenantUsage(TENANT, 1, 5), delta, None, START)
-    assert apply_delta(once, delta, None, START) == (once, ())
-    again, _ = apply_delta(once, UsageDelta(TENANT, 3, (close,), "d-2"), None, START)
+    once, _ = apply_delta(TenantUsage(TENANT, 1, 5), delta, None, START, 10)
+    assert apply_delta(once, delta, None, START, 11) == (once, ())  # the copy, one position on
+    again, _ = apply_delta(once, UsageDelta(TENANT, 3, (close,), "d-2"), None, START, 12)
     assert again.closed["2026-11"].ttl_expired == 2  # another delta: the timer's steps have no offset
+
+
+def test_the_owner_reading_its_input_again_skips_what_it_applied() -> None:
+    """A crash of the tenant's owner after it stored the state, before its
+    input offset was committed: the same records come again, at the same
+    positions, and none counts twice (a TTL step has no input offset to tell)."""
+    close = UsageEntry(UsageStep(TENANT, -1, -5, "2026-11", 5, CloseReason.TTL_EXPIRED), None, START)
+    first, second = UsageDelta(TENANT, 0, (close,), "d-1"), UsageDelta(TENANT, 1, (close,), "d-2")
+    state, _ = apply_delta(TenantUsage(TENANT, 2, 10), first, None, START, 40)
+    state, _ = apply_delta(state, second, None, START, 41)
+    assert apply_delta(state, first, None, START, 40) == (state, ())
+    assert apply_delta(state, second, None, START, 41) == (state, ())
+    assert (state.open_sessions, state.open_tokens, state.closed["2026-11"].tokens) == (0, 0, 10)
 
 
 def test_the_usage_view_reports_the_month_against_its_budget() -> None:
