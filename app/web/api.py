@@ -20,7 +20,15 @@ from app.rules import Session
 from app.rules.usage import Budget, BudgetError, parse_budget, usage_view
 from app.web.assets import static_file
 from app.web.errors import ApiError, dumps, json_response
-from app.web.fanout import PARTITIONS_HEADER, Peers, add_counts, format_partitions, is_fanout, require_every_partition
+from app.web.fanout import (
+    PARTITIONS_HEADER,
+    PeerAnswer,
+    Peers,
+    add_counts,
+    format_partitions,
+    is_fanout,
+    require_every_partition,
+)
 from app.web.health import liveness
 from app.web.ingest_producer import IngestProducer
 from app.web.openapi import build_openapi
@@ -114,13 +122,21 @@ class Api:
         if session is not None:
             return json_response(session.record.to_view())
         detail = f"no session {session_id!r} (never seen, or purged after retention)"
+        found, misses = await self._from_a_peer(request, own, detail)
+        if found is not None:
+            return found
+        require_every_partition(self.settings.partitions, [own, *(miss.partitions for miss in misses)])
+        raise ApiError(404, "not_found", detail)
+
+    async def _from_a_peer(self, request: web.Request, own: frozenset[int],
+                           detail: str) -> tuple[web.Response | None, list[PeerAnswer]]:
+        """A key this worker does not hold: a peer that asked is answered 404
+        with the partitions this worker covers; a client's request gets the
+        first peer's 200, else None, with the peers' other answers."""
         if is_fanout(request):
             raise ApiError(404, "not_found", detail, headers={PARTITIONS_HEADER: format_partitions(own)})
         found, misses = await self.peers.find(request)
-        if found is not None:
-            return web.Response(body=found.body, content_type="application/json")
-        require_every_partition(self.settings.partitions, [own, *(miss.partitions for miss in misses)])
-        raise ApiError(404, "not_found", detail)
+        return (None if found is None else web.Response(body=found.body, content_type="application/json")), misses
 
     async def list_sessions(self, request: web.Request) -> web.Response:
         query = params(SessionListParams, request)
@@ -175,11 +191,9 @@ class Api:
             state = self.worker.tenant_usage(tenant_id)
             return json_response(usage_view(tenant_id, state, self.worker.budget(tenant_id), now_micros()))
         detail = f"tenant {tenant_id!r} is on partition {partition} of the tenant table, not served here"
-        if is_fanout(request):
-            raise ApiError(404, "not_found", detail, headers={PARTITIONS_HEADER: format_partitions(own)})
-        found, _ = await self.peers.find(request)
+        found, _ = await self._from_a_peer(request, own, detail)
         if found is not None:
-            return web.Response(body=found.body, content_type="application/json")
+            return found
         raise ApiError(503, "unavailable", f"{detail} nor by another worker right now (a rebalance, or a worker "
                        "is down); retry shortly", headers={"Retry-After": "1"})
 
