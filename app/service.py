@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import faust
@@ -47,9 +48,8 @@ class Service:
         state = self.accountant.store.get(session_id)
         return state if isinstance(state, Session) else None
 
-    def stored_sessions(self) -> Iterator[Session]:
-        states = self.accountant.store.items_in(self.active_partitions())
-        return (state for _, state in states if isinstance(state, Session))
+    def stored_items_after(self, partitions: Collection[int], after: bytes | None) -> Iterator[tuple[str, Any]]:
+        return self.accountant.store.items_after(partitions, after)
 
     def live_sessions(self) -> int:
         return sum(self.accountant.open_sessions.values())

@@ -12,6 +12,7 @@ from typing import Any
 
 from faust.stores.memory import Store as MemoryStore
 from faust.types import TP
+from sortedcontainers import SortedList
 
 from app.faust_compat import memory_store_partitions
 from app.rules import decode_state
@@ -29,6 +30,8 @@ class SessionMemoryStore(MemoryStore):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._complete: dict[TP, int] = {}
+        #: Every stored session id as UTF-8, sorted: pages read it in order.
+        self._ids: SortedList = SortedList()
 
     # -- the agent's store (tables/store.py) --------------------------------
 
@@ -39,11 +42,15 @@ class SessionMemoryStore(MemoryStore):
     def write(self, partition: int, values: Mapping[str, bytes | None]) -> None:
         data = self.data
         partitions = memory_store_partitions(self)
+        ids = self._ids
         for session_id, value in values.items():
             if value is None:
-                data.pop(session_id, None)
+                if data.pop(session_id, None) is not None:
+                    ids.discard(session_id.encode("utf-8"))
                 partitions.pop(session_id, None)
             else:
+                if session_id not in data:
+                    ids.add(session_id.encode("utf-8"))
                 data[session_id] = value
                 partitions[session_id] = partition
 
@@ -55,7 +62,26 @@ class SessionMemoryStore(MemoryStore):
             if partition in wanted and value is not None:
                 yield session_id, decode_state(value)
 
+    def items_after(self, partitions: Iterable[int], after: bytes | None) -> Iterator[tuple[str, StateValue]]:
+        wanted = set(partitions)
+        data = self.data
+        partition_of = memory_store_partitions(self)
+        ids = self._ids
+        start = 0 if after is None else ids.bisect_right(after)
+        for encoded in ids.islice(start):
+            session_id = encoded.decode("utf-8")
+            value = data.get(session_id)
+            if value is not None and partition_of.get(session_id) in wanted:
+                yield session_id, decode_state(value)
+
     # -- Faust's store ---------------------------------------------------------
+
+    async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
+        """Faust drops the keys of partitions no longer active from the dict;
+        the sorted ids follow."""
+        await super().on_recovery_completed(active_tps, standby_tps)
+        if len(self._ids) != len(self.data):
+            self._ids = SortedList(session_id.encode("utf-8") for session_id in self.data)
 
     def persisted_offset(self, tp: TP) -> int | None:
         return self._complete.get(tp)

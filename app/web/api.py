@@ -32,7 +32,7 @@ from app.web.fanout import (
 from app.web.health import liveness
 from app.web.ingest_producer import IngestProducer
 from app.web.openapi import build_openapi
-from app.web.paging import encode_cursor, merge_pages, page_after
+from app.web.paging import decode_cursor, encode_cursor, merge_pages, page_after, page_in_order
 from app.web.params import (
     DashboardParams,
     NoParams,
@@ -45,7 +45,11 @@ from app.web.params import (
 )
 from app.web.worker import Worker
 
-__all__ = ["Api", "LocalShard"]
+__all__ = ["PAGE_READ_LIMIT", "Api", "LocalShard"]
+
+#: Keys a /sessions page may read past those it shows (filtered out): a
+#: sparse filter answers a short page, with a cursor to read on from.
+PAGE_READ_LIMIT = 2000
 
 
 def params(model: type[P], request: web.Request) -> P:
@@ -72,11 +76,6 @@ class LocalShard:
         if not self.ready():
             return frozenset()
         return frozenset(self.worker.active_partitions())
-
-    def sessions(self, partitions: frozenset[int]) -> Iterator[Session]:
-        for session in self.worker.stored_sessions():
-            if session.partition in partitions:
-                yield session
 
     def tenant_partitions(self) -> frozenset[int]:
         if not self.ready():
@@ -139,23 +138,29 @@ class Api:
         return (None if found is None else web.Response(body=found.body, content_type="application/json")), misses
 
     async def list_sessions(self, request: web.Request) -> web.Response:
+        """Read in session_id order from the cursor on: a page costs what it
+        reads (at most the page and PAGE_READ_LIMIT keys the filters leave
+        out), never a sort of the table."""
         query = params(SessionListParams, request)
         states = frozenset(query.state) if query.state is not None else None
         own = self.local.partitions()
-        matching = (
-            (session.record.session_id, session) for session in self.local.sessions(own)
-            if (query.tenant_id is None or session.record.tenant_id == query.tenant_id)
-            and (states is None or session.state in states)
-        )
-        sessions, more = page_after(matching, query.cursor, query.limit)
+
+        def judged() -> Iterator[tuple[str, Session | None]]:
+            for session_id, state in self.worker.stored_items_after(own, query.cursor):
+                shown = (isinstance(state, Session)
+                         and (query.tenant_id is None or state.record.tenant_id == query.tenant_id)
+                         and (states is None or state.state in states))
+                yield session_id, state if shown else None
+
+        sessions, next_key = page_in_order(judged(), query.limit, PAGE_READ_LIMIT)
         local_page = {
             "sessions": [session.record.to_view() for session in sessions],
-            "next_cursor": encode_cursor(sessions[-1].record.session_id) if more else None,
+            "next_cursor": None if next_key is None else encode_cursor(next_key),
         }
 
         def merge(bodies: list[dict[str, Any]]) -> dict[str, Any]:
-            pages = [(body["sessions"], body["next_cursor"] is not None) for body in bodies]
-            items, cursor = merge_pages(pages, "session_id", query.limit, combine=lambda first, _: first)
+            items, cursor = merge_pages(_pages(bodies, "sessions"), "session_id", query.limit,
+                                        combine=lambda first, _: first)
             return {"sessions": items, "next_cursor": cursor}
 
         return await self.peers.across_workers(request, own, local_page, merge)
@@ -167,16 +172,16 @@ class Api:
         own = self.local.tenant_partitions()
         now = now_micros()
         states = ((state.tenant_id, state) for state in self.worker.tenants_in(own))
-        tenants, more = page_after(states, query.cursor, query.limit)
+        tenants, next_key = page_after(states, query.cursor, query.limit)
         local_page = {
             "tenants": [usage_view(state.tenant_id, state, self.worker.budget(state.tenant_id), now)
                         for state in tenants],
-            "next_cursor": encode_cursor(tenants[-1].tenant_id) if more else None,
+            "next_cursor": None if next_key is None else encode_cursor(next_key),
         }
 
         def merge(bodies: list[dict[str, Any]]) -> dict[str, Any]:
-            pages = [(body["tenants"], body["next_cursor"] is not None) for body in bodies]
-            items, cursor = merge_pages(pages, "tenant_id", query.limit, combine=lambda first, _: first)
+            items, cursor = merge_pages(_pages(bodies, "tenants"), "tenant_id", query.limit,
+                                        combine=lambda first, _: first)
             return {"tenants": items, "next_cursor": cursor}
 
         return await self.peers.across_workers(request, own, local_page, merge)
@@ -267,6 +272,12 @@ class Api:
         params(DashboardParams, request)  # the token itself was checked by the middleware
         return web.Response(body=self.dashboard, content_type="text/html", charset="utf-8",
                             headers={"Cache-Control": "no-cache"})
+
+
+def _pages(bodies: list[dict[str, Any]], field: str) -> list[tuple[list[Any], bytes | None]]:
+    """The workers' pages: their items and where each would continue."""
+    return [(body[field], None if body["next_cursor"] is None else decode_cursor(body["next_cursor"]))
+            for body in bodies]
 
 
 def now_micros() -> int:

@@ -8,8 +8,8 @@ shape will do (the in-process web tests fill a plain dict instead of a table).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator
-from typing import Protocol
+from collections.abc import Collection, Iterator
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -43,8 +43,9 @@ class Worker(Protocol):
         store may hold standby and left-over keys: the views check the partition)."""
         ...
 
-    def stored_sessions(self) -> Iterable[Session]:
-        """Every session stored, of whichever partition."""
+    def stored_items_after(self, partitions: Collection[int], after: bytes | None) -> Iterator[tuple[str, Any]]:
+        """The stored states (sessions and tombstones) of these partitions
+        whose id's UTF-8 sorts after `after`, in that order, read lazily."""
         ...
 
     def live_sessions(self) -> int:

@@ -43,11 +43,11 @@ class InProcessWorker:
     """One worker's web server on 127.0.0.1, over a plain dict as its table."""
 
     def __init__(self, tmp_path: Path, name: str = "worker", *, owned: Iterable[int] = range(PARTITIONS),
-                 api_token: str = "", ledger_dsn: str = "") -> None:
+                 api_token: str = "", ledger_dsn: str = "", store: str = "memory") -> None:
         self.port = pick_free_loopback_port()
         settings = load_settings(broker="127.0.0.1:9", app_id="web-test", partitions=PARTITIONS,
                                  data_dir=str(tmp_path / name), web_port=self.port, api_token=api_token,
-                                 ledger_dsn=ledger_dsn)
+                                 ledger_dsn=ledger_dsn, store=store)
         self.service: Service = build_app(settings)
         self.store = self.service.accountant.store
         self.owned = set(owned)
@@ -65,6 +65,9 @@ class InProcessWorker:
     def put(self, *sessions: Session) -> None:
         for session in sessions:
             self.store.write(session.partition, {session.record.session_id: encode_state(session)})
+
+    def delete(self, session_id: str, partition: int) -> None:
+        self.store.write(partition, {session_id: None})
 
     def put_tenants(self, *states: TenantUsage) -> None:
         """Tenant states, each in its partition of the tenant table."""

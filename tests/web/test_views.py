@@ -3,6 +3,7 @@ between workers. Every JSON answer is checked against /openapi.json."""
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -179,6 +180,33 @@ async def test_a_tenant_lookup_is_answered_by_the_owner_of_its_partition(workers
     for worker in (first, second):
         status, usage = await checked_get(worker, "/tenants/acme/usage", "/tenants/{tenant_id}/usage")
         assert status == 200 and usage["usage_tokens"] == 42
+
+
+@pytest.mark.parametrize("store", ["memory", pytest.param("rocksdb", marks=pytest.mark.skipif(
+    importlib.util.find_spec("rocksdict") is None, reason="rocksdict not installed (extra: rocksdb)"))])
+async def test_session_pages_read_the_store_in_order(workers, store: str) -> None:
+    """Pages come from the store in session_id order, from the cursor on:
+    every partition's, deleted sessions gone, ids that sort by code point
+    (not by UTF-16 or locale)."""
+    worker = await workers(store=store)
+    ids = ["b", "a", "é", "z", "ab", "\U0001f600", "aa", "Z", "m-2", "m-10"]
+    for number, session_id in enumerate(ids):
+        worker.put(make_session(session_id, partition=number % PARTITIONS, activated=number % 3 != 0))
+    worker.delete("z", ids.index("z") % PARTITIONS)
+    expected = sorted(session_id for session_id in ids if session_id != "z")
+    seen, cursor = [], None
+    while True:
+        status, page = await checked_get(worker, "/sessions?limit=2" + (f"&cursor={cursor}" if cursor else ""),
+                                         "/sessions")
+        assert status == 200 and len(page["sessions"]) <= 2
+        seen += [s["session_id"] for s in page["sessions"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == expected
+    status, active = await checked_get(worker, "/sessions?state=active&limit=1000", "/sessions")
+    assert [s["session_id"] for s in active["sessions"]] == [
+        session_id for session_id in expected if ids.index(session_id) % 3 != 0]
 
 
 async def test_the_publisher_reads_a_tenants_usage_over_http(workers) -> None:
