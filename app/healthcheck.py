@@ -1,8 +1,11 @@
-"""`python -m app.healthcheck`: exit 0 when this container's worker answers
-/healthz with 200, else 1 (Docker's HEALTHCHECK; the image has no curl).
+"""`python -m app.healthcheck [--ledger]`: exit 0 when this container's worker
+(or, with --ledger, its ledger process) answers /healthz with 200, else 1
+(Docker's HEALTHCHECK; the image has no curl).
 
-It asks the port the worker binds (ACCOUNTANT_WEB_HOST/PORT), on loopback
-when the worker binds every interface. /healthz needs no API token.
+It asks the port the process binds (ACCOUNTANT_WEB_HOST/PORT, or
+ACCOUNTANT_LEDGER_WEB_HOST/PORT), on loopback when it binds every interface.
+/healthz needs no API token. A worker whose event loop is blocked answers
+nothing: the timeout below fails it, as the orchestrator's would.
 """
 
 from __future__ import annotations
@@ -13,21 +16,28 @@ import urllib.request
 
 from app.settings import Settings, load_settings
 
+#: Below the image's HEALTHCHECK --timeout (5 s), so the exit code says why.
+PROBE_TIMEOUT_SECS = 4.0
 #: A wildcard bind is reached through the loopback address of its family.
 LOOPBACK_FOR = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}
 
 
-def healthz_url(settings: Settings) -> str:
-    host = LOOPBACK_FOR.get(settings.web_host, settings.web_host)
+def healthz_url(settings: Settings, *, ledger: bool = False) -> str:
+    host, port = (settings.ledger_web_host, settings.ledger_web_port) if ledger else (settings.web_host,
+                                                                                       settings.web_port)
+    host = LOOPBACK_FOR.get(host, host)
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    return f"http://{host}:{settings.web_port}/healthz"
+    return f"http://{host}:{port}/healthz"
 
 
-def main() -> int:
-    url = healthz_url(load_settings())
+def main(arguments: list[str]) -> int:
+    if arguments not in ([], ["--ledger"]):
+        print("usage: python -m app.healthcheck [--ledger]", file=sys.stderr)
+        return 2
+    url = healthz_url(load_settings(), ledger=arguments == ["--ledger"])
     try:
-        with urllib.request.urlopen(url, timeout=4) as response:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_SECS) as response:
             status = response.status
     except urllib.error.HTTPError as error:
         status = error.code
@@ -41,4 +51,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

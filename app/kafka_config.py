@@ -15,24 +15,26 @@ consumer, producers and topic admin) through
 `SASLCredentials` with an `ssl_context` becomes SASL_SSL, without one
 SASL_PLAINTEXT; `SSLCredentials` becomes SSL.
 
-This module reads settings but does not import app.settings (which imports it
-to check the TLS files at start-up).
+It reads settings through `KafkaClientSettings`, the fields it needs, and
+imports nothing of app.settings, which imports it to check the TLS files at
+start-up (app.settings.Settings is one).
 """
 
 from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import SecretStr
 
 if TYPE_CHECKING:
     from faust.types.auth import CredentialsT
 
-    from app.settings import Settings
-
 __all__ = [
     "SASL_PROTOCOLS",
     "TLS_PROTOCOLS",
+    "KafkaClientSettings",
     "TlsFileError",
     "client_options",
     "faust_options",
@@ -41,6 +43,33 @@ __all__ = [
     "security_options",
     "tls_context",
 ]
+
+class KafkaClientSettings(Protocol):
+    """The settings a Kafka client is made from (read-only)."""
+
+    @property
+    def bootstrap_servers(self) -> list[str]: ...
+    @property
+    def kafka_security_protocol(self) -> str: ...
+    @property
+    def kafka_sasl_mechanism(self) -> str: ...
+    @property
+    def kafka_sasl_username(self) -> str: ...
+    @property
+    def kafka_sasl_password(self) -> SecretStr: ...
+    @property
+    def kafka_sasl_password_file(self) -> str: ...
+    @property
+    def kafka_ssl_ca_file(self) -> str: ...
+    @property
+    def kafka_ssl_cert_file(self) -> str: ...
+    @property
+    def kafka_ssl_key_file(self) -> str: ...
+    @property
+    def kafka_ssl_key_password(self) -> SecretStr: ...
+    @property
+    def kafka_ssl_key_password_file(self) -> str: ...
+
 
 SASL_PROTOCOLS = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})
 TLS_PROTOCOLS = frozenset({"SSL", "SASL_SSL"})
@@ -54,13 +83,13 @@ class TlsFileError(ValueError):
         self.field = field
 
 
-def client_options(settings: Settings) -> dict[str, Any]:
+def client_options(settings: KafkaClientSettings) -> dict[str, Any]:
     """Keyword arguments for AIOKafkaProducer, AIOKafkaConsumer,
     AIOKafkaAdminClient and AIOKafkaClient: servers and security."""
     return {"bootstrap_servers": settings.bootstrap_servers, **security_options(settings)}
 
 
-def security_options(settings: Settings) -> dict[str, Any]:
+def security_options(settings: KafkaClientSettings) -> dict[str, Any]:
     """The security part of `client_options`, for a client that is given its
     servers apart (the simulator's `--broker`)."""
     options: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
@@ -73,7 +102,7 @@ def security_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def faust_options(settings: Settings) -> dict[str, Any]:
+def faust_options(settings: KafkaClientSettings) -> dict[str, Any]:
     """Keyword arguments for faust.App: the broker URLs and credentials. The
     URLs use the service's transport (app/faust_compat.py), which hands the
     input to the agent in whole fetches."""
@@ -85,7 +114,7 @@ def faust_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def faust_credentials(settings: Settings) -> CredentialsT | None:
+def faust_credentials(settings: KafkaClientSettings) -> CredentialsT | None:
     import faust  # only the worker needs Faust; the other clients must not pay for importing it
 
     protocol = settings.kafka_security_protocol
@@ -102,7 +131,7 @@ def faust_credentials(settings: Settings) -> CredentialsT | None:
     return None
 
 
-def sasl_password(settings: Settings) -> str:
+def sasl_password(settings: KafkaClientSettings) -> str:
     """The SASL password, read from its file each time, so a restarted client
     picks up a rotated secret."""
     if settings.kafka_sasl_password_file:
@@ -116,7 +145,7 @@ def read_secret_file(path: str) -> str:
     return Path(path).read_text().removesuffix("\n").removesuffix("\r")
 
 
-def tls_context(settings: Settings) -> ssl.SSLContext:
+def tls_context(settings: KafkaClientSettings) -> ssl.SSLContext:
     """A client TLS context: broker certificates checked against the CA file
     (or the system's trust store) with host names verified; the client
     certificate loaded for mutual TLS. Raises TlsFileError naming the setting

@@ -11,7 +11,16 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from app.rules import Outcome, Result
+from app.rules import CloseReason, Expire, Outcome, Purge, Reason, Result
+from app.rules.events import EVENT_TYPES
+
+#: Every status `POST /events` answers (docs/ingest.md), each counted from 0.
+INGEST_STATUSES = ("202", "400", "401", "413", "415", "422", "500", "503")
+#: accepted: acknowledged by the broker; refused: invalid, named in the answer;
+#: unaccepted: valid, but in a request answered 4xx/5xx as a whole (413, 500, 503).
+INGEST_OUTCOMES = ("accepted", "refused", "unaccepted")
+#: Request durations, in seconds: a 202 waits for the broker's acknowledgements.
+INGEST_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class AccountingMetrics:
@@ -53,10 +62,27 @@ class AccountingMetrics:
         self.outputs_in_flight = Gauge(
             "accountant_outputs_in_flight", "Closures and rejections sent and not yet acknowledged by the broker.",
             registry=self.registry)
+        self.ingest = IngestMetrics(self.registry)
+        self._count_from_zero()
         # Plain tallies for /stats: cheaper to read than the Prometheus samples.
         self.results: Counter[str] = Counter()
         self.rejected_by_reason: Counter[str] = Counter()
         self.closures_by_reason: Counter[str] = Counter()
+
+    def _count_from_zero(self) -> None:
+        """Create every known label set at 0: `increase()` cannot see a
+        series' first increment when the series starts at 1."""
+        for kind in EVENT_TYPES:
+            for result in (Result.APPLIED, Result.DUPLICATE, Result.REDELIVERED):
+                self.events.labels(result.value, kind, "")
+        # An event too broken to have a type is rejected with type "".
+        for kind in ("", *EVENT_TYPES):
+            for reason in Reason:
+                self.events.labels(Result.REJECTED.value, kind, reason.value)
+        for close_reason in CloseReason:
+            self.closures.labels(close_reason.value)
+        for command in (Expire, Purge):
+            self.commands.labels(command.__name__.lower())
 
     def count(self, outcomes: Counter[Outcome]) -> None:
         """Count a batch's outcomes: once per kind, not per event (a labelled
@@ -117,3 +143,36 @@ class ProgressCollector(Collector):
         yield GaugeMetricFamily("accountant_agent_stalled_seconds",
                                 "Seconds since the agent last finished a batch, while input is waiting (0 when "
                                 "none is).", value=self._progress.stalled_seconds())
+
+
+class IngestMetrics:
+    """What `POST /events` answered, on the worker's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = PromCounter(
+            "accountant_ingest_requests", "POST /events requests by the status answered.", ["status"],
+            registry=registry)
+        self.events = PromCounter(
+            "accountant_ingest_events", "Events of POST /events requests by outcome: accepted (acknowledged by "
+            "the broker), refused (invalid, named in the answer), unaccepted (valid, in a request refused whole).",
+            ["outcome"], registry=registry)
+        self.duration = Histogram(
+            "accountant_ingest_request_duration_seconds", "Time to answer POST /events, by status.", ["status"],
+            buckets=INGEST_DURATION_BUCKETS, registry=registry)
+        # Each label set made once (counted from 0), and kept: labels() costs
+        # microseconds per call, on every request.
+        self._answers = {int(status): (self.requests.labels(status), self.duration.labels(status))
+                         for status in INGEST_STATUSES}
+        self._outcomes = {outcome: self.events.labels(outcome) for outcome in INGEST_OUTCOMES}
+
+    def answered(self, status: int, seconds: float) -> None:
+        if status not in self._answers:  # a status no one foresaw: counted all the same
+            self._answers[status] = (self.requests.labels(str(status)), self.duration.labels(str(status)))
+        requests, duration = self._answers[status]
+        requests.inc()
+        duration.observe(seconds)
+
+    def count_events(self, *, accepted: int = 0, refused: int = 0, unaccepted: int = 0) -> None:
+        for outcome, events in (("accepted", accepted), ("refused", refused), ("unaccepted", unaccepted)):
+            if events:
+                self._outcomes[outcome].inc(events)

@@ -14,11 +14,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 
 def plain_consumer(kafka: Mapping[str, Any], **options: Any) -> AIOKafkaConsumer:
-    """A consumer that belongs to no group and commits nothing. `kafka` is
-    `app.kafka_config.client_options(settings)`: the servers and the login
-    the worker's own clients use."""
+    """A consumer that belongs to no group, commits nothing and reads
+    `read_committed` (under exactly_once, what an aborted transaction wrote
+    is no data). `kafka` is `app.kafka_config.client_options(settings)`: the
+    servers and the login the worker's own clients use."""
     return AIOKafkaConsumer(**kafka, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-                            **options)
+                            isolation_level="read_committed", **options)
 
 
 async def read_ranges(consumer: AIOKafkaConsumer, ranges: Mapping[TopicPartition, tuple[int, int]],

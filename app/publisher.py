@@ -45,7 +45,7 @@ import asyncio
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -56,9 +56,6 @@ from aiokafka.errors import KafkaError
 from app import json_bytes
 from app.rules import DEFAULT_POLICY, Policy
 from app.schemas import FieldError, validate_event
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "DEFAULT_TOPIC",

@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     timer_interval_secs: float = Field(0.5, gt=0, le=60)
     #: Bearer token for the HTTP API; empty: no authentication.
     api_token: str = ""
+    #: Bearer token workers send each other when they forward a request (and
+    #: accept on forwarded requests only); empty: the API token.
+    peer_token: SecretStr = SecretStr("")
+    #: Requests the web server answers at once; beyond: 503 with Retry-After.
+    web_max_concurrent_requests: int = Field(256, ge=1, le=100_000)
     #: POST /events: at most this many events, and bytes, per request (413 beyond).
     ingest_max_events: int = Field(1000, ge=1, le=100_000)
     ingest_max_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
@@ -81,6 +86,8 @@ class Settings(BaseSettings):
     ingest_delivery_timeout_secs: float = Field(10.0, gt=0, le=300)
     #: POST /events answers 503 at once while this many events already wait for the broker.
     ingest_max_pending_events: int = Field(100_000, ge=1, le=10_000_000)
+    #: /readyz answers 503 once the ingest producer has not reached the broker for this long.
+    ingest_broker_unreachable_secs: float = Field(30.0, gt=0, le=3600)
     #: Faust commit interval; each is the replay window after a crash.
     commit_interval_secs: float = Field(1.0, gt=0, le=60)
     #: Kafka consumer session timeout; a killed worker is evicted after it.
@@ -96,6 +103,21 @@ class Settings(BaseSettings):
     #: Address and port of the ledger's /metrics and /healthz.
     ledger_web_host: str = "127.0.0.1"
     ledger_web_port: int = Field(6067, ge=1, le=65535)
+    #: A file holding the ledger's DSN (e.g. a mounted secret), so its password
+    #: stays out of the environment listing. Setting both it and the DSN is an error.
+    ledger_dsn_file: str = ""
+    #: The ledger's database waits (what the DSN says wins): connecting; one
+    #: statement; waiting for a lock; a transaction left idle by a stuck client.
+    ledger_connect_timeout_secs: int = Field(5, ge=2, le=600)
+    ledger_statement_timeout_secs: float = Field(300.0, gt=0, le=86_400)
+    ledger_lock_timeout_secs: float = Field(30.0, gt=0, le=86_400)
+    ledger_idle_in_transaction_timeout_secs: float = Field(120.0, gt=0, le=86_400)
+    #: TCP keepalive: probes start after this many idle seconds, so a half-dead
+    #: connection to the database is dropped (then retried) within about twice it.
+    ledger_tcp_keepalive_secs: int = Field(30, ge=1, le=7200)
+    #: The ledger's /healthz answers 503 once no batch has committed for this
+    #: long while closures wait to be written: a stuck ledger gets restarted.
+    ledger_stall_timeout_secs: float = Field(120.0, gt=0, le=86_400)
     #: text (default, for people) or json (one object per line, for log collectors).
     log_format: Literal["text", "json"] = "text"
     #: /healthz answers 503 once the agent has made no progress for this long
@@ -179,9 +201,26 @@ class Settings(BaseSettings):
             raise ValueError("has an invalid port") from None
         return value.rstrip("/")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _ledger_dsn_from_file(cls, data: Any) -> Any:
+        """ACCOUNTANT_LEDGER_DSN_FILE read into ledger_dsn, so every user of the DSN gets it."""
+        if not isinstance(data, dict) or not data.get("ledger_dsn_file"):
+            return data
+        path = data["ledger_dsn_file"]
+        if data.get("ledger_dsn"):
+            raise ValueError(f"{ENV_PREFIX}LEDGER_DSN and {ENV_PREFIX}LEDGER_DSN_FILE are both set; set only one")
+        problems = _file_problems("ledger_dsn_file", path)
+        if problems:
+            raise ValueError(f"{ENV_PREFIX}LEDGER_DSN_FILE: {problems[0][1]}")
+        dsn = read_secret_file(path).strip()
+        if not dsn:
+            raise ValueError(f"{ENV_PREFIX}LEDGER_DSN_FILE: {path} is empty")
+        return {**data, "ledger_dsn": dsn}
+
     @model_validator(mode="after")
-    def _kafka_security(self) -> Settings:
-        problems = kafka_security_problems(self)
+    def _consistent(self) -> Settings:
+        problems = kafka_security_problems(self) + ingest_limit_problems(self)
         if problems:
             raise ValueError("\n".join(f"{ENV_PREFIX}{name.upper()}: {message}" for name, message in problems))
         return self
@@ -231,6 +270,27 @@ class Settings(BaseSettings):
     @property
     def bootstrap_servers(self) -> list[str]:
         return [part.strip() for part in self.broker.split(",") if part.strip()]
+
+
+def exposure_warnings(settings: Settings) -> list[str]:
+    """What start-up warns of: settings that work, but leave the API open to more than its owner."""
+    warnings = []
+    if settings.web_host in WILDCARD_HOSTS and not settings.api_token:
+        warnings.append(f"ACCOUNTANT_WEB_HOST is {settings.web_host} and ACCOUNTANT_API_TOKEN is not set: every "
+                        "interface serves the API, POST /events included, to anyone who reaches it")
+    return warnings
+
+
+def ingest_limit_problems(settings: Settings) -> list[tuple[str, str]]:
+    """(field, problem) for ingest limits that contradict each other."""
+    if settings.ingest_max_pending_events < settings.ingest_max_events:
+        # Every request of more events than the pending cap would be answered
+        # 503 "retry" for ever: a permanent refusal disguised as a passing one.
+        return [("ingest_max_pending_events",
+                 f"({settings.ingest_max_pending_events}) is below ACCOUNTANT_INGEST_MAX_EVENTS "
+                 f"({settings.ingest_max_events}): a full request could never be accepted; raise the first "
+                 "or lower the second")]
+    return []
 
 
 def kafka_security_problems(settings: Settings) -> list[tuple[str, str]]:

@@ -4,7 +4,9 @@
 
     python -m bench.ingest_server BOOTSTRAP TOPIC PORT TOKEN
 
-Prints "ready" once it listens; SIGTERM stops it.
+Prints "ready" once it listens and its producer has reached the broker (before,
+it answers 503); SIGTERM stops it. Metrics and the concurrency cap are on, as
+on a worker.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 from aiohttp import web
 
 from app.web.ingest import IngestSettings
-from tests.support.ingest import ingest_application
+from tests.support.ingest import INGEST_PRODUCER, ingest_application
 
 
 async def serve(bootstrap: str, topic: str, port: int, token: str) -> None:
@@ -25,6 +27,8 @@ async def serve(bootstrap: str, topic: str, port: int, token: str) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
+    while app[INGEST_PRODUCER].producer is None:
+        await asyncio.sleep(0.05)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print("ready", flush=True)

@@ -61,10 +61,13 @@ _PLAIN_INSERT = """
 INSERT INTO closures (closure_id, session_id, tenant_id, provider_id, model, reason, created_at, activated_at,
                       closed_at, ttl_secs, round_count, missing_rounds, initial_token_count, delta_token_count,
                       total_token_count, record, content_sha256, emitted_at, source_topic, source_partition,
-                      source_offset)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (closure_id) DO NOTHING
+                      source_offset, period, late)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+        date_trunc('month', %s::timestamptz AT TIME ZONE 'UTC')::date, false)
+ON CONFLICT DO NOTHING
 """
+_MONTHS = "SELECT ledger_ensure_partition(date_trunc('month', closed::timestamptz AT TIME ZONE 'UTC')::date) " \
+          "FROM unnest(%s::text[]) AS closed GROUP BY 1"
 
 
 def _log(message: str) -> None:
@@ -120,6 +123,9 @@ def _insert_round(dsn: str, values: list[bytes], batch_size: int, *, pipelined: 
 
     asyncio.run(schema())
     with psycopg.connect(dsn) as connection:
+        # The months' partitions first, as the ledger makes them outside its timed batches' transactions.
+        connection.execute(_MONTHS, ([orjson.loads(value)["record"]["closed_at"] for value in values],))
+        connection.commit()
         started = time.perf_counter()
         for start, chunk in _batches(values, batch_size):
             with connection.cursor() as cursor:
@@ -143,7 +149,7 @@ def _plain_params(value: bytes, offset: int) -> tuple[Any, ...]:
             closure["reason"], record["created_at"], record["activated_at"], record["closed_at"], record["ttl_secs"],
             record["round_count"], closure["missing_rounds"], record["initial_token_count"],
             record["delta_token_count"], closure["total_token_count"], orjson.dumps(record).decode(),
-            hashlib.sha256(value).digest(), closure["emitted_at"], TOPIC, 0, offset)
+            hashlib.sha256(value).digest(), closure["emitted_at"], TOPIC, 0, offset, record["closed_at"])
 
 
 async def _end_to_end(server_dsn: str, bootstrap: str, population: ClosureSet, workdir: Path) -> dict[str, Any]:

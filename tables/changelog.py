@@ -39,11 +39,11 @@ async def load_partitions(table: CollectionT, starts: dict[TP, int | None],
     partition, the last offset read (-1: none), what Faust calls its offset."""
     started = time.monotonic()
     tps = {TopicPartition(tp.topic, tp.partition): tp for tp in starts}
-    # read_committed: under exactly_once a worker that died mid-transaction
-    # left changelog records that were aborted (its successor fenced it
-    # before this runs: agents/transactions.py), and they are no state.
+    # plain_consumer reads read_committed: under exactly_once a worker that
+    # died mid-transaction left changelog records that were aborted (its
+    # successor fenced it before this runs: agents/transactions.py).
     consumer = plain_consumer(client_options(table_settings(table)), fetch_max_bytes=FETCH_BYTES,
-                              max_partition_fetch_bytes=FETCH_BYTES, isolation_level="read_committed")
+                              max_partition_fetch_bytes=FETCH_BYTES)
     await consumer.start()
     try:
         beginnings = await consumer.beginning_offsets(list(tps))

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from app.settings import SettingsError, load_settings
+from app.settings import SettingsError, exposure_warnings, load_settings
 from tests.support import REPO
 
 #: A broker address that is never contacted: start-up stops before.
@@ -53,3 +53,12 @@ def test_a_wildcard_bind_needs_an_advertised_url(host: str) -> None:
 def test_a_malformed_advertised_url_is_refused(url: str) -> None:
     with pytest.raises(SettingsError, match="ACCOUNTANT_WEB_ADVERTISED_URL"):
         load_settings(web_advertised_url=url)
+
+
+def test_a_wildcard_bind_without_a_token_is_warned_of_and_a_loopback_one_is_not() -> None:
+    open_to_all = load_settings(web_host="0.0.0.0", web_advertised_url="http://10.0.0.5:6066")
+    [warning] = exposure_warnings(open_to_all)
+    assert "ACCOUNTANT_WEB_HOST is 0.0.0.0" in warning and "ACCOUNTANT_API_TOKEN is not set" in warning
+    assert exposure_warnings(load_settings(web_host="0.0.0.0", web_advertised_url="http://10.0.0.5:6066",
+                                           api_token="t")) == []
+    assert exposure_warnings(load_settings()) == []

@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from app.dev.postgres import LocalPostgres, server_can_reach
 from app.dev.processes import die_with_parent_preexec, stop_process
+from app.ledger.connection import describe_dsn
 from app.settings import Settings
 
 #: In the data directory: the ledger's DSN, for `accountant usage` and `accountant simulate` in another shell.
@@ -50,11 +51,14 @@ def start_dev_ledger(settings: Settings, data_dir: Path) -> DevLedger:
         postgres.start()
         dsn = postgres.dsn
     log_path = data_dir / "ledger.log"
-    env = {**os.environ, **_kafka_env(settings), "ACCOUNTANT_BROKER": settings.broker, "ACCOUNTANT_LEDGER_DSN": dsn}
+    env = {**os.environ, **_kafka_env(settings), "ACCOUNTANT_BROKER": settings.broker}
+    if not env.get("ACCOUNTANT_LEDGER_DSN_FILE"):  # else the ledger reads the same file
+        env["ACCOUNTANT_LEDGER_DSN"] = dsn
     with open(log_path, "ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "app.cli", "ledger"], env=env, stdin=subprocess.DEVNULL,
                                    stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent_preexec())
-    click.echo(f"ledger: database {dsn}  metrics http://{settings.ledger_web_host}:{settings.ledger_web_port}"
+    click.echo(f"ledger: database {describe_dsn(dsn)}  metrics http://{settings.ledger_web_host}:"
+               f"{settings.ledger_web_port}"
                f"/metrics  log {log_path}", err=True)
     dsn_file = data_dir / DSN_FILE
     dsn_file.write_text(dsn + "\n")

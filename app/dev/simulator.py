@@ -806,8 +806,10 @@ async def collect_outputs(
 
     # The service creates its output topics when it starts.
     partitions = await _wait_for_topics(bootstrap, [closures_topic, rejected_topic], timeout, security)
+    # read_committed, as billing reads: under exactly_once a closure of an
+    # aborted transaction is no closure.
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                **(security or {}))
+                                isolation_level="read_committed", **(security or {}))
     await consumer.start()
     try:
         assignment = [TopicPartition(topic, partition)

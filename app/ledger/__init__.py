@@ -2,10 +2,14 @@
 
 Interfaces and pure parts first: `LedgerStore` (store.py), the closure -> row
 mapping (closure_row.py), the conflict rule (conflicts.py), batches
-(batch.py). Then PostgreSQL (postgres_store.py, migrations.py), the Kafka side
-(consumer.py, writer.py, retry.py, kafka_options.py), the process (service.py,
-http.py, metrics.py), and what others read: lag.py (the worker's dashboard), read.py
-(oracles), usage.py and usage_format.py (`accountant usage`).
+(batch.py), gaps (gaps.py). Then PostgreSQL (postgres_store.py, migrations.py,
+connection.py: timeouts and DSNs shown without secrets, database_errors.py:
+transient or permanent), the Kafka side (consumer.py, writer.py, retry.py,
+kafka_options.py), the process (service.py, http.py, metrics.py), and what
+others read or run: lag.py (the worker's dashboard), read.py (oracles),
+usage.py and usage_format.py (`accountant usage`), adjustments.py (`accountant
+adjust`), periods.py (`accountant period`), export.py (`accountant export`).
+Billing periods themselves are a pure rule: app/rules/periods.py.
 """
 
 from app.ledger.batch import BatchOutcome, LedgerBatch, OffsetAdvance, Partition

@@ -17,7 +17,8 @@ named tuples, and timestamps in the spelling the worker writes read with
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime, timedelta
+import json
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple
 
 import orjson
@@ -33,6 +34,9 @@ _MISSING: Any = object()
 # A NUL can only reach a JSON string as this escape; PostgreSQL's text and
 # jsonb cannot hold it.
 _NUL_ESCAPE = b"\\u0000"
+#: What a U+0000 of the record becomes in the ``record`` jsonb column (the
+#: exact record is kept beside it, in ``record_json``).
+NUL_REPLACEMENT = "\ufffd"
 
 
 class SourceOffset(NamedTuple):
@@ -67,11 +71,20 @@ class ClosureRow(NamedTuple):
     total_token_count: int
     #: The record (SPEC §4) as delivered.
     record: dict[str, Any]
+    #: The record as JSON text for the ``record`` jsonb column: each U+0000,
+    #: which jsonb cannot hold, replaced by U+FFFD.
+    record_text: str
+    #: The record as delivered, as JSON text (U+0000 escaped), when
+    #: ``record_text`` had to replace one; else None.
+    record_json: str | None
     content_sha256: bytes
     emitted_at: str
     source: SourceOffset
-    #: The record's value bytes, kept should the database refuse the row.
+    #: The first day of the UTC month of ``closed_at``: the period it is billed in, unless closed.
+    closed_month: date
+    #: The record's value bytes and key, kept should the database refuse the row.
     raw: bytes
+    key: bytes | None
 
 
 class LedgerReject(NamedTuple):
@@ -100,9 +113,7 @@ def decode_closure(source: SourceOffset, key: bytes | None, value: bytes | None)
     except orjson.JSONDecodeError as error:
         return LedgerReject(source, f"not JSON: {error}", key, value)
     try:
-        if _NUL_ESCAPE in value:
-            _refuse_nul(closure, "")
-        return _row(closure, source, value)
+        return _row(closure, source, value, key)
     except _Invalid as error:
         return LedgerReject(source, str(error), key, value)
     except (RecursionError, orjson.JSONEncodeError):
@@ -150,7 +161,7 @@ def datetime_to_micros(moment: datetime) -> int:
     return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
-def _row(closure: Any, source: SourceOffset, raw: bytes) -> ClosureRow:
+def _row(closure: Any, source: SourceOffset, raw: bytes, key: bytes | None) -> ClosureRow:
     if type(closure) is not dict:
         raise _Invalid("the closure must be a JSON object")
     get = closure.get
@@ -190,10 +201,22 @@ def _row(closure: Any, source: SourceOffset, raw: bytes) -> ClosureRow:
     content = (closure_id, reason, total, missing_rounds, session_id, tenant_id, provider_id, model, created_at,
                activated_at, closed_at, ttl_secs, round_count, initial, delta, metadata)
     digest = hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).digest()
+    record_json = None
+    record_text = _json_text(record)
+    if _NUL_ESCAPE in raw:
+        # The ids and names are columns and what billing keys on: SPEC §3 forbids U+0000 in
+        # them. Anywhere else (metadata, unknown fields) it is kept, and the closure billed.
+        for name, text in (("closure_id", closure_id), ("record.tenant_id", tenant_id),
+                           ("record.provider_id", provider_id), ("record.model", model)):
+            if "\x00" in text:
+                raise _Invalid(f"{name}: contains U+0000 (SPEC §3 forbids it in ids and names)")
+        storable = _without_nul(record)
+        if storable != record:
+            record_json, record_text = record_text, _json_text(storable)
     # Positional, in field order: the fastest way to build the tuple.
     return ClosureRow(closure_id, reason, session_id, tenant_id, provider_id, model, created_text, activated_text,
-                      closed_text, ttl_secs, round_count, missing_rounds, initial, delta, total, record, digest,
-                      emitted_text, source, raw)
+                      closed_text, ttl_secs, round_count, missing_rounds, initial, delta, total, record, record_text,
+                      record_json, digest, emitted_text, source, date(closed_at.year, closed_at.month, 1), raw, key)
 
 
 def _string(value: Any, name: str, max_chars: int) -> str:
@@ -220,17 +243,21 @@ def _timestamp(value: Any, name: str, nullable: bool = False) -> tuple[datetime,
         raise _Invalid(f"{name}: must be an RFC 3339 timestamp with offset, in years 1..9999") from None
 
 
-def _refuse_nul(value: Any, path: str) -> None:
-    """PostgreSQL stores no U+0000 in text or jsonb: such a closure is rejected, naming where."""
+def _json_text(value: Any) -> str:
+    """``value`` as JSON text; deeper than orjson writes (254 levels) with the
+    stdlib, since PostgreSQL reads it (RecursionError past ~1000 levels)."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value, ensure_ascii=False)
+
+
+def _without_nul(value: Any) -> Any:
+    """``value`` with each U+0000 of its strings and keys replaced by U+FFFD."""
     if isinstance(value, str):
-        if "\x00" in value:
-            raise _Invalid(f"{path or 'closure'}: contains U+0000, which PostgreSQL cannot store")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            where = f"{path}.{key}" if path else key
-            if "\x00" in key:
-                raise _Invalid(f"{path or 'closure'}: a key contains U+0000, which PostgreSQL cannot store")
-            _refuse_nul(item, where)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _refuse_nul(item, f"{path}[{index}]")
+        return value.replace("\x00", NUL_REPLACEMENT)
+    if isinstance(value, dict):
+        return {key.replace("\x00", NUL_REPLACEMENT): _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value

@@ -14,6 +14,10 @@ Exactly once into the database, across crashes and rebalances:
 - A revocation waits (bounded) for the write in flight, so fencing is the
   exception rather than the rule.
 - Writes are retried until they commit (app/ledger/writer.py). Nothing is skipped.
+- Nor is anything skipped silently: at every assignment, and whenever Kafka
+  says an offset is out of range, the stored offset is compared with the
+  partition's start and end offsets (app/ledger/gaps.py). A partition at a
+  gap nobody accepted is paused, told of in the log, /healthz and a metric.
 
 Batches are written one at a time and in order; while one is written the next
 is read and decoded, so ``expected`` is what the previous batch will have
@@ -25,13 +29,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Collection, Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import IllegalStateError
+from aiokafka.errors import IllegalStateError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
 from app.ledger.batch import BatchOutcome, LedgerBatch, OffsetAdvance, Partition
 from app.ledger.closure_row import ClosureRow, LedgerReject, SourceOffset, decode_closure
+from app.ledger.gaps import Gap, find_gap
 from app.ledger.metrics import LedgerMetrics
 from app.ledger.retry import DatabaseRetry
 from app.ledger.store import LedgerStore
@@ -46,7 +52,7 @@ class LedgerConsumer:
 
     def __init__(self, consumer: AIOKafkaConsumer, store: LedgerStore, group: str, metrics: LedgerMetrics,
                  retry: DatabaseRetry, stop: asyncio.Event, *, batch_max_records: int,
-                 revoke_wait_secs: float) -> None:
+                 revoke_wait_secs: float, accepted_gaps: Collection[str] = (), accepted_by: str = "") -> None:
         self._consumer = consumer
         self._store = store
         self._group = group
@@ -61,6 +67,13 @@ class LedgerConsumer:
         #: ... -> the offset it will hold once the batches read so far are written.
         self._planned: dict[Partition, int | None] = {}
         self._fatal: BaseException | None = None
+        #: `--accept-gap` flags (Gap.flag) and who gave them.
+        self._accepted_gaps = frozenset(accepted_gaps)
+        self._accepted_by = accepted_by
+        #: Owned partitions stopped at a gap nobody accepted.
+        self._gaps: dict[Partition, Gap] = {}
+        #: Since when closures have waited with no batch committed (monotonic); None: caught up.
+        self._waiting_since: float | None = None
         self.listener = _DatabaseOffsets(self)
         self.assigned_once = False
 
@@ -68,12 +81,30 @@ class LedgerConsumer:
     def stored_offsets(self) -> Mapping[Partition, int | None]:
         return dict(self._stored)
 
+    @property
+    def gaps(self) -> list[Gap]:
+        """The owned partitions stopped at a gap nobody accepted."""
+        return list(self._gaps.values())
+
+    def stalled_secs(self) -> float:
+        """Seconds since the last committed batch while closures wait to be written; 0 when caught up."""
+        waiting_since = self._waiting_since
+        return 0.0 if waiting_since is None else time.monotonic() - waiting_since
+
     async def run(self) -> None:
         try:
             while not self._stop.is_set():
                 if self._fatal is not None:
                     raise self._fatal
-                fetched = await self._consumer.getmany(timeout_ms=500, max_records=self._batch_max_records)
+                try:
+                    fetched = await self._consumer.getmany(timeout_ms=500, max_records=self._batch_max_records)
+                except OffsetOutOfRangeError as error:  # retention deleted what we were about to read
+                    await self._writer.drain()
+                    await self._check_gaps([tp for tp in error.args[0] if (tp.topic, tp.partition) in self._stored])
+                    continue
+                except NoOffsetForPartitionError:  # a new partition, not positioned yet: the listener is at it
+                    await asyncio.sleep(0.05)
+                    continue
                 batch = await self._batch(fetched)
                 # The previous write must commit first: it may fence partitions of this batch.
                 await self._writer.drain()
@@ -103,26 +134,62 @@ class LedgerConsumer:
             key = (tp.topic, tp.partition)
             self._stored.pop(key, None)
             self._planned.pop(key, None)
+            if self._gaps.pop(key, None) is not None:
+                self._consumer.resume(tp)
             with contextlib.suppress(KeyError):  # no lag was recorded for it yet
                 self._metrics.lag.remove(tp.topic, str(tp.partition))
+            with contextlib.suppress(KeyError):
+                self._metrics.gap_refused.remove(tp.topic, str(tp.partition))
 
     async def partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        assigned = list(assigned)
-        keys = [(tp.topic, tp.partition) for tp in assigned]
         try:
-            stored = await self._retry(lambda: self._store.claim(self._group, keys), "reading the stored offsets")
-            beginning = await self._consumer.beginning_offsets([tp for tp, key in zip(assigned, keys, strict=True)
-                                                                 if stored.get(key) is None])
+            await self._check_gaps(list(assigned))
         except BaseException as error:  # aiokafka only logs a listener's errors: make the loop raise it
             self._fatal = error
             raise
-        for tp, key in zip(assigned, keys, strict=True):
+        self.assigned_once = True
+
+    async def _check_gaps(self, partitions: list[TopicPartition]) -> None:
+        """Position ``partitions`` at the offsets the database holds, unless
+        those lie outside what Kafka still holds: then pause them at the gap,
+        or cross it if it was accepted (--accept-gap)."""
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        stored = await self._retry(lambda: self._store.claim(self._group, keys), "reading the stored offsets")
+        beginning = await self._consumer.beginning_offsets(partitions)
+        end = await self._consumer.end_offsets(partitions)
+        for tp, key in zip(partitions, keys, strict=True):
             offset = stored.get(key)
+            gap = find_gap(tp.topic, tp.partition, offset, beginning[tp], end[tp])
+            if gap is not None:
+                if not await self._cross(gap, tp):
+                    continue
+                offset = gap.to_offset
             self._consumer.seek(tp, beginning[tp] if offset is None else offset)
             self._stored[key] = self._planned[key] = offset
-        self.assigned_once = True
-        log.info("assigned %s; resuming from the database's offsets %s", sorted(keys),
-                 {f"{topic}/{number}": stored.get((topic, number)) for topic, number in sorted(keys)})
+            # 0, not absent, for every partition owned without a gap: the alert's series exists.
+            self._metrics.gap_refused.labels(tp.topic, str(tp.partition)).set(0)
+        log.info("positioned %s at the database's offsets %s", sorted(keys),
+                 {f"{topic}/{number}": self._stored.get((topic, number)) for topic, number in sorted(keys)})
+
+    async def _cross(self, gap: Gap, tp: TopicPartition) -> bool:
+        """Whether the ledger may resume after ``gap``: it was accepted and is now recorded."""
+        key = (tp.topic, tp.partition)
+        if gap.flag in self._accepted_gaps and await self._retry(
+                lambda: self._store.accept_gap(self._group, gap, self._accepted_by), "recording an accepted gap"):
+            log.warning("GAP accepted by %s and recorded in ledger_gaps: %s; resuming at offset %d",
+                        self._accepted_by, gap.describe(), gap.to_offset)
+            self._metrics.gaps_accepted.inc()
+            return True
+        log.error("GAP: %s. The partition is stopped. To skip those closures for good, run the ledger with "
+                  "--accept-gap %s (recorded in ledger_gaps).", gap.describe(), gap.flag)
+        self._stored.pop(key, None)
+        self._planned.pop(key, None)
+        self._gaps[key] = gap
+        self._consumer.pause(tp)
+        # Any position will do, paused: one is needed, or each fetch raises NoOffsetForPartitionError.
+        self._consumer.seek(tp, gap.to_offset)
+        self._metrics.gap_refused.labels(tp.topic, str(tp.partition)).set(1)
+        return False
 
     # -- one batch
 
@@ -152,6 +219,8 @@ class LedgerConsumer:
                            tuple(advances))
 
     async def _written(self, outcome: BatchOutcome) -> None:
+        if outcome.committed and self._waiting_since is not None:
+            self._waiting_since = time.monotonic()  # progress: the stall clock starts again
         for key, offset in outcome.committed.items():
             if key in self._stored:
                 self._stored[key] = offset
@@ -181,13 +250,20 @@ class LedgerConsumer:
         self._update_lag()
 
     def _update_lag(self) -> None:
+        behind = self._writer.busy
         for (topic, number), stored in list(self._stored.items()):
             tp = TopicPartition(topic, number)
             end = self._consumer.last_stable_offset(tp)
             if end is None:
                 end = self._consumer.highwater(tp)
             if end is not None:
-                self._metrics.lag.labels(topic, str(number)).set(max(0, end - (stored or 0)))
+                lag = max(0, end - (stored or 0))
+                self._metrics.lag.labels(topic, str(number)).set(lag)
+                behind = behind or lag > 0
+        if not behind:
+            self._waiting_since = None
+        elif self._waiting_since is None:
+            self._waiting_since = time.monotonic()
 
 
 def _decode(fetched: list[tuple[TopicPartition, list]],

@@ -13,14 +13,18 @@ from app.ledger.metrics import LedgerMetrics
 
 def build_web_app(metrics: LedgerMetrics, status: Callable[[], dict[str, Any]]) -> web.Application:
     """``status()`` says whether the ledger is ready (schema migrated, partitions
-    positioned) and what it owns; /healthz answers 200 while the process runs,
-    database down or not (it is waiting, not broken)."""
+    positioned), what it owns, and whether it is ``healthy``: /healthz answers
+    503 when not (stalled: closures wait and no batch committed for the stall
+    timeout, the database down included), so that a stuck ledger is restarted."""
 
     async def metrics_view(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", **status()})
+        current = status()
+        healthy = current.get("healthy", True)
+        return web.json_response({"status": "ok" if healthy else "unhealthy", **current},
+                                 status=200 if healthy else 503)
 
     async def readyz(request: web.Request) -> web.Response:
         current = status()

@@ -43,6 +43,17 @@ class LedgerMetrics:
             "accountant_ledger_lag_records", "Records of the closures topic not yet in the ledger, per partition.",
             ["topic", "partition"], registry=self.registry)
 
+        self.gap_refused = Gauge(
+            "accountant_ledger_gap_refused", "1 while a partition is stopped at a gap: closures deleted before "
+            "the ledger wrote them, or a stored offset past the partition's end (see the log for the "
+            "--accept-gap to run); any is an alert.", ["topic", "partition"], registry=self.registry)
+        self.gaps_accepted = Counter(
+            "accountant_ledger_gaps_accepted", "Gaps accepted with --accept-gap (recorded in ledger_gaps).",
+            registry=self.registry)
+        self.stalled_seconds = Gauge(
+            "accountant_ledger_stalled_seconds", "Seconds since the last committed batch while closures wait "
+            "to be written, or since the database last answered; 0 when caught up.", registry=self.registry)
+
     def count(self, outcome: BatchOutcome) -> None:
         self.closures_written.inc(outcome.written)
         self.duplicates.inc(outcome.duplicates)

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from app.ledger.batch import BatchOutcome, LedgerBatch, Partition
+from app.ledger.gaps import Gap
 
 
 class LedgerStore(Protocol):
@@ -28,6 +29,13 @@ class LedgerStore(Protocol):
         rejects: for a batch that failed with a data error, so that one bad
         row never stops the ledger.
         """
+        ...
+
+    async def accept_gap(self, group: str, gap: Gap, accepted_by: str) -> bool:
+        """Move ``group``'s stored offset of the gap's partition from
+        ``gap.from_offset`` to ``gap.to_offset`` and record the gap in
+        ``ledger_gaps``, in one transaction; False (nothing done) when the
+        stored offset is no longer ``gap.from_offset``."""
         ...
 
     async def close(self) -> None: ...

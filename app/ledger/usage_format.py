@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from app.ledger.usage import UsageQuery, UsageRow
 
 FORMATS = ("table", "csv", "json")
-_FIGURES = ("closures", "total_token_count", "initial_token_count", "delta_token_count", "round_count",
-            "missing_rounds")
+#: The closures' tokens, their adjustments, and both together (what is invoiced); then the detail.
+_FIGURES = ("closures", "total_token_count", "adjustments", "adjustment_token_count", "billed_token_count",
+            "initial_token_count", "delta_token_count", "round_count", "missing_rounds", "late_closures")
 _KEYS_BY_GROUPING = {
     "total": (),
     "provider": ("provider_id",),
@@ -28,17 +29,28 @@ def render_usage(query: UsageQuery, rows: Sequence[UsageRow], fmt: str) -> str:
     records = [_record(row, columns) for row in rows]
     if fmt == "json":
         # Token sums can pass 2^64: the stdlib's json writes any int exactly.
-        return json.dumps({"tenant_id": query.tenant_id, "from": query.from_day.isoformat(),
-                           "to": query.to_day.isoformat(), "by": query.by, "timezone": "UTC",
-                           "rows": records}, indent=2) + "\n"
+        return json.dumps({"tenant_id": query.tenant_id,
+                           "from": query.from_day.isoformat() if query.from_day else None,
+                           "to": query.to_day.isoformat() if query.to_day else None,
+                           "period": query.period.strftime("%Y-%m") if query.period else None,
+                           "as_of": query.as_of.isoformat() if query.as_of else None,
+                           "by": query.by, "timezone": "UTC", "rows": records}, indent=2) + "\n"
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(columns)
         writer.writerows([[record[column] for column in columns] for record in records])
         return out.getvalue()
-    return _table(columns, records, f"usage of {query.tenant_id}, {query.from_day} .. {query.to_day} (UTC days, "
-                                    "both included)")
+    return _table(columns, records, _title(query))
+
+
+def _title(query: UsageQuery) -> str:
+    if query.period is not None:
+        title = (f"usage of {query.tenant_id}, billing period {query.period:%Y-%m} (closures and adjustments "
+                 "booked in it)")
+    else:
+        title = f"usage of {query.tenant_id}, {query.from_day} .. {query.to_day} (UTC days, both included)"
+    return title + (f", as of {query.as_of.isoformat()}" if query.as_of else "")
 
 
 def _record(row: UsageRow, columns: Sequence[str]) -> dict[str, object]:
@@ -50,10 +62,14 @@ def _record(row: UsageRow, columns: Sequence[str]) -> dict[str, object]:
         "month": row.period_start.strftime("%Y-%m") if row.period_start else None,
         "closures": row.closures,
         "total_token_count": row.total_token_count,
+        "adjustments": row.adjustments,
+        "adjustment_token_count": row.adjustment_token_count,
+        "billed_token_count": row.billed_token_count,
         "initial_token_count": row.initial_token_count,
         "delta_token_count": row.delta_token_count,
         "round_count": row.round_count,
         "missing_rounds": row.missing_rounds,
+        "late_closures": row.late_closures,
     }
     return {column: values[column] for column in columns}
 

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 import psycopg
 
 from app.ledger.batch import BatchOutcome, LedgerBatch
+from app.ledger.database_errors import describe_database_error
 from app.ledger.metrics import LedgerMetrics
 from app.ledger.retry import DatabaseRetry
 from app.ledger.store import LedgerStore
@@ -49,6 +50,11 @@ class BatchWriter:
         if task is not None:
             await task
 
+    @property
+    def busy(self) -> bool:
+        """Whether a write is in flight."""
+        return not self._idle.is_set()
+
     async def wait_idle(self, timeout: float) -> bool:
         """True once no write is in flight; False if that takes over ``timeout`` seconds."""
         try:
@@ -77,10 +83,10 @@ class BatchWriter:
                 except psycopg.Error as error:  # not transient: about the data, or a fault of ours
                     if not isolate:
                         log.warning("the database refused a batch of %d records (%s); writing it row by row",
-                                    len(batch), error)
+                                    len(batch), describe_database_error(error))
                         isolate = True
                     else:
-                        log.error("writing a batch row by row failed: %s; retrying", error, exc_info=True)
+                        log.error("writing a batch row by row failed: %s; retrying", describe_database_error(error))
                         self._metrics.database_retries.inc()
                         await self._retry.wait(2.0)
             self._metrics.batch_write_seconds.observe(time.monotonic() - started)

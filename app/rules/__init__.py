@@ -43,10 +43,7 @@ from app.rules.limits import (
     Policy,
 )
 from app.rules.model import (
-    CloseReason,
     Session,
-    SessionRecord,
-    State,
     Stored,
     Tombstone,
     creation_digest,
@@ -62,6 +59,7 @@ from app.rules.outputs import (
     Source,
     encode_output,
 )
+from app.rules.record import CloseReason, SessionRecord, State
 from app.rules.rounds import NO_MISSING_ROUNDS, MissingRounds
 from app.rules.timestamps import SECOND, Micros, format_timestamp, parse_timestamp
 

@@ -21,15 +21,14 @@ from app.rules.events import (
 )
 from app.rules.limits import DEFAULT_POLICY, MAX_COUNT, Policy
 from app.rules.model import (
-    CloseReason,
     Session,
-    SessionRecord,
     Stored,
     Tombstone,
     creation_digest,
     creation_horizon,
 )
 from app.rules.outputs import Outcome, Output, Reason, Rejection, Result, Source
+from app.rules.record import CloseReason, SessionRecord
 from app.rules.timestamps import SECOND, Micros
 
 Transition = tuple[Stored | None, tuple[Output | Outcome, ...]]

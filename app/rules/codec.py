@@ -27,8 +27,9 @@ from typing import Any
 
 import orjson
 
-from app.rules.model import CloseReason, Session, SessionRecord, Stored, Tombstone
+from app.rules.model import Session, Stored, Tombstone
 from app.rules.outputs import Output, Reason, Rejection, Source
+from app.rules.record import CloseReason, SessionRecord
 from app.rules.rounds import NO_MISSING_ROUNDS, MissingRounds
 
 VERSION = 2

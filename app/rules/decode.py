@@ -44,7 +44,14 @@ def _identifier(obj: dict[str, Any], name: str) -> str:
         raise _Invalid(f"field '{name}' must be a string")
     if not 1 <= len(value) <= MAX_ID_CHARS:
         raise _Invalid(f"field '{name}' must be 1..{MAX_ID_CHARS} characters")
+    _refuse_nul(value, name)
     return value
+
+
+def _refuse_nul(value: str, name: str) -> None:
+    # Ids and names are what billing keys on, and PostgreSQL's text holds no U+0000 (SPEC §3).
+    if "\x00" in value:
+        raise _Invalid(f"field '{name}' must not contain U+0000")
 
 
 def _integer(obj: dict[str, Any], name: str, low: int, high: int) -> int:
@@ -63,6 +70,7 @@ def _name(obj: dict[str, Any], name: str) -> str:
         raise _Invalid(f"field '{name}' must be a non-empty string")
     if len(value) > MAX_NAME_CHARS:
         raise _Invalid(f"field '{name}' must be at most {MAX_NAME_CHARS} characters")
+    _refuse_nul(value, name)
     return value
 
 

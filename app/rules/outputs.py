@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import base64
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from app.rules.limits import MAX_REJECTION_BYTES, RAW_PREFIX_BYTES
+from app.rules.record import CloseReason, SessionRecord
 from app.rules.timestamps import Micros, format_timestamp
 from app.rules.values import value
-
-if TYPE_CHECKING:  # only annotations: model.py imports this module
-    from app.rules.model import CloseReason, SessionRecord
 
 
 class Reason(StrEnum):

@@ -16,8 +16,10 @@ _FIRST_SECOND = int(datetime(1, 1, 1, tzinfo=UTC).timestamp())
 _LAST_SECOND = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp())
 
 # ASCII digits only, and `\Z` rather than `$` (which matches before a final newline).
+# Offsets as RFC 3339 has them (hours 00-23, minutes 00-59) and as the schema's
+# pattern (app/schemas/definitions.json): datetime alone takes +05:60 as +06:00.
 _RFC3339 = re.compile(
-    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})\Z", re.ASCII
+    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)\Z", re.ASCII
 )
 
 

@@ -26,7 +26,8 @@ from fractions import Fraction
 from typing import Any
 
 from app.rules.limits import MAX_COUNT
-from app.rules.model import CloseReason, Session, Stored
+from app.rules.model import Session, Stored
+from app.rules.record import CloseReason
 from app.rules.timestamps import SECOND, Micros, format_timestamp, parse_timestamp
 from app.rules.values import value
 

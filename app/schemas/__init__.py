@@ -164,7 +164,9 @@ def _describe(rule: dict[str, Any], known: str | None) -> str:
     if facts.get("type") == "integer":
         return f"must be an integer in {facts['minimum']}..{facts['maximum']}"
     if facts.get("type") == "string":
-        return f"must be a string of {facts['minLength']}..{facts['maxLength']} characters"
+        # The only pattern of a plain string is the one of ids and names (SPEC §3).
+        without_nul = " without U+0000" if "pattern" in facts else ""
+        return f"must be a string of {facts['minLength']}..{facts['maxLength']} characters{without_nul}"
     return known or "is not valid here"
 
 

@@ -29,7 +29,7 @@ from app.web.fanout import (
     is_fanout,
     require_every_partition,
 )
-from app.web.health import liveness
+from app.web.health import liveness, readiness
 from app.web.ingest_producer import IngestProducer
 from app.web.openapi import build_openapi
 from app.web.paging import decode_cursor, encode_cursor, merge_pages, page_after, page_in_order
@@ -94,10 +94,10 @@ class LocalShard:
 class Api:
     """The endpoints of SPEC §8 for one worker."""
 
-    def __init__(self, worker: Worker, producer: IngestProducer) -> None:
+    def __init__(self, worker: Worker, ingest: IngestProducer) -> None:
         self.worker = worker
-        #: Writes budgets (the web server's producer, shared with `POST /events`).
-        self.producer = producer
+        #: The web server's producer: `POST /events`, and budgets.
+        self.ingest = ingest
         self.settings = worker.settings
         self.local = LocalShard(worker)
         self.peers = Peers(worker)
@@ -106,13 +106,15 @@ class Api:
 
     async def healthz(self, request: web.Request) -> web.Response:
         params(NoParams, request)
-        status, body = liveness(self.worker.stalled_seconds(), self.settings.stall_timeout_secs)
+        status, body = liveness(self.worker.stalled_seconds(), self.ingest.answering_secs(),
+                                self.settings.stall_timeout_secs)
         return json_response(body, status)
 
     async def readyz(self, request: web.Request) -> web.Response:
         params(NoParams, request)
-        ready = self.local.ready()
-        return json_response({"ready": ready}, 200 if ready else 503)
+        status, body = readiness(self.ingest.producer is not None, self.ingest.silent_secs(),
+                                 self.settings.ingest_broker_unreachable_secs, not self.local.ready())
+        return json_response(body, status)
 
     async def get_session(self, request: web.Request) -> web.Response:
         session_id = params(SessionParams, request).session_id
@@ -229,13 +231,17 @@ class Api:
         return web.Response(status=204)
 
     async def _store_budget(self, tenant_id: str, budget: Budget | None) -> None:
+        producer = self.ingest.producer
+        if producer is None:
+            raise ApiError(503, "unavailable", "the producer has not reached the broker yet; the budget was not "
+                           "stored; retry", headers={"Retry-After": "1"})
         try:
-            producer = await self.producer.started()
             await producer.send_and_wait(self.settings.budgets_topic, key=tenant_id.encode("utf-8"),
                                          value=None if budget is None else orjson.dumps(budget.to_json()))
         except KafkaError as error:
             raise ApiError(503, "unavailable", f"the budget could not be stored ({error!r}); retry",
                            headers={"Retry-After": "1"}) from None
+        self.ingest.reached()
         self.worker.budget_written(tenant_id, budget)
 
     async def stats(self, request: web.Request) -> web.Response:

@@ -22,13 +22,15 @@ def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | Non
 
 
 class ApiError(Exception):
-    """An answer other than 200, as JSON `{"error", "detail"[, "parameter"]}`."""
+    """An answer other than 200, as JSON `{"error", "detail"[, "parameter"]}`, plus
+    `facts` a client acts on (e.g. the broker's record size limit)."""
 
     def __init__(self, status: int, error: str, detail: str, *, parameter: str | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:
+                 headers: Mapping[str, str] | None = None, facts: Mapping[str, Any] | None = None) -> None:
         super().__init__(detail)
         self.status = status
-        self.body = {"error": error, "detail": detail} | ({"parameter": parameter} if parameter is not None else {})
+        self.body = ({"error": error, "detail": detail} | ({"parameter": parameter} if parameter is not None else {})
+                     | dict(facts or {}))
         self.headers = headers
 
     def response(self) -> web.Response:

@@ -135,7 +135,8 @@ class Peers:
         # raw_path keeps the client's encoding (a '%2F' in a session id stays one segment).
         target = URL(url.rstrip("/") + request.raw_path, encoded=True)
         headers = {FANOUT_HEADER: "1"}
-        token = self.worker.settings.api_token
+        settings = self.worker.settings
+        token = settings.peer_token.get_secret_value() or settings.api_token
         if token:
             headers["Authorization"] = f"Bearer {token}"
         try:

@@ -200,8 +200,10 @@ class Health(TypedDict, total=False):
 
 
 @with_config(_FORBID_EXTRA)
-class Readiness(TypedDict):
-    ready: bool
+class Readiness(TypedDict, total=False):
+    status: typing.Required[typing.Literal["ready", "rebalancing", "starting", "broker_unreachable"]]
+    """ready and rebalancing answer 200 (POST /events works); starting and broker_unreachable 503."""
+    detail: str
 
 
 _BODIES: dict[str, Any] = {
@@ -394,7 +396,7 @@ def build_openapi(*, token_required: bool) -> dict[str, Any]:
         }},
         "/healthz": {"get": {
             "operationId": "getHealth",
-            "summary": "Liveness: the agent makes progress, or has nothing waiting for it.",
+            "summary": "Liveness: the agent makes progress, has nothing waiting for it, or waits for the broker.",
             "security": [],
             "responses": {"200": _json("Health", "Alive."),
                           "503": _json("Health", "The agent has made no progress for longer than "
@@ -402,10 +404,12 @@ def build_openapi(*, token_required: bool) -> dict[str, Any]:
         }},
         "/readyz": {"get": {
             "operationId": "getReadiness",
-            "summary": "Readiness: the table is recovered and no rebalance is in progress.",
+            "summary": "Readiness: this worker can take POST /events (a rebalance does not stop it).",
             "security": [],
-            "responses": {"200": _json("Readiness", "Ready."),
-                          "503": _json("Readiness", "Recovering or rebalancing.")},
+            "responses": {"200": _json("Readiness", "Ready, or rebalancing (the status says which)."),
+                          "503": _json("Readiness", "The ingest producer has not reached the broker yet, or the "
+                                                    "broker has not answered for longer than "
+                                                    "ACCOUNTANT_INGEST_BROKER_UNREACHABLE_SECS.")},
         }},
         "/": {"get": {
             "operationId": "getDashboard",

@@ -301,3 +301,24 @@ def test_no_private_faust_mode_or_aiokafka_part_is_used_outside_the_compat_modul
     from tests.support.faust_privates import uses
 
     assert list(uses()) == []
+
+
+async def test_a_revoked_partition_is_committed_before_its_progress_is_forgotten(
+        apps: tuple[faust.App, faust.App]) -> None:
+    """Faust commits inside the revocation (the app's `_on_partitions_revoked`
+    waits for the agent, then commits). The accounted offsets of the revoked
+    partitions must still be there then: forgotten before, the new owner
+    replayed up to a commit interval (issue 20)."""
+    _, ours = apps
+    consumer = faust_compat.enable_batches(ours, [TOPIC])
+    tp = TP(TOPIC, 3)
+    consumer.mark_accounted(tp, 42)
+    committable: list[dict[TP, int]] = []
+
+    async def app_revocation(revoked: set[TP]) -> None:
+        committable.append(consumer._filter_committable_offsets(list(consumer._filter_tps_with_pending_acks())))
+
+    consumer._on_partitions_revoked = app_revocation  # type: ignore[assignment]
+    await consumer.on_partitions_revoked({tp})
+    assert committable == [{tp: 42}]
+    assert list(consumer._filter_tps_with_pending_acks()) == []  # forgotten afterwards

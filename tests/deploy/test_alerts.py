@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from app.metrics import INGEST_OUTCOMES, INGEST_STATUSES
+from app.rules import CloseReason, Reason, Result
+from app.rules.events import EVENT_TYPES
 from tests.support import REPO
 
 PROMETHEUS = REPO / "deploy" / "prometheus"
@@ -97,3 +100,18 @@ def test_the_board_shows_every_metric_an_alert_watches() -> None:
     watched = metrics(ALERTS.read_text())
     shown = metrics(" ".join(expr for _, expr in board_queries()))
     assert watched <= shown, f"on no panel: {sorted(watched - shown)}"
+
+
+def test_the_alert_tests_use_only_label_values_the_service_exports() -> None:
+    """A test that feeds a reason no worker ever exports proves nothing about the alert."""
+    known = {
+        "reason": {reason.value for reason in Reason} | {reason.value for reason in CloseReason},
+        "result": {result.value for result in Result},
+        "type": {"", *EVENT_TYPES},
+        "outcome": set(INGEST_OUTCOMES),
+        "status": set(INGEST_STATUSES),
+    }
+    for test in yaml.safe_load(ALERT_TESTS.read_text())["tests"]:
+        for series in test["input_series"]:
+            for label, value in re.findall(r'(\w+)="([^"]*)"', series["series"]):
+                assert value in known.get(label, {value}), f"{test['name']}: {label}={value!r} is never exported"

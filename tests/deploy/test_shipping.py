@@ -9,14 +9,17 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from app import healthcheck
 from app.healthcheck import healthz_url, main
 from app.settings import load_settings
 from tests.support import REPO
@@ -85,8 +88,11 @@ def test_docker_compose_config_accepts_the_file() -> None:
 
 class _Health(http.server.BaseHTTPRequestHandler):
     status = 200
+    #: Seconds before answering: a process whose event loop is blocked answers late or never.
+    delay = 0.0
 
     def do_GET(self) -> None:
+        time.sleep(self.delay)
         self.send_response(self.status if self.path == "/healthz" else 404)
         self.end_headers()
 
@@ -109,14 +115,40 @@ def test_the_healthcheck_follows_healthz(health_server: http.server.HTTPServer, 
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_Health, "status", status)
     monkeypatch.setenv("ACCOUNTANT_WEB_PORT", str(health_server.server_address[1]))
-    assert main() == exit_code
+    assert main([]) == exit_code
+
+
+def test_the_healthcheck_fails_a_process_that_does_not_answer_in_time(
+        health_server: http.server.HTTPServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blocked event loop answers nothing: the probe's timeout is its 503."""
+    monkeypatch.setattr(_Health, "delay", 1.0)
+    monkeypatch.setattr(healthcheck, "PROBE_TIMEOUT_SECS", 0.2)
+    monkeypatch.setenv("ACCOUNTANT_WEB_PORT", str(health_server.server_address[1]))
+    assert main([]) == 1
+
+
+def test_the_ledger_healthcheck_asks_the_ledgers_port(health_server: http.server.HTTPServer,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACCOUNTANT_LEDGER_WEB_PORT", str(health_server.server_address[1]))
+    with socket.socket() as unused:  # nothing on the worker's port
+        unused.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("ACCOUNTANT_WEB_PORT", str(unused.getsockname()[1]))
+        assert (main(["--ledger"]), main([])) == (0, 1)
+
+
+def test_compose_probes_each_container_where_its_own_process_listens() -> None:
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    assert services["ledger"]["command"] == ["accountant", "ledger"]
+    assert services["ledger"]["healthcheck"]["test"] == ["CMD", "python", "-m", "app.healthcheck", "--ledger"]
+    # The worker keeps the image's HEALTHCHECK, which asks the worker's port.
+    assert "healthcheck" not in services["accountant"] and "command" not in services["accountant"]
 
 
 def test_the_healthcheck_fails_when_nothing_listens(monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         monkeypatch.setenv("ACCOUNTANT_WEB_PORT", str(unused.getsockname()[1]))
-        assert main() == 1
+        assert main([]) == 1
 
 
 @pytest.mark.parametrize(("host", "url"), [("0.0.0.0", "http://127.0.0.1:6066/healthz"),

@@ -7,6 +7,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -46,9 +47,11 @@ class Timeline:
         return ", ".join(f"{step} {at:.1f}s" for step, at in self.marks)
 
 
-def publish_piece(deployment: Deployment, events: list[PlannedEvent], stamper: LedgerStamper) -> PublishStats:
+def publish_piece(deployment: Deployment, events: list[PlannedEvent], stamper: LedgerStamper,
+                  rate: float = 0.0) -> PublishStats:
+    """Publish `events` at `rate` events/s (0: as fast as possible)."""
     return asyncio.run(publish(events, deployment.bootstrap, deployment.events_topic, stamper=stamper,
-                               progress=None))
+                               rate=rate, progress=None))
 
 
 def wait_applied(worker: WorkerProcess, at_least: int, timeout: float = 90) -> int:
@@ -144,6 +147,130 @@ def _without(closures: list[dict[str, Any]], injected: Iterable[dict[str, Any]])
             kept.append(closure)
     assert not +left, f"{sum(left.values())} injected closures are not on the closures topic"
     return kept
+
+
+# --------------------------------------------------------------------------
+# A rebalance storm: members of the group come and go while input flows
+
+#: What a worker logs each time it is assigned input partitions (app/faust_compat.py `perform_seek`).
+ASSIGNMENT_LOG_LINE = "reading input partitions from"
+#: Where the worker counts the input it skipped at an assignment (issue 20), once it does.
+INPUT_GAPS_METRIC = "accountant_input_gaps_total"
+
+
+@dataclass
+class Storm:
+    """Extra workers of the deployment's consumer group, started, SIGTERMed and
+    SIGKILLed at random intervals: each start and each exit changes the group.
+
+    One seeded generator chooses the actions, the victims and the intervals,
+    so a seed gives the same sequence of actions; when they land relative to
+    the input still depends on the machine's speed."""
+
+    deployment: Deployment
+    seed: int
+    #: Extra workers alive at once, at most (besides the ones that stay up).
+    max_extras: int = 3
+    interval_secs: tuple[float, float] = (3.0, 6.0)
+    live: list[WorkerProcess] = field(default_factory=list)
+    #: SIGTERMed, maybe still shutting down.
+    leaving: list[WorkerProcess] = field(default_factory=list)
+    actions: Counter[str] = field(default_factory=Counter)
+    #: Extras that exited without being told to, with their exit codes.
+    exited_unasked: list[str] = field(default_factory=list)
+    #: accountant_input_gaps_total read from each extra just before it went,
+    #: summed; None while no worker exported it.
+    gaps: float | None = None
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(f"{self.seed}/storm")
+
+    def run(self, until: Callable[[], bool], timeline: Timeline | None = None) -> None:
+        """Change the group every `interval_secs` until `until()` holds."""
+        while not until():
+            action = self.step()
+            if timeline is not None:
+                timeline(action)
+            pause_until = time.monotonic() + self.rng.uniform(*self.interval_secs)
+            while time.monotonic() < pause_until and not until():
+                time.sleep(0.1)
+
+    def step(self) -> str:
+        """One change of the group: start an extra, or SIGTERM or SIGKILL a
+        live one (which may still be starting or recovering its tables)."""
+        self._forget_exited()
+        # Kills outweigh SIGTERMs: a killed member's partitions wait for its
+        # session timeout, so its successors start on a backlog.
+        choices = (["start", "start"] if len(self.live) < self.max_extras else []) + \
+            (["term", "kill", "kill"] if self.live else [])
+        action = self.rng.choice(choices)
+        if action == "start":
+            # Sometimes two at once: their start-up loads the machine while the group rebalances.
+            names = []
+            for _ in range(self.rng.randint(1, min(2, self.max_extras - len(self.live)))):
+                names.append(f"extra-{self.actions['start'] + 1}")
+                self.live.append(self.deployment.worker(names[-1]).start())
+                self.actions["start"] += 1
+            return f"start {'+'.join(names)}"
+        victim = self.live.pop(self.rng.randrange(len(self.live)))
+        self.read_gaps(victim)
+        if action == "term":
+            victim.terminate()
+            self.leaving.append(victim)
+        else:
+            victim.kill()
+        self.actions[action] += 1
+        return f"{action} {victim.name}"
+
+    def calm(self, timeout: float = 60) -> None:
+        """SIGTERM every extra still running and wait until all are gone."""
+        for worker in self.live:
+            self.read_gaps(worker)
+            worker.terminate()
+            self.actions["term"] += 1
+        self.leaving.extend(self.live)
+        self.live.clear()
+        for worker in self.leaving:
+            worker.stop(timeout)
+        self.leaving.clear()
+
+    @property
+    def member_changes(self) -> int:
+        """Joins and leaves this storm caused: a rebalance of the group each,
+        unless two fall into the same one."""
+        return sum(self.actions.values())
+
+    def assignments_logged(self) -> tuple[int, int]:
+        """Assignments logged by every worker of the deployment, ever, and the
+        partitions they started reading (each a chance to skip input)."""
+        lines = [line for worker in self.deployment.started if worker.log_path.exists()
+                 for line in worker.log_path.read_text(errors="replace").splitlines() if ASSIGNMENT_LOG_LINE in line]
+        return len(lines), sum(line.split(ASSIGNMENT_LOG_LINE, 1)[1].count("@") for line in lines)
+
+    def figures(self) -> dict[str, Any]:
+        assignments, read_starts = self.assignments_logged()
+        return {"member_changes": self.member_changes, "starts": self.actions["start"],
+                "terms": self.actions["term"], "kills": self.actions["kill"],
+                "assignments_logged": assignments, "partition_read_starts": read_starts,
+                "input_gaps": "not exported" if self.gaps is None else self.gaps,
+                "extras_exited_unasked": len(self.exited_unasked)}
+
+    def read_gaps(self, worker: WorkerProcess) -> None:
+        """Add what `worker` counts of input gaps (an extra before it goes, one that stays up at the end)."""
+        try:
+            gaps = worker.exported_metric(INPUT_GAPS_METRIC)
+        except (OSError, AssertionError):
+            return  # not answering yet (starting) or any more: it has nothing to tell
+        if gaps is not None:
+            self.gaps = (self.gaps or 0.0) + gaps
+
+    def _forget_exited(self) -> None:
+        for worker in list(self.live):
+            code = worker.process.poll() if worker.process is not None else None
+            if code is not None:
+                self.live.remove(worker)
+                self.exited_unasked.append(f"{worker.name} ({code})")
+        self.leaving = [w for w in self.leaving if w.process is not None and w.process.poll() is None]
 
 
 # --------------------------------------------------------------------------

@@ -4,6 +4,7 @@ tests/gateway/test_reordered_rounds.py."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -13,9 +14,10 @@ import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from app.metrics import IngestMetrics
 from app.web.ingest import INGEST_PATH, IngestSettings
 from app.web.openapi import build_openapi
-from tests.support.ingest import ingest_application
+from tests.support.ingest import INGEST_PRODUCER, ingest_application
 
 TOKEN = "ingest-secret"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -36,8 +38,11 @@ class IngestApi:
 
 @asynccontextmanager
 async def ingest_api(bootstrap: str, settings: IngestSettings, *, port: int | None = None,
-                     client_options: dict[str, Any] | None = None) -> AsyncIterator[IngestApi]:
-    app = ingest_application(bootstrap, settings, token=TOKEN, client_options=client_options)
+                     client_options: dict[str, Any] | None = None, metrics: IngestMetrics | None = None,
+                     max_concurrent_requests: int = 256, wait_for_producer: bool = True) -> AsyncIterator[IngestApi]:
+    """The app on loopback; by default once its producer has reached the broker (before, it answers 503)."""
+    app = ingest_application(bootstrap, settings, token=TOKEN, client_options=client_options, metrics=metrics,
+                             max_concurrent_requests=max_concurrent_requests)
     document = openapi_document()
 
     async def openapi(request: web.Request) -> web.Response:
@@ -47,6 +52,10 @@ async def ingest_api(bootstrap: str, settings: IngestSettings, *, port: int | No
     client = TestClient(TestServer(app, host="127.0.0.1", port=port))
     await client.start_server()
     try:
+        if wait_for_producer:
+            async with asyncio.timeout(30):  # the producer's start
+                while app[INGEST_PRODUCER].producer is None:
+                    await asyncio.sleep(0.02)
         yield IngestApi(client, settings.topic)
     finally:
         await client.close()

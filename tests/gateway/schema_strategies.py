@@ -2,7 +2,7 @@
 keywords app/schemas uses (after `resolved_schema` inlined the `$ref`s):
 `allOf`, `type` (object, string, integer), `required`, `properties`, `const`,
 `enum`, `minLength`/`maxLength`, `minimum`/`maximum`, `format: date-time`
-(with its `pattern`) and annotations. A schema using any other keyword is
+(with its `pattern`), the pattern of strings without U+0000, and annotations. A schema using any other keyword is
 refused (`UnsupportedSchema`), so a schema that grows past this generator
 fails loudly rather than being generated wrongly.
 
@@ -19,11 +19,13 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-__all__ = ["UnsupportedSchema", "instances", "json_values"]
+__all__ = ["NO_NUL_PATTERN", "UnsupportedSchema", "instances", "json_values"]
 
 _ANNOTATIONS = frozenset({"title", "description", "$comment", "$schema"})
 _CONSTRAINTS = frozenset({"allOf", "type", "required", "properties", "const", "enum", "minLength", "maxLength",
                           "minimum", "maximum", "format", "pattern"})
+#: The pattern of ids and names: no U+0000 (SPEC §3).
+NO_NUL_PATTERN = r"^[^\u0000]*$"
 #: JSON numbers a float holds exactly: an integral float beyond would round.
 _EXACT_FLOAT = 2**53
 
@@ -94,9 +96,11 @@ def _strategy(schema: dict[str, Any], date_times: st.SearchStrategy[str]) -> st.
     if kind == "string":
         if schema.get("format") == "date-time":
             return date_times  # the pattern says the same as the format, in more detail
-        if "pattern" in schema or "format" in schema:
+        if schema.get("pattern", NO_NUL_PATTERN) != NO_NUL_PATTERN or "format" in schema:
             raise UnsupportedSchema(f"a pattern or format other than date-time: {schema}")
-        return st.text(min_size=schema.get("minLength", 0), max_size=schema.get("maxLength"))
+        # st.text()'s own alphabet (no surrogates), without U+0000 under the pattern.
+        alphabet = st.characters(exclude_categories=("Cs",), exclude_characters="\x00" if "pattern" in schema else "")
+        return st.text(alphabet, min_size=schema.get("minLength", 0), max_size=schema.get("maxLength"))
     if kind == "object":
         return _objects(schema, date_times)
     raise UnsupportedSchema(f"type {kind!r}")

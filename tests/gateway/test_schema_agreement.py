@@ -160,3 +160,17 @@ def test_every_invalid_event_case_of_the_rules_tests_is_schema_invalid_or_docume
     assert not unexplained, "schema-valid but invalid_event, and not documented:\n" + "\n".join(unexplained)
     # Each documented exception stands for real cases: the list holds nothing stale.
     assert set(DOCUMENTED_EXCEPTIONS) <= set(verdicts), verdicts
+
+
+@given(sign=st.sampled_from("+-"), hours=st.integers(0, 99), minutes=st.integers(0, 99))
+def test_the_rules_and_the_schema_take_the_same_timezone_offsets(sign: str, hours: int, minutes: int) -> None:
+    occurred_at = f"2024-05-01T12:00:00{sign}{hours:02}:{minutes:02}"
+    try:
+        rules.parse_timestamp(occurred_at)
+        rules_take_it = True
+    except ValueError:
+        rules_take_it = False
+    event = {"event_id": "e-1", "type": "session.extended", "session_id": "s-1", "tenant_id": "t-1",
+             "occurred_at": occurred_at, "ttl_secs": 60}
+    schema_errors = [error for error in validate_event(event) if error.field == "occurred_at"]
+    assert rules_take_it == (not schema_errors) == (hours < 24 and minutes < 60), occurred_at

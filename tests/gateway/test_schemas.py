@@ -93,6 +93,11 @@ def test_rfc3339_timestamps_with_an_offset_are_valid(text: str) -> None:
     ("session.closed", "reason", "r" * 1025), ("session.closed", "reason", 5), ("session.activated", "event_id", ""),
     ("session.activated", "session_id", "s" * 129), ("session.activated", "tenant_id", None),
     ("session.activated", "type", "session.updated"),
+    # SPEC §3 rev. 3: no U+0000 in ids and names.
+    ("session.activated", "event_id", "e\x00"), ("session.activated", "session_id", "s-1\x00"),
+    ("session.activated", "tenant_id", "\x00"), ("session.created", "provider_id", "open\x00ai"),
+    ("session.created", "model", "gpt\x00"), ("round.completed", "model", "\x00m"),
+    ("session.closed", "reason", "done\x00"),
     *(("session.activated", "occurred_at", value) for value in (
         "2024-05-01T12:00:00", "2024-02-30T12:00:00Z", "2023-02-29T12:00:00Z", "2024-05-01T12:00:60Z",
         "2024-05-01T12:00:00Z\n", "0000-01-01T00:00:00Z", "2024-05-01T12:00:00.Z", "2024-05-01T12:00:00.1234567890Z",

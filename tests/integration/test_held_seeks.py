@@ -40,16 +40,15 @@ def test_events_fetched_while_a_seek_is_held_are_all_accounted(deployment: Deplo
     deployment.settings["ACCOUNTANT_PROCESSING_GUARANTEE"] = guarantee
     deployment.create_topics()
     first = deployment.worker("first", command=HELD_WORKER).start().wait_ready()
-    # About 31,000 events at about 1,600 a second: input flows through both
-    # group changes below, so every held seek has fetches to drain (each
-    # change also recovers the tenant table, through more held seeks).
-    events, expected = make_sessions("held", 4500, seed=20)
+    # About 21,000 events at up to about 650 a second: input flows through both
+    # group changes below, so every held seek has fetches to drain.
+    events, expected = make_sessions("held", 3000, seed=20)
     sent = threading.Event()
 
     def publish_steadily() -> None:
         for start in range(0, len(events), 200):
             produce_events(deployment.bootstrap, deployment.events_topic, events[start:start + 200])
-            time.sleep(0.12)
+            time.sleep(0.3)
         sent.set()
 
     publisher = threading.Thread(target=publish_steadily, daemon=True)

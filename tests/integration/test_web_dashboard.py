@@ -201,3 +201,35 @@ def test_web_dashboard_shows_sessions_live_in_a_real_browser(deployment: Deploym
     if os.environ.get(SCREENSHOT_ENV):
         shutil.copyfile(screenshot, REPO / os.environ[SCREENSHOT_ENV])
     assert not problems, problems
+
+
+def test_signing_in_keeps_the_token_out_of_every_url_and_the_history(deployment: Deployment, browser: Any) -> None:
+    """The login form POSTs: proxies log URLs and the browser keeps them in
+    its history, so the token must never be part of one."""
+    from playwright.sync_api import expect
+
+    deployment.settings["ACCOUNTANT_API_TOKEN"] = TOKEN
+    worker = deployment.worker().start().wait_ready()
+    context = browser.new_context()
+    page = context.new_page()
+    requests: list[tuple[str, str, str | None]] = []
+    page.on("request", lambda request: requests.append((request.method, request.url, request.post_data)))
+    visited: list[str] = []
+    page.on("framenavigated", lambda frame: visited.append(frame.url) if frame == page.main_frame else None)
+
+    page.goto(f"{worker.url}/")
+    page.fill("input[name=token]", TOKEN)
+    page.click("button[type=submit]")
+    expect(page.locator("#status")).to_contain_text("updated", timeout=30_000)
+    history = page.evaluate("history.length")
+    while page.go_back() is not None:  # every entry of the history, back to the first
+        visited.append(page.url)
+
+    assert [(method, url) for method, url, data in requests if data and TOKEN in data] == [
+        ("POST", f"{worker.url}/login")]
+    assert not [url for _, url, _ in requests if TOKEN in url], "the token went into a URL"
+    assert visited and not [url for url in visited if TOKEN in url], f"the token is in the history: {visited}"
+    assert history >= 2
+    [cookie] = [cookie for cookie in context.cookies() if cookie["name"] == "accountant_token"]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and not cookie["secure"]  # plain HTTP here
+    context.close()

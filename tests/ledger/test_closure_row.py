@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -131,11 +132,61 @@ def test_a_total_past_2_to_the_64_is_rejected_not_rounded() -> None:
     assert isinstance(reject, LedgerReject) and reject.error.startswith("total_token_count: must be an integer")
 
 
-@pytest.mark.parametrize("where", ["record.tenant_id", "record.metadata"])
-def test_a_nul_character_postgresql_cannot_store_is_rejected(where: str) -> None:
-    value = {"note": "a\x00b"} if where == "record.metadata" else "acme\x00"
-    reject = decode(_with(where, value))
-    assert isinstance(reject, LedgerReject) and "U+0000" in reject.error and where in reject.error
+@pytest.mark.parametrize("where", ["closure_id", "record.tenant_id", "record.provider_id", "record.model"])
+def test_a_nul_in_an_id_or_name_is_rejected_naming_it(where: str) -> None:
+    item = _with(where, "acme\x00")
+    if where == "closure_id":
+        item["record"]["session_id"] = item["closure_id"]
+    reject = decode(item)
+    assert isinstance(reject, LedgerReject) and "U+0000" in reject.error and reject.error.startswith(where)
+
+
+def test_a_nul_in_metadata_is_stored_replaced_and_kept_exactly_beside_and_billed() -> None:
+    item = closure("s-1", initial=1200, delta=34, metadata={"note": "a\x00b", "k\x00": ["\x00"]})
+    row = decode(item)
+    assert isinstance(row, ClosureRow) and row.total_token_count == 1234
+    assert "\x00" not in row.record_text and "\\u0000" not in row.record_text
+    assert orjson.loads(row.record_text)["metadata"] == {"note": "a\ufffdb", "k\ufffd": ["\ufffd"]}
+    assert row.record_json is not None and orjson.loads(row.record_json) == item["record"]
+
+
+def test_an_unknown_record_field_nested_300_deep_is_stored() -> None:
+    raw = encode(closure("s-1")).replace(b'"metadata":{}', b'"metadata":{},"extra":' + b"[" * 300 + b"]" * 300)
+    row = decode(raw)
+    assert isinstance(row, ClosureRow) and row.total_token_count == 150
+    extra = json.loads(row.record_text)["extra"]
+    for _ in range(299):
+        [extra] = extra
+    assert extra == []
+
+
+#: JSON values whose strings and keys are made of the characters around U+0000 and its escape.
+json_values_with_nul = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(alphabet="a\x00\\u0", max_size=6),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(alphabet="a\x00\\", max_size=3), children, max_size=3),
+    max_leaves=8)
+
+
+def strings_in(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [*value, *(text for item in value.values() for text in strings_in(item))]
+    if isinstance(value, list):
+        return [text for item in value for text in strings_in(item)]
+    return []
+
+
+@settings(max_examples=300)
+@given(json_values_with_nul)
+def test_any_metadata_is_kept_exactly_and_the_jsonb_text_holds_no_nul(metadata: Any) -> None:
+    item = closure("s-1", metadata=metadata)
+    row = decode(item)
+    assert isinstance(row, ClosureRow) and row.total_token_count == 150
+    assert not any("\x00" in text for text in strings_in(orjson.loads(row.record_text)))
+    exact = row.record_json if row.record_json is not None else row.record_text
+    assert orjson.loads(exact) == item["record"]
 
 
 def test_an_escaped_backslash_before_u0000_is_no_nul() -> None:

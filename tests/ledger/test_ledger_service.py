@@ -80,17 +80,22 @@ def test_bad_records_go_to_rejects_and_the_ledger_goes_on(ledger_deployment: Led
     good = ClosureSet(50, seed=5)
     broken = closure("bad-total")
     broken["total_token_count"] += 1
-    nul = closure("nul", metadata={"note": "a\x00b"})
+    # SPEC §3 rev. 3: U+0000 in metadata is billed like any other closure; in an id it is refused.
+    nul = closure("nul", tenant_id="tenant-0", initial=1200, delta=34, metadata={"note": "a\x00b"})
+    nul_tenant = closure("nul-tenant", tenant_id="tenant-\x00")
     ledger_deployment.publish([("junk", b"\xff not json"), ("bad-total", orjson.dumps(broken)),
-                               ("nul", orjson.dumps(nul)), ("tombstone", None)])
+                               ("nul", orjson.dumps(nul)), ("nul-tenant", orjson.dumps(nul_tenant)),
+                               ("tombstone", None)])
     ledger_deployment.publish_closures(good.closures)
     ledger = ledger_deployment.ledger().start().wait_ready()
     ledger_deployment.wait_caught_up(alive=[ledger])
 
-    assert_exact(ledger_deployment, good)
+    billed = ClosureSet(0)
+    billed.closures = [*good.closures, nul]
+    assert_exact(ledger_deployment, billed)
     rejects = ledger_deployment.query("SELECT key, error, value, source_topic FROM ledger_rejects ORDER BY key")
     assert [(key, error.split(":")[0]) for key, error, _, _ in rejects] == [
-        (b"bad-total", "total_token_count"), (b"junk", "not JSON"), (b"nul", "record.metadata.note"),
+        (b"bad-total", "total_token_count"), (b"junk", "not JSON"), (b"nul-tenant", "record.tenant_id"),
         (b"tombstone", "no value (a tombstone or an empty record)")]
     assert {topic for *_, topic in rejects} == {ledger_deployment.topic}
     assert rejects[1][2] == b"\xff not json"

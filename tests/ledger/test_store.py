@@ -208,3 +208,39 @@ async def test_postgresql_stores_the_instant_the_rules_read(ledger_dsn: str, clo
     [(stored,)] = query(ledger_dsn, "SELECT closed_at FROM closures")
     assert isinstance(stored, datetime)
     assert datetime_to_micros(stored) == parse_timestamp(closed_at)
+
+
+async def test_closures_written_before_partitioning_move_into_their_months(ledger_dsn: str) -> None:
+    """A ledger of schema 0003 (one closures table) migrated to 0004: each
+    closure lands in its month's partition, keeps its figures, and stays
+    known by its closure_id (a repeat of it is no new row)."""
+    before = [migration for migration in load_migrations() if migration.version <= 3]
+    async with await psycopg.AsyncConnection.connect(ledger_dsn) as connection:
+        await migrate(connection, before)
+    items = [closure("jan", tenant_id="a", initial=10, delta=1),
+             closure("feb", tenant_id="a", initial=20, delta=2, closed_at=BASE_TIME + timedelta(days=3)),
+             closure("feb-b", tenant_id="b", initial=30, delta=3, closed_at=BASE_TIME + timedelta(days=4))]
+    with psycopg.connect(ledger_dsn) as connection:
+        for offset, row in enumerate(rows(items)):
+            assert isinstance(row, ClosureRow)
+            connection.execute(
+                "INSERT INTO closures (closure_id, session_id, tenant_id, provider_id, model, reason, created_at, "
+                "activated_at, closed_at, ttl_secs, round_count, missing_rounds, initial_token_count, "
+                "delta_token_count, total_token_count, record, content_sha256, emitted_at, source_topic, "
+                "source_partition, source_offset) VALUES "
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, 0, %s)",
+                (row.closure_id, row.session_id, row.tenant_id, row.provider_id, row.model, row.reason,
+                 row.created_at, row.activated_at, row.closed_at, row.ttl_secs, row.round_count, row.missing_rounds,
+                 row.initial_token_count, row.delta_token_count, row.total_token_count, row.record_text,
+                 row.content_sha256, row.emitted_at, TOPIC, offset))
+    store = await store_for(ledger_dsn)
+    outcome = await store.write(batch(rows([items[1]], first_offset=3), expected=None))
+    await store.close()
+
+    assert (outcome.written, outcome.duplicates) == (0, 1)
+    assert query(ledger_dsn, "SELECT tableoid::regclass::text, closure_id, tenant_id, total_token_count, period, "
+                             "late, duplicates FROM closures ORDER BY closure_id") == [
+        ("closures_y2026m02", "feb", "a", 22, BASE_TIME.date().replace(month=2, day=1), False, 1),
+        ("closures_y2026m02", "feb-b", "b", 33, BASE_TIME.date().replace(month=2, day=1), False, 0),
+        ("closures_y2026m01", "jan", "a", 11, BASE_TIME.date().replace(day=1), False, 0)]
+    assert query(ledger_dsn, "SELECT count(*) FROM closure_ids") == [(3,)]

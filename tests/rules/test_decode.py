@@ -208,8 +208,14 @@ def digits(n: int) -> st.SearchStrategy[str]:
 def test_parse_timestamp_agrees_with_datetime(day: tuple, separator: str, clock: tuple, fraction: str | None,
                                               offset: str | tuple) -> None:
     """Any RFC 3339-shaped text, valid or not: the instant datetime computes
-    (in UTC, years 1..9999), or refused where datetime refuses it."""
+    (in UTC, years 1..9999), or refused where datetime refuses it, and where
+    RFC 3339 does though datetime does not: an offset's minutes past 59
+    (datetime reads +05:60 as +06:00; the schema refuses it)."""
     zone = "+00:00" if offset in ("Z", "z") else f"{offset[0]}{offset[1]}:{offset[2]}"
+    if isinstance(offset, tuple) and int(offset[2]) > 59:
+        with pytest.raises(ValueError):
+            parse_timestamp(f"{'-'.join(day)}T{':'.join(clock)}{zone}")
+        return
     iso = f"{'-'.join(day)}T{':'.join(clock)}{zone}"
     text = f"{'-'.join(day)}{separator}{':'.join(clock)}{'' if fraction is None else '.' + fraction}" + (
         offset if isinstance(offset, str) else zone)
@@ -514,3 +520,31 @@ def test_a_close_reason_longer_than_the_bound_is_invalid() -> None:
             "occurred_at": "2026-11-24T06:00:00Z", "reason": "r" * (MAX_NAME_CHARS + 1)}
     invalid = decode_event(b"s", orjson.dumps(body))
     assert isinstance(invalid, InvalidEvent) and "'reason'" in invalid.detail
+
+
+# --------------------------------------------------------------------------
+# U+0000 (SPEC §3 rev. 3): refused in ids and names, kept in metadata
+
+
+@pytest.mark.parametrize("body, field", [
+    (activated(event_id="e\x00"), "event_id"),
+    (activated(tenant="acme\x00"), "tenant_id"),
+    (created(provider="\x00"), "provider_id"),
+    (created(model="gpt\x00x"), "model"),
+    (round_(n=1, delta=5, at=T0, model="m\x00"), "model"),
+    (closed(at=T0, reason="done\x00"), "reason"),
+])
+def test_a_nul_in_an_id_or_name_is_invalid_event_naming_the_field(body, field: str) -> None:
+    result = invalid(body, field=field)
+    assert "U+0000" in result.detail
+
+
+def test_a_nul_in_the_session_id_is_invalid_event() -> None:
+    result = invalid(activated("s-1\x00"), key=b"s-1\x00", field="session_id")
+    assert "U+0000" in result.detail
+
+
+def test_a_nul_in_metadata_is_kept() -> None:
+    event = decode(created(metadata={"note": "a\x00b", "k\x00": ["\x00"]}))
+    assert isinstance(event, SessionCreated)
+    assert event.metadata == {"note": "a\x00b", "k\x00": ["\x00"]}

@@ -163,7 +163,7 @@ def end_offsets(bootstrap: str, topic: str, partitions: int | None = None) -> di
 async def fetch_record_count(bootstrap: str, topic: str, partitions: int) -> int:
     """How many records `topic` holds for a read_committed reader: its offsets
     less transaction markers and aborted records."""
-    consumer = plain_consumer({"bootstrap_servers": bootstrap}, isolation_level="read_committed")
+    consumer = plain_consumer({"bootstrap_servers": bootstrap})
     await consumer.start()
     try:
         tps = [TopicPartition(topic, number) for number in range(partitions)]

@@ -462,6 +462,8 @@ def check_run(ledger: Ledger, outputs: Outputs, *, events_topic: str, run_id: st
         "rejected": expected.rejected_total,
         "closures_received": len(outputs.closures),
         "closures_repeated": sum(1 for n in copies.values() if n > 1),
+        # Sessions whose closure is not the oracle's, in any field, or whose repeats disagree.
+        "wrong": len(report.mismatched.keys() | set(report.inconsistent)),
         "rejections_received": rejection_copies,
         "rejections_repeated": rejections_repeated,
         "tokens": expected.total_tokens,

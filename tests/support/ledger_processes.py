@@ -215,13 +215,6 @@ class LedgerProcess(WorkerProcess):
         super().__init__(name, env, workdir, command=LEDGER_COMMAND)
         self.env["ACCOUNTANT_LEDGER_WEB_PORT"] = str(self.port)
 
-    def metric(self, name: str) -> float:
-        """The sum of a metric's samples (all labels)."""
-        status, text = self.get("/metrics")
-        assert status == 200, (status, text)
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith(name + " ") or line.startswith(name + "{"))
-
     def wait_metric(self, name: str, expected: float, timeout: float = 30) -> None:
         """Until a metric reaches ``expected``. Counters move just after the database
         commits, so a test that saw the rows waits for them. All counters of one

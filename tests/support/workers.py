@@ -70,12 +70,16 @@ class WorkerProcess:
             raise AssertionError(f"{self.name} exited with {self.process.returncode}; log:\n{self.log_tail()}")
 
     def wait_ready(self, timeout: float = 90, interval: float = 0.3) -> WorkerProcess:
-        """Wait for /readyz to answer 200 (failing at once if the worker exits)."""
+        """Wait for /readyz to answer 200 and ready: a worker's "ready", not
+        "rebalancing" (its table recovered), a ledger's `"ready": true`
+        (failing at once if the process exits)."""
 
         def ready() -> bool:
             self.check_alive()
             try:
-                return self.get("/readyz")[0] == 200
+                status, body = self.get("/readyz")
+                return status == 200 and isinstance(body, dict) and (body.get("status") == "ready"
+                                                                     or body.get("ready") is True)
             except OSError:
                 return False
 
@@ -105,6 +109,33 @@ class WorkerProcess:
                                          headers={**(headers or {}), FANOUT_HEADER: "1"})
         with urllib.request.urlopen(request, timeout=10) as response:
             return parse_partitions(response.headers.get(PARTITIONS_HEADER))
+
+    def metric(self, name: str) -> float:
+        """The sum of a metric's samples (all labels); 0 when it has none."""
+        return self.exported_metric(name) or 0.0
+
+    def exported_metric(self, name: str) -> float | None:
+        """The sum of a metric's samples (all labels), or None when the process
+        does not export the metric at all (a labelled counter that has no
+        sample yet is exported: its `# TYPE` line is there)."""
+        status, text = self.get("/metrics")
+        assert status == 200 and isinstance(text, str), (status, text)
+        family = name.removesuffix("_total")
+        exported = False
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith((name + " ", name + "{")):
+                exported = True
+                total += float(line.rsplit(" ", 1)[1])
+            elif line.startswith(f"# TYPE {family} "):
+                exported = True
+        return total if exported else None
+
+    def terminate(self) -> None:
+        """SIGTERM without waiting: the process leaves while the caller goes on
+        (`stop` later waits for it)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
 
     def stop(self, timeout: float = 60) -> None:
         """Graceful stop, as on a deploy: SIGTERM, then wait (SIGKILL after `timeout`)."""

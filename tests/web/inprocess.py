@@ -43,11 +43,11 @@ class InProcessWorker:
     """One worker's web server on 127.0.0.1, over a plain dict as its table."""
 
     def __init__(self, tmp_path: Path, name: str = "worker", *, owned: Iterable[int] = range(PARTITIONS),
-                 api_token: str = "", ledger_dsn: str = "", store: str = "memory") -> None:
+                 api_token: str = "", peer_token: str = "", ledger_dsn: str = "", store: str = "memory") -> None:
         self.port = pick_free_loopback_port()
         settings = load_settings(broker="127.0.0.1:9", app_id="web-test", partitions=PARTITIONS,
                                  data_dir=str(tmp_path / name), web_port=self.port, api_token=api_token,
-                                 ledger_dsn=ledger_dsn, store=store)
+                                 peer_token=peer_token, ledger_dsn=ledger_dsn, store=store)
         self.service: Service = build_app(settings)
         self.store = self.service.accountant.store
         self.owned = set(owned)

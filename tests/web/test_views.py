@@ -14,9 +14,11 @@ import pytest_asyncio
 from app.publisher import SessionPublisher, UsageUnavailable
 from app.rules import CloseReason
 from app.rules.usage import Budget, PeriodTotals, TenantUsage, period_of, period_start
+from app.web.ingest_producer import IngestProducer
 from tests.web.inprocess import PARTITIONS, InProcessWorker, form_group, make_session
 from tests.web.openapi_check import validate_response
 
+PEER_TOKEN = "peer-secret"
 TOKEN = "s3cret-token"
 
 
@@ -237,12 +239,21 @@ async def test_budget_requests_name_the_bad_field(workers) -> None:
     assert response.status == 404 and (await response.json())["error"] == "not_found"
 
 
-async def test_probes_stats_metrics_openapi_and_dashboard_answer(workers) -> None:
+def producer_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process workers have no broker: their ingest producer, as if it had reached one."""
+    monkeypatch.setattr(IngestProducer, "producer", property(lambda self: object()))
+
+
+async def test_probes_stats_metrics_openapi_and_dashboard_answer(workers, monkeypatch: pytest.MonkeyPatch) -> None:
     worker = await workers()
     worker.put(make_session("live"))
     worker.service.accountant.open_sessions[0] = 1
     assert (await checked_get(worker, "/healthz")) == (200, {"status": "ok"})
-    assert (await checked_get(worker, "/readyz")) == (200, {"ready": True})
+    # No broker at all: this worker cannot take POST /events.
+    status, body = await checked_get(worker, "/readyz")
+    assert (status, body["status"]) == (503, "starting")
+    producer_started(monkeypatch)
+    assert (await checked_get(worker, "/readyz")) == (200, {"status": "ready"})
     status, stats = await checked_get(worker, "/stats")
     assert status == 200 and stats["live_sessions"] == 1 and stats["workers"] == [worker.url]
     status, text, response = await worker.get("/metrics")
@@ -255,17 +266,23 @@ async def test_probes_stats_metrics_openapi_and_dashboard_answer(workers) -> Non
         assert (await worker.get(f"/static/{asset}"))[0] == 200
 
 
-async def test_readyz_is_503_until_the_table_is_recovered(workers) -> None:
+async def test_readyz_stays_200_and_says_rebalancing_until_the_table_is_recovered(
+        workers, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ingest works during a rebalance: the load balancer must keep this
+    worker (docs/operations.md, "Probes")."""
+    producer_started(monkeypatch)
     worker = await workers()
     worker.service.accountant.recovered = False
-    assert (await checked_get(worker, "/readyz")) == (503, {"ready": False})
+    status, body = await checked_get(worker, "/readyz")
+    assert (status, body["status"]) == (200, "rebalancing")
     # Nor does it answer for partitions it has not recovered.
     worker.put(make_session("s-1"))
     status, body = await checked_get(worker, "/sessions/s-1", "/sessions/{session_id}")
     assert status == 503 and body["error"] == "unavailable"
 
 
-async def test_every_documented_path_is_served(workers) -> None:
+async def test_every_documented_path_is_served(workers, monkeypatch: pytest.MonkeyPatch) -> None:
+    producer_started(monkeypatch)
     worker = await workers()
     worker.put(make_session("s-1"))
     worker.service.budget_written("acme", Budget(10, (1.0,), "2026-12", 0))
@@ -364,7 +381,9 @@ async def test_with_a_token_every_path_but_the_probes_needs_it(workers) -> None:
         status, _, _ = await worker.get(path, headers={"Authorization": "Bearer wrong"})
         assert status == 401, path
     assert (await worker.get("/healthz"))[0] == 200
-    assert (await worker.get("/readyz"))[0] == 200
+    # Answered without the token: its own state (no broker here), never 401.
+    status, body, _ = await worker.get("/readyz")
+    assert (status, body["status"]) == (503, "starting")
 
     bearer = {"Authorization": f"Bearer {TOKEN}"}
     status, body = await checked_get(worker, "/sessions/s-1", "/sessions/{session_id}", headers=bearer)
@@ -373,19 +392,40 @@ async def test_with_a_token_every_path_but_the_probes_needs_it(workers) -> None:
     assert status == 200
 
 
-async def test_the_dashboard_signs_in_with_the_token_in_the_address_and_keeps_it_in_a_cookie(workers) -> None:
+async def test_the_dashboard_signs_in_with_a_posted_form_and_keeps_the_token_in_a_strict_cookie(workers) -> None:
     worker = await workers(api_token=TOKEN)
+    assert worker.client is not None
     status, page, response = await worker.get("/")
-    assert status == 401 and response.content_type == "text/html" and 'name="token"' in page
-    assert (await worker.get("/?token=wrong"))[0] == 401
+    assert status == 401 and response.content_type == "text/html"
+    assert '<form method="post" action="/login">' in page and 'name="token"' in page
+    # A token in the address signs nobody in: it would sit in proxies' logs and the history.
+    assert (await worker.get(f"/?token={TOKEN}"))[0] == 401
+    response = await worker.client.post("/login", data={"token": "wrong"}, allow_redirects=False)
+    assert response.status == 401 and "accountant_token" not in response.cookies
 
-    status, _, response = await worker.get(f"/?token={TOKEN}")
-    assert status == 303 and response.headers["Location"] == "/"
+    response = await worker.client.post("/login", data={"token": TOKEN}, allow_redirects=False)
+    assert response.status == 303 and response.headers["Location"] == "/"
     cookie = response.cookies["accountant_token"]
     assert cookie.value == TOKEN and cookie["httponly"] and cookie["samesite"] == "Strict"
+    assert not cookie["secure"]  # plain HTTP: a Secure cookie would never come back
     # The test client keeps cookies like a browser: the page and its data now load.
     assert (await worker.get("/"))[0] == 200
     assert (await worker.get("/sessions"))[0] == 200
+
+    behind_tls = await worker.client.post("/login", data={"token": TOKEN}, allow_redirects=False,
+                                          headers={"X-Forwarded-Proto": "https"})
+    assert behind_tls.status == 303 and behind_tls.cookies["accountant_token"]["secure"]
+
+
+async def test_workers_forward_with_the_peer_token_which_opens_nothing_else(workers) -> None:
+    first, second = await two_workers(workers, api_token=TOKEN, peer_token=PEER_TOKEN)
+    second.put(make_session("s-2", partition=2))
+    status, body = await checked_get(first, "/sessions/s-2", "/sessions/{session_id}",
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
+    assert status == 200 and body["session_id"] == "s-2"
+    peer = {"Authorization": f"Bearer {PEER_TOKEN}"}
+    assert (await second.get("/sessions/s-2", headers=peer))[0] == 401
+    assert (await second.get("/sessions/s-2", headers={**peer, "X-Accountant-Fanout": "1"}))[0] == 200
 
 
 async def test_workers_pass_the_token_when_they_ask_each_other(workers) -> None:
