@@ -36,6 +36,7 @@ from agents.changes import BatchChanges, Lookup
 from agents.cursors import STALE, FreshRecords, Gap, InputCursors
 from agents.scheduler import DeadlineSchedule, TtlWatermarks
 from agents.sender import AcknowledgedSender, Record, SendFailed, key_text, record_log_fields
+from agents.tenants import usage_records
 from agents.transactions import PartitionTransactions
 from agents.uncommitted import UncommittedStates
 from app.faust_compat import BatchConsumer, InputBatch, InputGap, enable_batches
@@ -63,6 +64,7 @@ from app.rules import (
     encode_state,
     settle_owed,
 )
+from app.rules.usage import UsageEntry, usage_step
 from app.settings import Settings
 from tables.store import SessionStore
 
@@ -167,11 +169,11 @@ class SessionAccountant:
                 async with self._lock:
                     await self._account_batch(batch)
             except Exception as error:
-                self._stop_on(error)
+                self.stop_on(error)
             finally:
                 self.consumer.batch_finished(batch)
 
-    def _stop_on(self, error: Exception) -> None:
+    def stop_on(self, error: Exception) -> None:
         """A batch or tick could not be written whole: stop the worker, as an
         operator's SIGTERM would, so Faust commits what was accounted before
         it and nothing after. (Faust's crash path would restart the agent, or
@@ -254,6 +256,10 @@ class SessionAccountant:
         if new_state is not state:
             assert session_id is not None
             changes.put(session_id, record.partition, state, new_state)
+            step = usage_step(state, new_state)
+            if step is not None:
+                assert not isinstance(body, InvalidEvent)
+                changes.count_usage(record.partition, UsageEntry(step, record.offset, body.occurred_at))
         for output in published:
             changes.publish(output, record.partition)
 
@@ -283,6 +289,10 @@ class SessionAccountant:
     # -- writing: outputs, then changelog, then store -------------------------
 
     async def _write(self, changes: BatchChanges, now: int) -> None:
+        # Usage deltas are outputs of the input partition that caused them:
+        # sent with its closures, in its transaction under exactly_once.
+        for partition, record in usage_records(self.settings.usage_topic, changes.usage):
+            changes.publish(record, partition)
         if not changes:
             self.metrics.count(changes.outcomes)
             return
@@ -371,7 +381,7 @@ class SessionAccountant:
             try:
                 await self._commit(self.transactions.due(self.settings.transaction_commit_interval_secs))
             except Exception as error:
-                self._stop_on(error)
+                self.stop_on(error)
 
     async def _commit_before_rebalance(self) -> None:
         """A rebalance (or a stop) begins: commit every open transaction, so
@@ -383,7 +393,7 @@ class SessionAccountant:
             try:
                 await self._commit(self.transactions.pending())
             except Exception as error:
-                self._stop_on(error)
+                self.stop_on(error)
 
     async def _fence(self, assigned: set[TP]) -> None:
         """Partitions were assigned: before Faust reads their changelog or
@@ -402,7 +412,7 @@ class SessionAccountant:
             try:
                 await self.transactions.fence(partitions)
             except Exception as error:
-                self._stop_on(error)
+                self.stop_on(error)
                 raise
 
     def _track(self, session_id: str, partition: int, before: Any, after: Any, now: int) -> None:
@@ -426,7 +436,7 @@ class SessionAccountant:
             try:
                 await self._close_and_purge_due()
             except Exception as error:
-                self._stop_on(error)
+                self.stop_on(error)
 
     async def _close_and_purge_due(self) -> None:
         now = now_micros()
@@ -459,6 +469,10 @@ class SessionAccountant:
             self.schedule.set(partition, session_id, max(due_at, now + RETRY_DUE))
         else:
             changes.put(session_id, partition, state, new_state)
+            step = usage_step(state, new_state)
+            if step is not None:
+                assert isinstance(new_state, Session) and new_state.record.closed_at is not None
+                changes.count_usage(partition, UsageEntry(step, None, new_state.record.closed_at))
 
     # -- progress (app/metrics.py `Progress`, and /healthz) -------------------
 

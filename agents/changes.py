@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agents.sender import Record
+from app.rules.usage import UsageEntry
 
 
 class Lookup(Protocol):
@@ -39,6 +40,8 @@ class BatchChanges:
         self.outputs: dict[int, list[Record]] = {}
         #: How the batch's events ended, counted once the batch is written.
         self.outcomes: Counter[Any] = Counter()
+        #: What the changes add to tenants' usage, by (input partition, tenant), in order.
+        self.usage: dict[tuple[int, str], list[UsageEntry]] = {}
 
     def __bool__(self) -> bool:
         return bool(self.states or self.outputs)
@@ -58,6 +61,9 @@ class BatchChanges:
             self.states[session_id] = Change(partition, before, after)
         else:
             change.after = after
+
+    def count_usage(self, partition: int, entry: UsageEntry) -> None:
+        self.usage.setdefault((partition, entry.step.tenant_id), []).append(entry)
 
     def publish(self, record: Record, source_partition: int) -> None:
         self.outputs.setdefault(source_partition, []).append(record)

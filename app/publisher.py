@@ -30,6 +30,13 @@ arguments (including `occurred_at`) produces the same events again.
         await session.activate(initial_token_count=1200)
         await session.record_round(delta_token_count=350)   # round 1
         await session.close()
+
+Admission. Given the URL of any worker (`usage_url`, and `api_token` when the
+workers require one), `await publisher.tenant_usage("acme")` answers the
+tenant's `GET /tenants/{id}/usage` (SPEC §9): this month's `usage_tokens`, its
+budget, `remaining_tokens` and `state` (`ok`, `warning`, `exceeded`, `none`),
+so a gateway can refuse a request once its tenant is `exceeded`
+(docs/budgets.md).
 """
 
 from __future__ import annotations
@@ -39,11 +46,14 @@ import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
+import aiohttp
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from app import json_bytes
 from app.rules import DEFAULT_POLICY, Policy
 from app.schemas import FieldError, validate_event
 
@@ -54,6 +64,7 @@ __all__ = [
     "PublishError",
     "PublishedSession",
     "SessionPublisher",
+    "UsageUnavailable",
     "build_event",
     "event_id_for",
     "reliable_producer",
@@ -130,6 +141,18 @@ def build_event(event_type: str, *, session_id: str, tenant_id: str, occurred_at
     return event
 
 
+class UsageUnavailable(Exception):
+    """`tenant_usage` got no answer: no worker reached, or an error status."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+#: How long `tenant_usage` waits for a worker: admission must not hang a request.
+USAGE_TIMEOUT_SECS = 2.0
+
+
 class SessionPublisher:
     """Publishes the events of many sessions through one idempotent producer.
 
@@ -143,18 +166,45 @@ class SessionPublisher:
 
     def __init__(self, bootstrap_servers: str | list[str], *, topic: str = DEFAULT_TOPIC,
                  client_options: Mapping[str, Any] | None = None, delivery_timeout_secs: float = 30.0,
-                 policy: Policy = DEFAULT_POLICY, clock: Callable[[], datetime] = _utc_now) -> None:
+                 policy: Policy = DEFAULT_POLICY, clock: Callable[[], datetime] = _utc_now,
+                 usage_url: str | None = None, api_token: str | None = None) -> None:
         self.topic = topic
         self.delivery_timeout_secs = delivery_timeout_secs
         self.policy = policy
         self.clock = clock
         self._producer = reliable_producer(bootstrap_servers, client_options)
+        self.usage_url = usage_url
+        self._api_token = api_token
+        self._http: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         await self._producer.start()
 
     async def stop(self) -> None:
         await self._producer.stop()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def tenant_usage(self, tenant_id: str) -> dict[str, Any]:
+        """The tenant's usage as `GET /tenants/{tenant_id}/usage` answers it
+        (any worker forwards to the owner); raises `UsageUnavailable`."""
+        if self.usage_url is None:
+            raise ValueError("tenant_usage needs usage_url: the address of a worker")
+        if self._http is None:
+            headers = {"Authorization": f"Bearer {self._api_token}"} if self._api_token else {}
+            self._http = aiohttp.ClientSession(headers=headers,
+                                               timeout=aiohttp.ClientTimeout(total=USAGE_TIMEOUT_SECS))
+        url = f"{self.usage_url.rstrip('/')}/tenants/{quote(tenant_id, safe='')}/usage"
+        try:
+            async with self._http.get(url) as response:
+                body = await response.read()
+                if response.status != 200:
+                    raise UsageUnavailable(f"{url} answered {response.status}: {body[:200]!r}", response.status)
+                answer: dict[str, Any] = json_bytes.loads(body)
+                return answer
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise UsageUnavailable(f"{url}: {error!r}") from error
 
     async def __aenter__(self) -> SessionPublisher:
         await self.start()

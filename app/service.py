@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import faust
 
 from agents.accountant import PRODUCER_REQUEST_TIMEOUT_SECS, SessionAccountant
+from agents.budgets import BudgetBook
+from agents.tenants import TenantAccountant
 from app.faust_compat import MarkerAwareTableManager, check_pinned_versions
 from app.kafka_config import faust_options
 from app.metrics import AccountingMetrics
 from app.rules import Session
+from app.rules.usage import Budget, TenantUsage
 from app.settings import Settings
 from app.web import register_views
 from tables.table import define_sessions_table, store_url
@@ -30,6 +34,8 @@ class Service:
     table: faust.Table
     accountant: SessionAccountant
     metrics: AccountingMetrics
+    tenants: TenantAccountant
+    budgets: BudgetBook
 
     def ready(self) -> bool:
         return self.accountant.recovered and not self.app.rebalancing
@@ -42,9 +48,8 @@ class Service:
         state = self.accountant.store.get(session_id)
         return state if isinstance(state, Session) else None
 
-    def stored_sessions(self) -> Iterator[Session]:
-        states = self.accountant.store.items_in(self.active_partitions())
-        return (state for _, state in states if isinstance(state, Session))
+    def stored_items_after(self, partitions: Collection[int], after: bytes | None) -> Iterator[tuple[str, Any]]:
+        return self.accountant.store.items_after(partitions, after)
 
     def live_sessions(self) -> int:
         return sum(self.accountant.open_sessions.values())
@@ -60,6 +65,27 @@ class Service:
 
     def http_client(self) -> aiohttp.ClientSession:
         return self.app.http_client
+
+    def tenant_partition(self, tenant_id: str) -> int:
+        return self.tenants.partition_of(tenant_id)
+
+    def tenant_partitions(self) -> Collection[int]:
+        return self.tenants.active_partitions()
+
+    def tenant_usage(self, tenant_id: str) -> TenantUsage | None:
+        return self.tenants.get(tenant_id)
+
+    def tenants_in(self, partitions: Collection[int]) -> Iterator[TenantUsage]:
+        for tenant_id, _ in self.tenants.tenants_in(partitions):
+            state = self.tenants.get(tenant_id)
+            if state is not None:
+                yield state
+
+    def budget(self, tenant_id: str) -> Budget | None:
+        return self.budgets.get(tenant_id)
+
+    def budget_written(self, tenant_id: str, budget: Budget | None) -> None:
+        self.budgets.set(tenant_id, budget)
 
 
 def build_app(settings: Settings) -> Service:
@@ -112,6 +138,15 @@ def build_app(settings: Settings) -> Service:
     table = define_sessions_table(app, settings)
     accountant = SessionAccountant(app, table, settings, metrics)
     accountant.register()
-    service = Service(app, settings, table, accountant, metrics)
+    budgets = BudgetBook(settings)
+    tenants = TenantAccountant(app, settings, budgets.get, budgets.loaded, accountant.stop_on)
+    budgets.on_change = tenants.budget_changed
+    tenants.register()
+
+    @app.task
+    async def read_budgets() -> None:
+        await budgets.run()
+
+    service = Service(app, settings, table, accountant, metrics, tenants, budgets)
     register_views(app, service)
     return service

@@ -243,6 +243,23 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}session-events-rejected"
 
     @property
+    def budgets_topic(self) -> str:
+        return f"{self.topic_prefix}tenant-budgets"
+
+    @property
+    def alerts_topic(self) -> str:
+        return f"{self.topic_prefix}tenant-usage-alerts"
+
+    @property
+    def usage_topic(self) -> str:
+        """Usage deltas by tenant: the repartition topic of the tenant table."""
+        return f"{self.app_id}-tenant-usage-repartition"
+
+    @property
+    def tenant_table_name(self) -> str:
+        return "tenants"
+
+    @property
     def table_name(self) -> str:
         return "sessions"
 

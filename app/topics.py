@@ -23,7 +23,7 @@ async def ensure_topics(settings: Settings) -> None:
     try:
         existing = {meta["topic"]: len(meta["partitions"]) for meta in (await admin.describe_topics())
                     if not meta.get("error_code")}
-        copartitioned = [settings.events_topic, settings.changelog_topic]
+        copartitioned = [settings.events_topic, settings.changelog_topic, settings.usage_topic]
         for name in copartitioned:
             if name in existing and existing[name] != settings.partitions:
                 raise TopicLayoutError(
@@ -32,9 +32,13 @@ async def ensure_topics(settings: Settings) -> None:
         wanted = [
             NewTopic(name, settings.partitions, settings.replication)
             for name in (settings.events_topic, settings.closures_topic,
-                         settings.rejected_topic)
+                         settings.rejected_topic, settings.alerts_topic, settings.usage_topic)
             if name not in existing
         ]
+        if settings.budgets_topic not in existing:
+            # The source of truth of budgets (SPEC §9): the latest per tenant.
+            wanted.append(NewTopic(settings.budgets_topic, 1, settings.replication,
+                                   topic_configs={"cleanup.policy": "compact"}))
         if wanted:
             await admin.create_topics(wanted)
     finally:

@@ -7,6 +7,7 @@ whole partitions in large fetches and RocksDB write batches."""
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -40,6 +41,17 @@ class SessionRocksDBStore(AnyPartitionRocksDBStore):
             for key, value in db.items():
                 if key != self.offset_key:
                     yield key.decode("utf-8"), decode_state(value)
+
+    def items_after(self, partitions: Iterable[int], after: bytes | None) -> Iterator[tuple[str, StateValue]]:
+        # Each partition's database is sorted by key bytes: merge them.
+        ordered = heapq.merge(*(self._keys_after(partition, after) for partition in sorted(set(partitions))))
+        for key, value in ordered:
+            yield key.decode("utf-8"), decode_state(value)
+
+    def _keys_after(self, partition: int, after: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        for key, value in rocksdb_partition_db(self, partition).items(from_key=after):
+            if key != self.offset_key and (after is None or key > after):
+                yield key, value
 
     # -- Faust's store ---------------------------------------------------------
 

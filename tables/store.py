@@ -28,5 +28,9 @@ class SessionStore(Protocol):
     def items_in(self, partitions: Iterable[int]) -> Iterator[tuple[str, StateValue]]:
         """Every stored session of these partitions."""
 
+    def items_after(self, partitions: Iterable[int], after: bytes | None) -> Iterator[tuple[str, StateValue]]:
+        """The sessions of these partitions whose id's UTF-8 sorts after
+        `after`, in that order, read lazily: a page costs what it reads."""
+
     def set_persisted_offset(self, tp: TP, offset: int) -> None:
         """The store holds every changelog record of `tp` up to `offset`."""

@@ -10,7 +10,8 @@ Read in this order: `values` (how data is declared: immutable values),
 `limits` and `timestamps` (units and bounds), `model`
 (what is kept per session) with `rounds` (missing round numbers), `events`
 and `decode` (what comes in), `outputs` (what goes out), `apply` (the
-transitions), `codec` (the changelog bytes).
+transitions), `codec` (the changelog bytes); then `usage`, a tenant's
+period usage, budgets and threshold alerts (SPEC §9), built on the others.
 """
 
 from app.rules.apply import Transition, apply, settle_owed

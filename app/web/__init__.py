@@ -35,6 +35,7 @@ from app.web.errors import Handler, json_errors
 from app.web.ingest import INGEST_PATH, IngestSettings, count_ingest_answers, ingest_handler
 from app.web.ingest_producer import IngestProducer
 from app.web.ledger import LedgerView
+from app.web.params import BUDGET_PATH
 from app.web.schemas import SCHEMAS_PATH, get_schema
 from app.web.worker import Worker
 
@@ -67,7 +68,9 @@ def register_views(app: faust.App, worker: Worker) -> None:
     for path, handler in routes.items():
         app.page(path, name=handler.__name__)(_faust_handler(handler))
     post_events = ingest_handler(producer, IngestSettings.from_settings(settings), worker.metrics.ingest)
-    app.page(INGEST_PATH, name=post_events.__name__)(_faust_post_view(post_events))
+    app.page(INGEST_PATH, name=post_events.__name__)(_faust_view("post_events", {"post": post_events}))
+    app.page(BUDGET_PATH, name="tenant_budget")(_faust_view("tenant_budget", {
+        "get": api.get_budget, "put": api.put_budget, "delete": api.delete_budget}))
     server = app.web
     assert isinstance(server, AiohttpWeb), "Faust's web driver is aiohttp, the only one it ships"
     server.add_static("/static/", str(STATIC_DIR))
@@ -101,10 +104,12 @@ def _faust_handler(handler: Handler) -> Callable[..., Any]:
     return get
 
 
-def _faust_post_view(handler: Handler) -> type[View]:
-    """A Faust view answering POST with `handler` (Faust answers 405 to the other methods)."""
+def _faust_view(name: str, handlers: dict[str, Handler]) -> type[View]:
+    """A Faust view answering each method with its handler (Faust answers 405 to the others)."""
 
-    async def post(view: View, request: web.Request, **match_info: str) -> web.StreamResponse:
-        return await handler(request)
+    def method(handler: Handler) -> Callable[..., Any]:
+        async def answer(view: View, request: web.Request, **match_info: str) -> web.StreamResponse:
+            return await handler(request)
+        return answer
 
-    return type(handler.__name__, (View,), {"post": post, "__doc__": handler.__doc__})
+    return type(name, (View,), {verb: method(handler) for verb, handler in handlers.items()})

@@ -7,20 +7,32 @@ for lists and lookups, with the other workers' answers (`app.web.fanout`).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 from aiohttp import web
+from aiokafka.errors import KafkaError
 from prometheus_client.exposition import choose_encoder
 
-from app.rules import CloseReason, Session, State
+from app.rules import Session
+from app.rules.usage import Budget, BudgetError, parse_budget, usage_view
 from app.web.assets import static_file
 from app.web.errors import ApiError, dumps, json_response
-from app.web.fanout import PARTITIONS_HEADER, Peers, add_counts, format_partitions, is_fanout, require_every_partition
+from app.web.fanout import (
+    PARTITIONS_HEADER,
+    PeerAnswer,
+    Peers,
+    add_counts,
+    format_partitions,
+    is_fanout,
+    require_every_partition,
+)
 from app.web.health import liveness, readiness
 from app.web.ingest_producer import IngestProducer
 from app.web.openapi import build_openapi
-from app.web.paging import encode_cursor, merge_pages, page_after
+from app.web.paging import decode_cursor, encode_cursor, merge_pages, page_after, page_in_order
 from app.web.params import (
     DashboardParams,
     NoParams,
@@ -28,16 +40,16 @@ from app.web.params import (
     SessionListParams,
     SessionParams,
     TenantListParams,
-    TenantUsageParams,
+    TenantParams,
     parse,
 )
 from app.web.worker import Worker
 
-__all__ = ["Api", "LocalShard", "count_usage", "empty_usage"]
+__all__ = ["PAGE_READ_LIMIT", "Api", "LocalShard"]
 
-
-#: A tenant's usage as JSON (the shape is `app.web.openapi.TenantUsage`).
-Usage = dict[str, Any]
+#: Keys a /sessions page may read past those it shows (filtered out): a
+#: sparse filter answers a short page, with a cursor to read on from.
+PAGE_READ_LIMIT = 2000
 
 
 def params(model: type[P], request: web.Request) -> P:
@@ -46,29 +58,6 @@ def params(model: type[P], request: web.Request) -> P:
 
 # --------------------------------------------------------------------------
 # What this worker holds
-
-
-def empty_usage(tenant_id: str, retention_secs: float) -> Usage:
-    return {
-        "tenant_id": tenant_id,
-        "live_sessions": 0,
-        "sessions": {state.value: 0 for state in State},
-        "total_token_count": 0,
-        "live_token_count": 0,
-        "closures": {reason.value: 0 for reason in CloseReason},
-        "retention_secs": retention_secs,
-    }
-
-
-def count_usage(usage: Usage, session: Session) -> None:
-    tokens = session.record.total_token_count
-    usage["sessions"][session.state.value] += 1
-    usage["total_token_count"] += tokens
-    if session.close_reason is None:
-        usage["live_sessions"] += 1
-        usage["live_token_count"] += tokens
-    else:
-        usage["closures"][session.close_reason.value] += 1
 
 
 class LocalShard:
@@ -88,10 +77,10 @@ class LocalShard:
             return frozenset()
         return frozenset(self.worker.active_partitions())
 
-    def sessions(self, partitions: frozenset[int]) -> Iterator[Session]:
-        for session in self.worker.stored_sessions():
-            if session.partition in partitions:
-                yield session
+    def tenant_partitions(self) -> frozenset[int]:
+        if not self.ready():
+            return frozenset()
+        return frozenset(self.worker.tenant_partitions())
 
     def get(self, session_id: str, partitions: frozenset[int]) -> Session | None:
         session = self.worker.stored_session(session_id)
@@ -107,6 +96,7 @@ class Api:
 
     def __init__(self, worker: Worker, ingest: IngestProducer) -> None:
         self.worker = worker
+        #: The web server's producer: `POST /events`, and budgets.
         self.ingest = ingest
         self.settings = worker.settings
         self.local = LocalShard(worker)
@@ -133,70 +123,126 @@ class Api:
         if session is not None:
             return json_response(session.record.to_view())
         detail = f"no session {session_id!r} (never seen, or purged after retention)"
-        if is_fanout(request):
-            raise ApiError(404, "not_found", detail, headers={PARTITIONS_HEADER: format_partitions(own)})
-        found, misses = await self.peers.find(request)
+        found, misses = await self._from_a_peer(request, own, detail)
         if found is not None:
-            return web.Response(body=found.body, content_type="application/json")
+            return found
         require_every_partition(self.settings.partitions, [own, *(miss.partitions for miss in misses)])
         raise ApiError(404, "not_found", detail)
 
+    async def _from_a_peer(self, request: web.Request, own: frozenset[int],
+                           detail: str) -> tuple[web.Response | None, list[PeerAnswer]]:
+        """A key this worker does not hold: a peer that asked is answered 404
+        with the partitions this worker covers; a client's request gets the
+        first peer's 200, else None, with the peers' other answers."""
+        if is_fanout(request):
+            raise ApiError(404, "not_found", detail, headers={PARTITIONS_HEADER: format_partitions(own)})
+        found, misses = await self.peers.find(request)
+        return (None if found is None else web.Response(body=found.body, content_type="application/json")), misses
+
     async def list_sessions(self, request: web.Request) -> web.Response:
+        """Read in session_id order from the cursor on: a page costs what it
+        reads (at most the page and PAGE_READ_LIMIT keys the filters leave
+        out), never a sort of the table."""
         query = params(SessionListParams, request)
         states = frozenset(query.state) if query.state is not None else None
         own = self.local.partitions()
-        matching = (
-            (session.record.session_id, session) for session in self.local.sessions(own)
-            if (query.tenant_id is None or session.record.tenant_id == query.tenant_id)
-            and (states is None or session.state in states)
-        )
-        sessions, more = page_after(matching, query.cursor, query.limit)
+
+        def judged() -> Iterator[tuple[str, Session | None]]:
+            for session_id, state in self.worker.stored_items_after(own, query.cursor):
+                shown = (isinstance(state, Session)
+                         and (query.tenant_id is None or state.record.tenant_id == query.tenant_id)
+                         and (states is None or state.state in states))
+                yield session_id, state if shown else None
+
+        sessions, next_key = page_in_order(judged(), query.limit, PAGE_READ_LIMIT)
         local_page = {
             "sessions": [session.record.to_view() for session in sessions],
-            "next_cursor": encode_cursor(sessions[-1].record.session_id) if more else None,
+            "next_cursor": None if next_key is None else encode_cursor(next_key),
         }
 
         def merge(bodies: list[dict[str, Any]]) -> dict[str, Any]:
-            pages = [(body["sessions"], body["next_cursor"] is not None) for body in bodies]
-            items, cursor = merge_pages(pages, "session_id", query.limit, combine=lambda first, _: first)
+            items, cursor = merge_pages(_pages(bodies, "sessions"), "session_id", query.limit,
+                                        combine=lambda first, _: first)
             return {"sessions": items, "next_cursor": cursor}
 
         return await self.peers.across_workers(request, own, local_page, merge)
 
     async def list_tenants(self, request: web.Request) -> web.Response:
+        """Every tenant's usage from the tenant table: each tenant lives on
+        one partition, so the workers' pages merge without combining."""
         query = params(TenantListParams, request)
-        own = self.local.partitions()
-        usages: dict[str, Usage] = {}
-        for session in self.local.sessions(own):
-            tenant_id = session.record.tenant_id
-            if tenant_id not in usages:
-                usages[tenant_id] = empty_usage(tenant_id, self.settings.retention_secs)
-            count_usage(usages[tenant_id], session)
-        tenants, more = page_after(usages.items(), query.cursor, query.limit)
-        local_page = {"tenants": tenants, "next_cursor": encode_cursor(tenants[-1]["tenant_id"]) if more else None}
+        own = self.local.tenant_partitions()
+        now = now_micros()
+        states = ((state.tenant_id, state) for state in self.worker.tenants_in(own))
+        tenants, next_key = page_after(states, query.cursor, query.limit)
+        local_page = {
+            "tenants": [usage_view(state.tenant_id, state, self.worker.budget(state.tenant_id), now)
+                        for state in tenants],
+            "next_cursor": None if next_key is None else encode_cursor(next_key),
+        }
 
         def merge(bodies: list[dict[str, Any]]) -> dict[str, Any]:
-            pages = [(body["tenants"], body["next_cursor"] is not None) for body in bodies]
-            items, cursor = merge_pages(pages, "tenant_id", query.limit, combine=_add_usage)
+            items, cursor = merge_pages(_pages(bodies, "tenants"), "tenant_id", query.limit,
+                                        combine=lambda first, _: first)
             return {"tenants": items, "next_cursor": cursor}
 
         return await self.peers.across_workers(request, own, local_page, merge)
 
     async def tenant_usage(self, request: web.Request) -> web.Response:
-        tenant_id = params(TenantUsageParams, request).tenant_id
-        own = self.local.partitions()
-        usage = empty_usage(tenant_id, self.settings.retention_secs)
-        for session in self.local.sessions(own):
-            if session.record.tenant_id == tenant_id:
-                count_usage(usage, session)
+        """From the tenant's state on the worker that owns its partition of
+        the tenant table: the cost of one lookup, whatever the sessions."""
+        tenant_id = params(TenantParams, request).tenant_id
+        partition = self.worker.tenant_partition(tenant_id)
+        own = self.local.tenant_partitions()
+        if partition in own:
+            state = self.worker.tenant_usage(tenant_id)
+            return json_response(usage_view(tenant_id, state, self.worker.budget(tenant_id), now_micros()))
+        detail = f"tenant {tenant_id!r} is on partition {partition} of the tenant table, not served here"
+        found, _ = await self._from_a_peer(request, own, detail)
+        if found is not None:
+            return found
+        raise ApiError(503, "unavailable", f"{detail} nor by another worker right now (a rebalance, or a worker "
+                       "is down); retry shortly", headers={"Retry-After": "1"})
 
-        def merge(bodies: list[dict[str, Any]]) -> dict[str, Any]:
-            total = bodies[0]
-            for body in bodies[1:]:
-                total = _add_usage(total, body)
-            return total
+    async def get_budget(self, request: web.Request) -> web.Response:
+        tenant_id = params(TenantParams, request).tenant_id
+        budget = self.worker.budget(tenant_id)
+        if budget is None:
+            raise ApiError(404, "not_found", f"tenant {tenant_id!r} has no budget")
+        return json_response(budget.to_json())
 
-        return await self.peers.across_workers(request, own, usage, merge)
+    async def put_budget(self, request: web.Request) -> web.Response:
+        """Stored in the budgets topic before the answer (SPEC §9)."""
+        tenant_id = params(TenantParams, request).tenant_id
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            raise ApiError(400, "bad_request", "the body is not JSON", parameter="body") from None
+        try:
+            budget = parse_budget(body, now_micros())
+        except BudgetError as error:
+            raise ApiError(400, "bad_request", str(error), parameter=error.field) from None
+        await self._store_budget(tenant_id, budget)
+        return json_response(budget.to_json())
+
+    async def delete_budget(self, request: web.Request) -> web.Response:
+        tenant_id = params(TenantParams, request).tenant_id
+        await self._store_budget(tenant_id, None)
+        return web.Response(status=204)
+
+    async def _store_budget(self, tenant_id: str, budget: Budget | None) -> None:
+        producer = self.ingest.producer
+        if producer is None:
+            raise ApiError(503, "unavailable", "the producer has not reached the broker yet; the budget was not "
+                           "stored; retry", headers={"Retry-After": "1"})
+        try:
+            await producer.send_and_wait(self.settings.budgets_topic, key=tenant_id.encode("utf-8"),
+                                         value=None if budget is None else orjson.dumps(budget.to_json()))
+        except KafkaError as error:
+            raise ApiError(503, "unavailable", f"the budget could not be stored ({error!r}); retry",
+                           headers={"Retry-After": "1"}) from None
+        self.ingest.reached()
+        self.worker.budget_written(tenant_id, budget)
 
     async def stats(self, request: web.Request) -> web.Response:
         params(NoParams, request)
@@ -234,5 +280,11 @@ class Api:
                             headers={"Cache-Control": "no-cache"})
 
 
-def _add_usage(total: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
-    return add_counts(total, part, keep=("tenant_id", "retention_secs"))
+def _pages(bodies: list[dict[str, Any]], field: str) -> list[tuple[list[Any], bytes | None]]:
+    """The workers' pages: their items and where each would continue."""
+    return [(body[field], None if body["next_cursor"] is None else decode_cursor(body["next_cursor"]))
+            for body in bodies]
+
+
+def now_micros() -> int:
+    return time.time_ns() // 1000

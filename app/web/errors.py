@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import orjson
 from aiohttp import web
+
+from app.json_bytes import dumps
 
 __all__ = ["ApiError", "Handler", "bad_parameter", "dumps", "json_errors", "json_response"]
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def dumps(body: Any) -> bytes:
-    try:
-        return orjson.dumps(body)
-    except TypeError:
-        # orjson stops at 64-bit integers; token sums over many sessions may not.
-        return json.dumps(body).encode("utf-8")
 
 
 def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:

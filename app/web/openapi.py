@@ -18,23 +18,25 @@ from __future__ import annotations
 import dataclasses
 import typing
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, create_model, with_config
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model, with_config
 from pydantic.json_schema import models_json_schema
 from typing_extensions import TypedDict
 
-from app.rules import CloseReason, Reason, SessionRecord, State
+from app.rules import MAX_COUNT, CloseReason, Reason, SessionRecord
+from app.rules.usage import MAX_THRESHOLD, MAX_THRESHOLDS
 from app.schemas import SCHEMA_NAMES
 from app.web.ingest import INGEST_PATH, ingest_openapi
 from app.web.params import (
+    BUDGET_PATH,
     DashboardParams,
     NoParams,
     Params,
     SessionListParams,
     SessionParams,
     TenantListParams,
-    TenantUsageParams,
+    TenantParams,
     path_fields,
 )
 from app.web.schemas import SCHEMA_MEDIA_TYPE, SCHEMAS_PATH
@@ -100,17 +102,45 @@ class SessionPage(TypedDict):
 
 
 @with_config(_FORBID_EXTRA)
+class Budget(TypedDict):
+    """A tenant's budget (SPEC §9), as stored in the budgets topic."""
+
+    limit_tokens: int
+    thresholds: list[float]
+    """Fractions of `limit_tokens`, ascending; each alerts once a month when reached."""
+    from_period: str
+    """The first month (YYYY-MM) it applies to: the month it was set in."""
+    set_at: datetime
+
+
+@with_config(_FORBID_EXTRA)
+class BudgetRequest(TypedDict, total=False):
+    """`PUT /tenants/{tenant_id}/budget`."""
+
+    limit_tokens: typing.Required[Annotated[int, Field(ge=1, le=MAX_COUNT)]]
+    thresholds: Annotated[list[Annotated[float, Field(gt=0, le=MAX_THRESHOLD)]],
+                          Field(min_length=1, max_length=MAX_THRESHOLDS, json_schema_extra={"uniqueItems": True})]
+    """1 to 10 distinct numbers in (0, 10]; default [0.8, 1.0]."""
+
+
+@with_config(_FORBID_EXTRA)
 class TenantUsage(TypedDict):
-    """A tenant's usage over the records in the table: its live sessions and
-    the closed ones still within retention (`retention_secs`)."""
+    """A tenant's usage from its state in the tenant table (SPEC §9): its
+    open sessions, and the current UTC month's closures and usage."""
 
     tenant_id: str
     live_sessions: int
-    sessions: dict[State, int]
-    total_token_count: int
     live_token_count: int
+    """Tokens so far of the tenant's open sessions."""
     closures: dict[CloseReason, int]
-    retention_secs: float
+    """This month's closures by reason."""
+    period: str
+    """The current UTC month, YYYY-MM."""
+    usage_tokens: int
+    """This month's closures' tokens plus the open sessions' tokens so far."""
+    budget: Budget | None
+    remaining_tokens: int | None
+    state: typing.Literal["ok", "warning", "exceeded", "none"]
 
 
 @with_config(_FORBID_EXTRA)
@@ -180,6 +210,8 @@ _BODIES: dict[str, Any] = {
     "SessionPage": SessionPage,
     "TenantUsage": TenantUsage,
     "TenantPage": TenantPage,
+    "Budget": Budget,
+    "BudgetRequest": BudgetRequest,
     "Stats": Stats,
     "LedgerStatus": LedgerStatus,
     "Error": ErrorBody,
@@ -270,9 +302,27 @@ _PARAMS: dict[str, type[Params]] = {
     "/sessions/{session_id}": SessionParams,
     "/sessions": SessionListParams,
     "/tenants": TenantListParams,
-    "/tenants/{tenant_id}/usage": TenantUsageParams,
+    "/tenants/{tenant_id}/usage": TenantParams,
     "/": DashboardParams,
 }
+
+
+def _budget_operations(path_parameters: list[Any]) -> dict[str, Any]:
+    common = {"parameters": path_parameters}
+    return {
+        "get": {**common, "operationId": "getTenantBudget", "summary": "A tenant's budget.",
+                "responses": {"200": _json("Budget", "The budget."), "400": _BAD_REQUEST,
+                              "404": _json("Error", "The tenant has no budget.")}},
+        "put": {**common, "operationId": "putTenantBudget",
+                "summary": "Set a tenant's budget; it applies from this month on (SPEC §9).",
+                "description": "Stored in the compacted budgets topic before the answer.",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("BudgetRequest")}}},
+                "responses": {"200": _json("Budget", "The budget as stored."), "400": _BAD_REQUEST,
+                              "503": _UNAVAILABLE}},
+        "delete": {**common, "operationId": "deleteTenantBudget",
+                   "summary": "Delete a tenant's budget (a tombstone in the budgets topic).",
+                   "responses": {"204": {"description": "Deleted."}, "400": _BAD_REQUEST, "503": _UNAVAILABLE}},
+    }
 
 
 def build_openapi(*, token_required: bool) -> dict[str, Any]:
@@ -299,7 +349,7 @@ def build_openapi(*, token_required: bool) -> dict[str, Any]:
         }},
         "/tenants": {"get": {
             "operationId": "listTenants",
-            "summary": "Usage of every tenant that has records in the table, in `tenant_id` order, paged.",
+            "summary": "Usage of every tenant in the tenant table, in `tenant_id` order, paged.",
             "responses": {
                 "200": _json("TenantPage", "A page of tenants."),
                 "400": _BAD_REQUEST,
@@ -308,9 +358,10 @@ def build_openapi(*, token_required: bool) -> dict[str, Any]:
         }},
         "/tenants/{tenant_id}/usage": {"get": {
             "operationId": "getTenantUsage",
-            "summary": "A tenant's live sessions, tokens so far and closures by reason.",
-            "description": "Computed from the records in the table: live sessions and closed ones within "
-                           "retention. A tenant with no records answers zeros.",
+            "summary": "A tenant's live sessions, this month's usage and closures, and its budget (SPEC §9).",
+            "description": "Answered from the tenant's state on the worker that owns its partition of the "
+                           "tenant table (any worker forwards): its cost does not depend on the number of live "
+                           "sessions. A tenant never seen answers zeros.",
             "responses": {
                 "200": _json("TenantUsage", "The tenant's usage."),
                 "400": _BAD_REQUEST,
@@ -372,6 +423,7 @@ def build_openapi(*, token_required: bool) -> dict[str, Any]:
             item["get"]["parameters"] = documented
         # Every operation refuses unknown or repeated query parameters.
         item["get"]["responses"].setdefault("400", _BAD_REQUEST)
+    paths[BUDGET_PATH] = _budget_operations(parameters(TenantParams, token_required=token_required))
     schemas = component_schemas()
     ingest, ingest_schemas = ingest_openapi(_ref, {"content": {"application/json": {"schema": _ref("Error")}}})
     paths[INGEST_PATH] = {"post": ingest}

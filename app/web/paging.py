@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 __all__ = [
     "CURSOR_PATTERN", "DEFAULT_LIMIT", "MAX_LIMIT", "Item", "decode_cursor", "encode_cursor", "merge_pages",
-    "page_after",
+    "page_after", "page_in_order",
 ]
 
 #: Pages of the listings hold at most this many items.
@@ -45,27 +45,57 @@ def decode_cursor(value: str) -> bytes:
     return base64.b64decode(value + "=" * (-len(value) % 4), altchars=b"-_")
 
 
-def page_after(items: Iterable[tuple[str, T]], after: bytes | None, limit: int) -> tuple[list[T], bool]:
-    """The first `limit` items whose key sorts after `after`, and whether more follow."""
+def page_after(items: Iterable[tuple[str, T]], after: bytes | None, limit: int) -> tuple[list[T], str | None]:
+    """The first `limit` items whose key sorts after `after`, and the key to
+    continue after (None: no more). Reads every item: for small sets (tenants)."""
     candidates = ((key, item) for key, item in items if after is None or key.encode("utf-8") > after)
     first = heapq.nsmallest(limit + 1, candidates, key=itemgetter(0))
-    return [item for _, item in first[:limit]], len(first) > limit
+    page = first[:limit]
+    return [item for _, item in page], page[-1][0] if len(first) > limit else None
 
 
-def merge_pages(pages: list[tuple[list[Item], bool]], key: str, limit: int,
+def page_in_order(items: Iterable[tuple[str, T | None]], limit: int, max_read: int) -> tuple[list[T], str | None]:
+    """The first `limit` items of `items`, read in key order (None for a key
+    the filters leave out), and the key to continue after (None: no more).
+    Reads at most `max_read` keys past the page's first, so a request costs
+    O(page) however large the table: a sparse filter answers a short page
+    (or none) that continues where the reading stopped."""
+    page: list[T] = []
+    last_key: str | None = None
+    for read, (key, item) in enumerate(items):
+        if item is not None:
+            if len(page) == limit:
+                return page, last_key  # one more exists
+            page.append(item)
+            last_key = key
+        elif read >= max_read:
+            return page, key
+    return page, None
+
+
+def merge_pages(pages: list[tuple[list[Item], bytes | None]], key: str, limit: int,
                 combine: Callable[[Item, Item], Item]) -> tuple[list[Item], str | None]:
     """Merge the workers' pages into one; returns the items and the next cursor.
 
-    Each worker gave its first `limit` items after the cursor, so the first
-    `limit` of the union are the first `limit` overall. Items with the same
-    key (one tenant on several workers) are combined.
+    Each worker gave its items in key order after the cursor, up to the key it
+    would continue after (None: it has no more). Every key up to the smallest
+    of those was seen by every worker, so the page is the first `limit` keys
+    up to it. Items with the same key (one tenant on several workers) are
+    combined.
     """
     by_key: dict[str, Item] = {}
     for items, _ in pages:
         for item in items:
             name = item[key]
             by_key[name] = combine(by_key[name], item) if name in by_key else item
-    ordered = sorted(by_key)
+    continuations = [after for _, after in pages if after is not None]
+    bound = min(continuations) if continuations else None
+    ordered = sorted(name for name in by_key if bound is None or name.encode("utf-8") <= bound)
     chosen = ordered[:limit]
-    has_more = len(ordered) > limit or any(shard_has_more for _, shard_has_more in pages)
-    return [by_key[name] for name in chosen], encode_cursor(chosen[-1]) if has_more and chosen else None
+    if len(ordered) > limit:
+        cursor: str | None = encode_cursor(chosen[-1])
+    elif bound is not None:
+        cursor = encode_cursor(bound.decode("utf-8"))
+    else:
+        cursor = None
+    return [by_key[name] for name in chosen], cursor

@@ -24,9 +24,13 @@ from app.web.errors import ApiError, bad_parameter
 from app.web.paging import CURSOR_PATTERN, DEFAULT_LIMIT, MAX_LIMIT, decode_cursor
 
 __all__ = [
-    "DashboardParams", "InPath", "NoParams", "Params", "SessionListParams", "SessionParams", "TenantListParams",
-    "TenantUsageParams", "parse",
+    "BUDGET_PATH", "DashboardParams", "InPath", "NoParams", "Params", "SessionListParams", "SessionParams",
+    "TenantListParams", "TenantParams", "parse",
 ]
+
+
+#: A tenant's budget (SPEC §9): GET, PUT and DELETE, with `TenantParams`.
+BUDGET_PATH = "/tenants/{tenant_id}/budget"
 
 
 class InPath:
@@ -117,7 +121,7 @@ class TenantListParams(Params):
     cursor: Cursor | None = None
 
 
-class TenantUsageParams(Params):
+class TenantParams(Params):
     tenant_id: Annotated[Identifier, InPath]
 
 

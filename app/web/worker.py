@@ -8,13 +8,14 @@ shape will do (the in-process web tests fill a plain dict instead of a table).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
-from typing import Protocol
+from collections.abc import Collection, Iterator
+from typing import Any, Protocol
 
 import aiohttp
 
 from app.metrics import AccountingMetrics
 from app.rules import Session
+from app.rules.usage import Budget, TenantUsage
 from app.settings import Settings
 
 __all__ = ["Worker"]
@@ -42,8 +43,9 @@ class Worker(Protocol):
         store may hold standby and left-over keys: the views check the partition)."""
         ...
 
-    def stored_sessions(self) -> Iterable[Session]:
-        """Every session stored, of whichever partition."""
+    def stored_items_after(self, partitions: Collection[int], after: bytes | None) -> Iterator[tuple[str, Any]]:
+        """The stored states (sessions and tombstones) of these partitions
+        whose id's UTF-8 sorts after `after`, in that order, read lazily."""
         ...
 
     def live_sessions(self) -> int:
@@ -65,4 +67,29 @@ class Worker(Protocol):
 
     def http_client(self) -> aiohttp.ClientSession:
         """The client to ask the other workers with."""
+        ...
+
+    def tenant_partition(self, tenant_id: str) -> int:
+        """The partition of the tenant table that holds a tenant."""
+        ...
+
+    def tenant_partitions(self) -> Collection[int]:
+        """The tenant table partitions this worker is active for now."""
+        ...
+
+    def tenant_usage(self, tenant_id: str) -> TenantUsage | None:
+        """The tenant's state, if this worker stores it."""
+        ...
+
+    def tenants_in(self, partitions: Collection[int]) -> Iterator[TenantUsage]:
+        """Every stored tenant of these partitions of the tenant table."""
+        ...
+
+    def budget(self, tenant_id: str) -> Budget | None:
+        """The tenant's budget, as this worker read it from the budgets topic."""
+        ...
+
+    def budget_written(self, tenant_id: str, budget: Budget | None) -> None:
+        """The broker acknowledged this budget (None: its deletion) in the
+        budgets topic: serve it now, before this worker reads it back."""
         ...

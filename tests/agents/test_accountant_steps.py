@@ -80,10 +80,13 @@ class RecordingSender:
     def __init__(self, steps: list[str], changelog: str) -> None:
         self.steps = steps
         self.changelog = changelog
+        #: Every send, in order: the records sent together.
+        self.sends: list[list[Record]] = []
 
     async def send_all(self, records: list[Record]) -> list[Any]:
         kinds = sorted({"changelog" if record.topic == self.changelog else "outputs" for record in records})
         self.steps.append("acknowledged " + "+".join(kinds))
+        self.sends.append(list(records))
         return [Ack(record.topic, record.partition or 0, offset) for offset, record in enumerate(records)]
 
 
@@ -190,6 +193,29 @@ async def test_a_failed_commit_leaves_the_store_untouched(tmp_path: Path) -> Non
     with pytest.raises(RuntimeError):
         await agent._commit([0])
     assert store.get("s-1") is None and "store written" not in steps
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_a_batchs_usage_delta_goes_with_its_outputs(tmp_path: Path, guarantee: str) -> None:
+    """One delta per (tenant, input partition) and batch, keyed by the tenant,
+    sent with the closures: before the changelog (at_least_once) or in the
+    partition's transaction (exactly_once); each step carries its event's offset."""
+    agent, _, _, _ = accountant(tmp_path, guarantee)
+    await agent._account_batch(batch(lifecycle("s-1")))
+    sender = agent.sender
+    assert isinstance(sender, RecordingSender)
+    usage_topic = agent.settings.usage_topic
+    first_send = sender.sends[0]
+    deltas = [orjson.loads(record.value) for record in first_send if record.topic == usage_topic]
+    assert [record.key for record in first_send if record.topic == usage_topic] == [b"tenant-a"]
+    assert len(deltas) == 1 and deltas[0]["source_partition"] == 0
+    entries = deltas[0]["entries"]
+    # [offset, occurred_at, open sessions, open tokens, closed month, closed tokens, reason]
+    assert [entry[0] for entry in entries] == [0, 1, 2, 3]
+    assert sum(entry[2] for entry in entries) == 0 and sum(entry[3] for entry in entries) == 0
+    assert [(entry[5], entry[6]) for entry in entries if entry[4] is not None] == [(120, "closed")]
+    if guarantee == "at_least_once":
+        assert all(record.topic != agent.table.changelog_topic.get_topic_name() for record in first_send)
 
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])

@@ -180,8 +180,10 @@ def test_web_two_workers_answer_for_every_session_whichever_partitioner(deployme
         assert answers[0][1]["total_token_count"] == 100 + number + 1
 
     for worker in (first, second):
+        # From the owner of tenant-0's partition of the tenant table, asked or forwarded.
         status, usage = worker.get("/tenants/tenant-0/usage", BEARER)
-        assert status == 200 and usage["sessions"]["closed"] + usage["live_sessions"] == 8
+        assert status == 200 and usage["closures"]["closed"] == 4 and usage["live_sessions"] == 4
+        assert usage["usage_tokens"] == sum(100 + number + 1 for number in range(0, 24, 3))
         status, stats = worker.get("/stats", BEARER)
         assert sorted(stats["workers"]) == sorted([first.url, second.url]) and stats["unreachable"] == []
         assert stats["closures"] == {"closed": 12}

@@ -145,7 +145,7 @@ def test_web_dashboard_shows_sessions_live_in_a_real_browser(deployment: Deploym
         # as 18,446,744,073,709,552,000 instead of 18,446,744,073,709,551,614.
         traffic.send(session_events("whale-1", [], tenant_id="whale", initial=MAX_COUNT)
                      + session_events("whale-2", [], tenant_id="whale", initial=MAX_COUNT))
-        expect(page.locator('#tenants tr[data-tenant-id="whale"] td[data-col="total_token_count"]')
+        expect(page.locator('#tenants tr[data-tenant-id="whale"] td[data-col="usage_tokens"]')
                ).to_have_text(f"{2 * MAX_COUNT:,}", timeout=30_000)
         expect(page.locator('#sessions tr[data-session-id="whale-1"] td[data-col="total_token_count"]')
                ).to_have_text(f"{MAX_COUNT:,}")

@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from app.dev.processes import pick_free_loopback_port
 from app.rules import SECOND, CloseReason, Session, SessionRecord, encode_state, parse_timestamp
+from app.rules.usage import TenantUsage
 from app.service import Service, build_app
 from app.settings import load_settings
 
@@ -42,15 +43,16 @@ class InProcessWorker:
     """One worker's web server on 127.0.0.1, over a plain dict as its table."""
 
     def __init__(self, tmp_path: Path, name: str = "worker", *, owned: Iterable[int] = range(PARTITIONS),
-                 api_token: str = "", peer_token: str = "", ledger_dsn: str = "") -> None:
+                 api_token: str = "", peer_token: str = "", ledger_dsn: str = "", store: str = "memory") -> None:
         self.port = pick_free_loopback_port()
         settings = load_settings(broker="127.0.0.1:9", app_id="web-test", partitions=PARTITIONS,
                                  data_dir=str(tmp_path / name), web_port=self.port, api_token=api_token,
-                                 peer_token=peer_token, ledger_dsn=ledger_dsn)
+                                 peer_token=peer_token, ledger_dsn=ledger_dsn, store=store)
         self.service: Service = build_app(settings)
         self.store = self.service.accountant.store
         self.owned = set(owned)
         self.service.accountant.active_partitions = lambda: set(self.owned)  # type: ignore[method-assign]
+        self.service.tenants.active_partitions = lambda: set(self.owned)  # type: ignore[method-assign]
         self.service.accountant.recovered = True
         self.group: list[str] = [self.url]
         self.service.app.assignor.tables_metadata = lambda: {url: {} for url in self.group}  # type: ignore
@@ -63,6 +65,16 @@ class InProcessWorker:
     def put(self, *sessions: Session) -> None:
         for session in sessions:
             self.store.write(session.partition, {session.record.session_id: encode_state(session)})
+
+    def delete(self, session_id: str, partition: int) -> None:
+        self.store.write(partition, {session_id: None})
+
+    def put_tenants(self, *states: TenantUsage) -> None:
+        """Tenant states, each in its partition of the tenant table."""
+        tenants = self.service.tenants
+        for state in states:
+            tenants.store_state(tenants.partition_of(state.tenant_id), state.tenant_id,
+                                orjson.dumps(state.to_json()))
 
     async def start(self) -> InProcessWorker:
         web = self.service.app.web

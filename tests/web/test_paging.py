@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -10,7 +12,7 @@ from multidict import MultiDict
 from app.rules import State
 from app.web.errors import ApiError
 from app.web.fanout import add_counts
-from app.web.paging import CURSOR_PATTERN, decode_cursor, encode_cursor, merge_pages, page_after
+from app.web.paging import CURSOR_PATTERN, decode_cursor, encode_cursor, merge_pages, page_after, page_in_order
 from app.web.params import SessionListParams, SessionParams, TenantListParams, parse
 
 keys = st.text(min_size=1, max_size=12)
@@ -101,8 +103,8 @@ def page_through(shards: list[set[str]], limit: int, between_pages=lambda: None)
     while True:
         pages = []
         for shard in shards:
-            items, more = page_after(((key, {"id": key}) for key in shard), after, limit)
-            pages.append((items, more))
+            items, next_key = page_after(((key, {"id": key}) for key in shard), after, limit)
+            pages.append((items, None if next_key is None else next_key.encode("utf-8")))
         items, cursor = merge_pages(pages, "id", limit, combine=lambda first, _: first)
         assert len(items) <= limit
         seen += [item["id"] for item in items]
@@ -118,6 +120,37 @@ def test_paging_over_shards_yields_every_key_once_in_order(placed: list[tuple[st
     for key, shard in placed:
         shards[shard].add(key)
     assert page_through(shards, limit) == sorted({key for key, _ in placed})
+
+
+@given(st.lists(st.tuples(keys, st.integers(0, 2), st.booleans()), max_size=60), st.integers(1, 7),
+       st.integers(0, 5))
+def test_pages_read_in_order_with_a_read_limit_yield_every_match_once(placed: list[tuple[str, int, bool]],
+                                                                      limit: int, max_read: int) -> None:
+    """/sessions: each worker reads its keys in order from the cursor, at most
+    `max_read` keys the filter leaves out per page; pages may come short or
+    empty, and paging on still yields every matching key once, in order."""
+    shards: list[dict[str, bool]] = [{}, {}, {}]
+    for key, shard, shown in placed:
+        if not any(key in other for other in shards):
+            shards[shard][key] = shown
+    seen: list[str] = []
+    after: bytes | None = None
+    for _ in range(len(placed) * 2 + 2):
+        pages = []
+        for shard in shards:
+            ordered = sorted(key for key in shard if after is None or key.encode("utf-8") > after)
+            items, next_key = page_in_order(((key, {"id": key} if shard[key] else None) for key in ordered),
+                                            limit, max_read)
+            assert len(items) <= limit
+            pages.append((items, None if next_key is None else next_key.encode("utf-8")))
+        items, cursor = merge_pages(pages, "id", limit, combine=lambda first, _: first)
+        seen += [item["id"] for item in items]
+        if cursor is None:
+            break
+        after = decode_cursor(cursor)
+    else:
+        raise AssertionError("paging did not end")
+    assert seen == sorted(key for shard in shards for key, shown in shard.items() if shown)
 
 
 @given(st.lists(keys, unique=True, max_size=30), st.lists(keys, max_size=10), st.integers(1, 5), st.randoms())
@@ -142,3 +175,16 @@ def test_paging_is_stable_while_records_come_and_go(initial: list[str], arriving
     seen = page_through(shards, limit, churn)
     assert len(seen) == len(set(seen)) and seen == sorted(seen)
     assert set(initial) - removed <= set(seen)
+
+
+def test_a_page_reads_at_most_the_page_and_the_read_limit() -> None:
+    """A filter that matches nothing in a huge table: the page stops reading."""
+    read = []
+
+    def keys_read() -> Iterator[tuple[str, None]]:
+        for number in range(10**6):
+            read.append(number)
+            yield f"k{number:07}", None
+
+    items, next_key = page_in_order(keys_read(), 100, 2000)
+    assert items == [] and next_key == "k0002000" and len(read) == 2001

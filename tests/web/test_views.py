@@ -3,13 +3,17 @@ between workers. Every JSON answer is checked against /openapi.json."""
 
 from __future__ import annotations
 
+import importlib.util
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
+from app.publisher import SessionPublisher, UsageUnavailable
 from app.rules import CloseReason
+from app.rules.usage import Budget, PeriodTotals, TenantUsage, period_of, period_start
 from app.web.ingest_producer import IngestProducer
 from tests.web.inprocess import PARTITIONS, InProcessWorker, form_group, make_session
 from tests.web.openapi_check import validate_response
@@ -138,34 +142,101 @@ async def test_listing_filters_by_several_states(workers) -> None:
     assert [(s["session_id"], s["state"]) for s in page["sessions"]] == [("closed", "closed"), ("pending", "pending")]
 
 
-async def test_tenant_usage_counts_live_sessions_tokens_and_closures_by_reason(workers) -> None:
+async def test_tenant_usage_answers_from_the_tenant_table_not_the_sessions(workers) -> None:
     worker = await workers()
-    worker.put(
-        make_session("a", initial=100, delta=10),
-        make_session("b", activated=False),
-        make_session("c", initial=1000, delta=1, close=CloseReason.CLOSED),
-        make_session("d", initial=5, delta=5, close=CloseReason.TTL_EXPIRED),
-        make_session("e", initial=7, delta=0, close=CloseReason.CLOSED),
-        make_session("other", tenant="globex", initial=999),
+    now = time.time_ns() // 1000
+    this_month, last_month = period_of(now), period_of(period_start(period_of(now)) - 1)
+    worker.put_tenants(
+        TenantUsage("acme", open_sessions=2, open_tokens=110,
+                    closed={this_month: PeriodTotals(1018, 2, 1), last_month: PeriodTotals(5000, 9, 9)}),
+        TenantUsage("globex", open_sessions=1, open_tokens=999),
     )
+    # A session in the table changes nothing: usage is the tenant table's.
+    worker.put(make_session("a", initial=100, delta=10))
     status, usage = await checked_get(worker, "/tenants/acme/usage", "/tenants/{tenant_id}/usage")
     assert status == 200
     assert usage == {
         "tenant_id": "acme",
         "live_sessions": 2,
-        "sessions": {"pending": 1, "active": 1, "closed": 3},
-        "total_token_count": 110 + 1001 + 10 + 7,
         "live_token_count": 110,
         "closures": {"closed": 2, "ttl_expired": 1},
-        "retention_secs": 3600.0,
+        "period": this_month,
+        "usage_tokens": 110 + 1018,
+        "budget": None,
+        "remaining_tokens": None,
+        "state": "none",
     }
     status, empty = await checked_get(worker, "/tenants/nobody/usage", "/tenants/{tenant_id}/usage")
-    assert status == 200 and empty["live_sessions"] == 0 and empty["total_token_count"] == 0
+    assert status == 200 and empty["live_sessions"] == 0 and empty["usage_tokens"] == 0
 
     status, page = await checked_get(worker, "/tenants?limit=1")
     assert status == 200 and [t["tenant_id"] for t in page["tenants"]] == ["acme"] and page["tenants"][0] == usage
     status, page = await checked_get(worker, f"/tenants?cursor={page['next_cursor']}")
-    assert [t["tenant_id"] for t in page["tenants"]] == ["globex"] and page["next_cursor"] is None
+    assert [t["usage_tokens"] for t in page["tenants"]] == [999] and page["next_cursor"] is None
+
+
+async def test_a_tenant_lookup_is_answered_by_the_owner_of_its_partition(workers) -> None:
+    first, second = await two_workers(workers)
+    owner = first if first.service.tenants.partition_of("acme") in first.owned else second
+    owner.put_tenants(TenantUsage("acme", open_sessions=1, open_tokens=42))
+    for worker in (first, second):
+        status, usage = await checked_get(worker, "/tenants/acme/usage", "/tenants/{tenant_id}/usage")
+        assert status == 200 and usage["usage_tokens"] == 42
+
+
+@pytest.mark.parametrize("store", ["memory", pytest.param("rocksdb", marks=pytest.mark.skipif(
+    importlib.util.find_spec("rocksdict") is None, reason="rocksdict not installed (extra: rocksdb)"))])
+async def test_session_pages_read_the_store_in_order(workers, store: str) -> None:
+    """Pages come from the store in session_id order, from the cursor on:
+    every partition's, deleted sessions gone, ids that sort by code point
+    (not by UTF-16 or locale)."""
+    worker = await workers(store=store)
+    ids = ["b", "a", "é", "z", "ab", "\U0001f600", "aa", "Z", "m-2", "m-10"]
+    for number, session_id in enumerate(ids):
+        worker.put(make_session(session_id, partition=number % PARTITIONS, activated=number % 3 != 0))
+    worker.delete("z", ids.index("z") % PARTITIONS)
+    expected = sorted(session_id for session_id in ids if session_id != "z")
+    seen, cursor = [], None
+    while True:
+        status, page = await checked_get(worker, "/sessions?limit=2" + (f"&cursor={cursor}" if cursor else ""),
+                                         "/sessions")
+        assert status == 200 and len(page["sessions"]) <= 2
+        seen += [s["session_id"] for s in page["sessions"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == expected
+    status, active = await checked_get(worker, "/sessions?state=active&limit=1000", "/sessions")
+    assert [s["session_id"] for s in active["sessions"]] == [
+        session_id for session_id in expected if ids.index(session_id) % 3 != 0]
+
+
+async def test_the_publisher_reads_a_tenants_usage_over_http(workers) -> None:
+    worker = await workers()
+    now = time.time_ns() // 1000
+    worker.put_tenants(TenantUsage("acme", open_sessions=1, open_tokens=42))
+    worker.service.budget_written("acme", Budget(100, (0.5, 1.0), period_of(now), now))
+    publisher = SessionPublisher("127.0.0.1:9", usage_url=worker.url)
+    try:
+        usage = await publisher.tenant_usage("acme")
+        assert (usage["usage_tokens"], usage["remaining_tokens"], usage["state"]) == (42, 58, "ok")
+        with pytest.raises(UsageUnavailable) as refused:
+            await publisher.tenant_usage("t" * 129)
+        assert refused.value.status == 400
+    finally:
+        await publisher.stop()
+
+
+async def test_budget_requests_name_the_bad_field(workers) -> None:
+    worker = await workers()
+    assert worker.client is not None
+    for body, field in [(b"{", "body"), (b"[]", "body"), (b'{"limit_tokens": 0}', "limit_tokens"),
+                        (b'{"limit_tokens": 10, "thresholds": [0.5, 11]}', "thresholds")]:
+        response = await worker.client.put("/tenants/acme/budget", data=body)
+        answer = await response.json()
+        assert response.status == 400 and answer["parameter"] == field, answer
+    response = await worker.client.get("/tenants/acme/budget")
+    assert response.status == 404 and (await response.json())["error"] == "not_found"
 
 
 def producer_started(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -214,18 +285,21 @@ async def test_every_documented_path_is_served(workers, monkeypatch: pytest.Monk
     producer_started(monkeypatch)
     worker = await workers()
     worker.put(make_session("s-1"))
+    worker.service.budget_written("acme", Budget(10, (1.0,), "2026-12", 0))
     _, document, _ = await worker.get("/openapi.json")
     assert worker.client is not None
+    # Answered without a broker: a body every field of which is refused.
+    refused = {"post": ({"type": "session.paused"}, 422), "put": ({"limit_tokens": 0}, 400)}
     for path, item in document["paths"].items():
         concrete = path.replace("{session_id}", "s-1").replace("{tenant_id}", "acme").replace("{name}", "event")
         for method in item:
             if method == "get":
                 status, _, _ = await worker.get(concrete)
                 assert status == 200, path
-            else:
-                # An event every field of which is refused: answered without a broker.
-                response = await worker.client.request(method, concrete, json={"type": "session.paused"})
-                assert (method, response.status) == ("post", 422), path
+            elif method != "delete":  # needs the broker
+                body, status = refused[method]
+                response = await worker.client.request(method, concrete, json=body)
+                assert response.status == status, (method, path)
 
 
 # -- several workers ---------------------------------------------------------
@@ -258,8 +332,6 @@ async def test_any_worker_answers_for_sessions_of_every_partition(workers) -> No
             status, page = await checked_get(worker, f"/sessions?limit=5&cursor={page['next_cursor']}")
             seen += [s["session_id"] for s in page["sessions"]]
         assert seen == sorted(s.record.session_id for s in sessions)
-        status, usage = await checked_get(worker, "/tenants/acme/usage", "/tenants/{tenant_id}/usage")
-        assert usage["live_sessions"] == 12 and usage["total_token_count"] == sum(n + 20 for n in range(12))
         assert (await checked_get(worker, "/sessions/unknown", "/sessions/{session_id}"))[0] == 404
 
 

@@ -44,16 +44,33 @@ async function getJSON(path) {
   return body;
 }
 
-function sessionsPath() {
-  const params = new URLSearchParams({ limit: String(SESSION_LIMIT) });
+function sessionsPath(cursor, limit) {
+  const params = new URLSearchParams({ limit: String(limit) });
   if ($("tenant-filter").value) params.set("tenant_id", $("tenant-filter").value);
   if ($("state-filter").value) params.set("state", $("state-filter").value);
+  if (cursor) params.set("cursor", cursor);
   return "/sessions?" + params;
+}
+
+// A page reads a bounded number of sessions, so a sparse filter can answer
+// short: read on a few pages, each as cheap as the first, to fill the view.
+const SESSION_PAGES = 5;
+
+async function getSessions() {
+  let sessions = [];
+  let cursor = null;
+  for (let page = 0; page < SESSION_PAGES && sessions.length < SESSION_LIMIT; page++) {
+    const body = await getJSON(sessionsPath(cursor, SESSION_LIMIT - sessions.length));
+    sessions = sessions.concat(body.sessions);
+    cursor = body.next_cursor;
+    if (!cursor) break;
+  }
+  return { sessions, next_cursor: cursor };
 }
 
 async function refresh() {
   const [stats, tenants, sessions, ledger] = await Promise.allSettled([
-    getJSON("/stats"), getJSON("/tenants?limit=1000"), getJSON(sessionsPath()), getJSON("/ledger"),
+    getJSON("/stats"), getJSON("/tenants?limit=1000"), getSessions(), getJSON("/ledger"),
   ]);
   const problems = [stats, tenants, sessions, ledger]
     .filter((r) => r.status === "rejected").map((r) => r.reason.message);
@@ -63,7 +80,7 @@ async function refresh() {
   if (sessions.status === "fulfilled") {
     view.sessions = sessions.value.sessions;
     $("sessions-note").textContent = sessions.value.next_cursor
-      ? `showing the first ${SESSION_LIMIT} by session id; narrow the filters to see the rest`
+      ? `showing the first ${view.sessions.length} by session id; narrow the filters to see the rest`
       : `${view.sessions.length} session${view.sessions.length === 1 ? "" : "s"}`;
     renderSessions();
   }
@@ -203,11 +220,10 @@ function renderTenants(page) {
     const cells = [
       [usage.tenant_id, "id", "tenant_id"],
       [usage.live_sessions, "num", "live_sessions"],
-      [usage.sessions.pending, "num", "pending"],
-      [usage.sessions.active, "num", "active"],
-      [usage.sessions.closed, "num", "closed"],
       [usage.live_token_count, "num", "live_token_count"],
-      [usage.total_token_count, "num", "total_token_count"],
+      [usage.usage_tokens, "num", "usage_tokens"],
+      [usage.budget ? usage.budget.limit_tokens : "–", usage.budget ? "num" : "id", "limit_tokens"],
+      [usage.state, "id", "state"],
       [usage.closures.closed, "num", "closures_closed"],
       [usage.closures.ttl_expired, "num", "closures_ttl_expired"],
     ];
@@ -222,8 +238,8 @@ function renderTenants(page) {
     });
     return row;
   });
-  $("tenants").tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(9, "no tenants in the table")]));
-  if (page.tenants.length) $("retention").textContent = formatDuration(page.tenants[0].retention_secs);
+  $("tenants").tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(8, "no tenants in the table")]));
+  if (page.tenants.length) $("period").textContent = page.tenants[0].period;
 
   // Keep the chosen tenant in the list even when its records are gone.
   const names = new Set(page.tenants.map((usage) => usage.tenant_id));
