@@ -15,6 +15,7 @@ from typing import Protocol
 
 from aiohttp import web
 
+from app.ledger.database_errors import describe_database_error
 from app.ledger.lag import LedgerLagReader
 from app.settings import Settings
 from app.web.errors import json_response
@@ -57,8 +58,9 @@ class LedgerView:
             lag = await self.source.lag()
         except Exception as error:  # the figure is unknown; the answer says why
             log.debug("reading the ledger's lag failed", exc_info=True)
+            # One line, never a database error's DETAIL (row contents).
             return {"configured": True, "lag_records": None, "caught_up": None,
-                    "error": f"{type(error).__name__}: {error}"}
+                    "error": describe_database_error(error)}
         total = sum(lag.values())
         return {"configured": True, "lag_records": total, "caught_up": total == 0, "error": None}
 

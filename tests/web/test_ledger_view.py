@@ -71,6 +71,15 @@ async def test_an_unreadable_lag_is_unknown_and_says_why() -> None:
                     "error": "LookupError: topic 'session-closures' does not exist"}
 
 
+async def test_an_error_s_detail_never_reaches_the_answer() -> None:
+    """A database error's DETAIL quotes row contents; the answer keeps its first line."""
+    failing = RuntimeError('duplicate key value violates unique constraint "closures_pkey"\n'
+                           "DETAIL:  Key (closure_id)=(s-secret-tenant-row) already exists.")
+    body = await ledger_answer(LedgerView(FixedLag(failing)))
+    assert body["error"] == 'RuntimeError: duplicate key value violates unique constraint "closures_pkey"'
+    assert "s-secret-tenant-row" not in str(body)
+
+
 async def test_closing_the_view_closes_its_source() -> None:
     source = FixedLag({})
     await LedgerView(source).close()
