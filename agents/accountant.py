@@ -318,7 +318,7 @@ class SessionAccountant:
             self.metrics.outputs_in_flight.set(sum(len(outputs) for outputs in changes.outputs.values()))
             acknowledged_by_partition = await self.transactions.send(by_partition)
             self.metrics.outputs_in_flight.set(0)
-            self._stage(changes, records, acknowledged_by_partition, now)
+            self._stage(changes, records, acknowledged_by_partition, changelog, now)
         self.metrics.count(changes.outcomes)
 
     def _store(self, changes: BatchChanges, records: list[Record], acknowledged: list[Any], now: int) -> None:
@@ -338,14 +338,13 @@ class SessionAccountant:
             store.set_persisted_offset(TP(changelog, partition), offset)
 
     def _stage(self, changes: BatchChanges, records: list[Record], acknowledged: dict[int, list[Any]],
-               now: int) -> None:
+               changelog: str, now: int) -> None:
         """exactly_once: the states wait in `UncommittedStates` for their
         partition's transaction to commit (`_commit`)."""
         uncommitted = cast(UncommittedStates, self.states)
         for (session_id, change), record in zip(changes.states.items(), records, strict=True):
             uncommitted.put(change.partition, session_id, change.after, record.value)
             self._track(session_id, change.partition, change.before, change.after, now)
-        changelog = self.table.changelog_topic.get_topic_name()
         for partition, acknowledgements in acknowledged.items():
             for metadata in acknowledgements:
                 if metadata.topic == changelog:

@@ -326,7 +326,7 @@ class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             elif offset < log_start:
                 gaps.append(InputGap(tp.partition, offset, log_start))
                 offset = log_start
-            if not self._ensure_consumer()._subscription.is_assigned(aiotp):
+            if not consumer._subscription.is_assigned(aiotp):
                 continue  # revoked while the offsets were fetched
             consumer.seek(aiotp, offset)
             self._bump([tp])
