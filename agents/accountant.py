@@ -40,7 +40,6 @@ from agents.tenants import usage_records
 from agents.transactions import PartitionTransactions
 from agents.uncommitted import UncommittedStates
 from app.faust_compat import BatchConsumer, InputBatch, InputGap, enable_batches
-from app.kafka_config import client_options
 from app.logs import log_fields
 from app.metrics import AccountingMetrics
 from app.rules import (
@@ -72,10 +71,6 @@ log = logging.getLogger(__name__)
 
 #: A due session whose state did not change is looked at again after this long.
 RETRY_DUE = 5 * SECOND
-#: How long the broker has to answer a produce request (Faust's default is
-#: 20 minutes): a worker cut off longer than a rebalance allows stops
-#: (agents/sender.py RETRY_FOR_SECS) rather than write late.
-PRODUCER_REQUEST_TIMEOUT_SECS = 30.0
 
 
 def now_micros() -> int:
@@ -111,14 +106,10 @@ class SessionAccountant:
         self.transactions: PartitionTransactions | None = None
         self._uncommitted: UncommittedStates | None = None
         if settings.processing_guarantee == "exactly_once":
-            self.transactions = PartitionTransactions(
-                app_id=settings.app_id, input_topic=settings.events_topic, group_id=settings.app_id,
-                client_options=client_options(settings),
-                transaction_timeout_ms=int(settings.transaction_timeout_secs * 1000),
-                request_timeout_ms=int(PRODUCER_REQUEST_TIMEOUT_SECS * 1000))
-            self.consumer.commits_batch_topics = False
-            self.consumer.on_assigning = self._fence
-            self.consumer.before_commit = self._commit_before_rebalance
+            self.transactions = PartitionTransactions.of_topic(settings, settings.events_topic)
+            self.consumer.transactional_topics |= {settings.events_topic}
+            self.consumer.assigning_hooks.append(self._fence)
+            self.consumer.before_commit_hooks.append(self._commit_before_rebalance)
         #: Held while a batch or a tick is applied and written: one writer.
         self._lock = asyncio.Lock()
         #: Set when a write failed: the worker is stopping and accounts nothing more.

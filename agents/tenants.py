@@ -11,10 +11,18 @@ The tenant's owner (the worker of that repartition partition) applies each
 delta to the tenant's state (`app.rules.apply_delta`, which skips the steps
 of input offsets it already applied), publishes the alerts it yields and
 awaits them, then writes the state to the table's changelog and awaits that,
-and only then stores it; Faust commits the delta's offset after that. A crash
+and only then stores it and marks the delta's offset for the consumer to
+commit (never Faust's acks: the stream acks the events of a failed write too). A crash
 anywhere re-reads the delta and applies only what the stored state lacks.
 Recovery is Faust's: the table is rebuilt from its changelog, never from the
 sessions.
+
+Under exactly_once the owner writes each partition's alerts, changelog
+records and next delta offset in one transaction of that repartition
+partition (`<app id>-<repartition topic>-<p>`), fenced when the partition is
+assigned, before the table is recovered: an alert is then published once per
+alert_id, through a crash (the transaction aborts with the state that says
+it was sent) and a rebalance (a previous owner still applying is fenced).
 """
 
 from __future__ import annotations
@@ -30,9 +38,11 @@ import faust
 import orjson
 from aiokafka.partitioner import murmur2
 from faust.stores.memory import Store as MemoryStore
+from faust.types import TP
 
 from agents.sender import AcknowledgedSender, Record
-from app.faust_compat import CodecTable, memory_store_partitions
+from agents.transactions import PartitionTransactions
+from app.faust_compat import BatchConsumer, CodecTable, memory_store_partitions
 from app.json_bytes import dumps, loads
 from app.rules.usage import (
     Alert,
@@ -87,7 +97,8 @@ def define_tenants_table(app: faust.App, settings: Settings) -> faust.Table:
 class TenantAccountant:
     """The owner's side: applies usage deltas to the tenant table and alerts."""
 
-    def __init__(self, app: faust.App, settings: Settings, budgets: Callable[[str], Budget | None],
+    def __init__(self, app: faust.App, settings: Settings, consumer: BatchConsumer,
+                 budgets: Callable[[str], Budget | None],
                  budgets_loaded: asyncio.Event, stop_on: Callable[[Exception], None]) -> None:
         self.app = app
         self.settings = settings
@@ -99,6 +110,14 @@ class TenantAccountant:
         self.topic = app.topic(settings.usage_topic, partitions=settings.partitions, key_type=bytes,
                                value_type=bytes, key_serializer="raw", value_serializer="raw")
         self.sender = AcknowledgedSender(app.producer)
+        self.consumer = consumer
+        consumer.marked_topics |= {settings.usage_topic}
+        #: exactly_once: the transaction of each owned repartition partition.
+        self.transactions: PartitionTransactions | None = None
+        if settings.processing_guarantee == "exactly_once":
+            self.transactions = PartitionTransactions.of_topic(settings, settings.usage_topic)
+            consumer.transactional_topics |= {settings.usage_topic}
+            consumer.assigning_hooks.append(self._fence)
         self._lock = asyncio.Lock()
         self.failed = False
         #: The month and the partitions of the last look at every tenant.
@@ -160,9 +179,15 @@ class TenantAccountant:
 
     async def _apply(self, deltas: list[tuple[int, int, UsageDelta]]) -> None:
         now = now_micros()
+        if self.transactions is not None:
+            # A partition this worker no longer owns (its events were taken
+            # before the rebalance): its new owner applies them.
+            deltas = [delta for delta in deltas if delta[0] in self.transactions]
         # tenant -> (its partition, its stored state, its state now, the alerts so far)
         touched: dict[str, tuple[int, TenantUsage, TenantUsage, tuple[Alert, ...]]] = {}
+        read_to: dict[int, int] = {}
         for partition, position, delta in deltas:
+            read_to[partition] = max(read_to.get(partition, -1), position + 1)
             tenant_id = delta.tenant_id
             if tenant_id not in touched:
                 stored = self.get(tenant_id) or TenantUsage(tenant_id)
@@ -170,24 +195,55 @@ class TenantAccountant:
             _, stored, state, alerts = touched[tenant_id]
             state, found = apply_delta(state, delta, self.budget_of(tenant_id), now, position)
             touched[tenant_id] = (partition, stored, state, alerts + found)
-        await self._write(touched.values(), now)
+        await self._write(touched.values(), now, read_to)
 
     async def _write(self, updates: Iterable[tuple[int, TenantUsage, TenantUsage, tuple[Alert, ...]]],
-                     now: int) -> None:
-        """Alerts first, then the changelog, then the store: a crash between
-        them sends an alert again (same alert_id), never loses one."""
+                     now: int, read_to: dict[int, int] | None = None) -> None:
+        """Publish the alerts and the changed states, then store the states.
+        `read_to`: per repartition partition, the next delta offset (the
+        transactions commit it; otherwise Faust commits what was acked)."""
         updates = [update for update in updates if update[2] != update[1]]
-        alerts = [Record(self.settings.alerts_topic, alert.tenant_id.encode("utf-8"),
-                         dumps(alert.to_json(now)))
-                  for _, _, _, found in updates for alert in found]
-        if alerts:
-            await self.sender.send_all(alerts)
         changelog = self.table.changelog_topic.get_topic_name()
-        records = [Record(changelog, new.tenant_id.encode("utf-8"), dumps(new.to_json()), partition)
-                   for partition, _, new, _ in updates]
-        await self.sender.send_all(records)
-        for (partition, _, new, _), record in zip(updates, records, strict=True):
-            self.store_state(partition, new.tenant_id, record.value)
+        alerts: dict[int, list[Record]] = {}
+        states: dict[int, list[Record]] = {}
+        encoded: dict[str, bytes] = {}
+        for partition, _, new, found in updates:
+            key = new.tenant_id.encode("utf-8")
+            encoded[new.tenant_id] = dumps(new.to_json())
+            alerts.setdefault(partition, []).extend(
+                Record(self.settings.alerts_topic, key, dumps(alert.to_json(now))) for alert in found)
+            states.setdefault(partition, []).append(Record(changelog, key, encoded[new.tenant_id], partition))
+        if self.transactions is None:
+            # Alerts first, then the changelog: a crash between them sends an
+            # alert again (same alert_id), never loses one.
+            await self.sender.send_all([record for records in alerts.values() for record in records])
+            await self.sender.send_all([record for records in states.values() for record in records])
+        else:
+            await self.transactions.send({partition: alerts[partition] + states[partition] for partition in states})
+            for partition, offset in (read_to or {}).items():
+                self.transactions.advance(partition, offset)
+            await self.transactions.commit(self.transactions.pending())
+        for partition, _, new, _ in updates:
+            self.store_state(partition, new.tenant_id, encoded[new.tenant_id])
+        for partition, offset in (read_to or {}).items():
+            self.consumer.mark_accounted(TP(self.settings.usage_topic, partition), offset)
+
+    async def _fence(self, assigned: set[TP]) -> None:
+        """exactly_once: partitions were assigned; before Faust recovers the
+        table, own the transactional ids of its repartition partitions anew
+        (kept ones too: another worker may have owned them in between)."""
+        assert self.transactions is not None
+        partitions = {tp.partition for tp in assigned if tp.topic == self.settings.usage_topic}
+        async with self._lock:
+            await self.transactions.close(self.transactions.partitions())
+            if self.failed:
+                return
+            try:
+                await self.transactions.fence(partitions)
+            except Exception as error:
+                self.failed = True
+                self._stop_on(error)
+                raise
 
     def store_state(self, partition: int, tenant_id: str, encoded: bytes | None) -> None:
         """Keep a tenant's state as its changelog holds it."""
@@ -203,6 +259,8 @@ class TenantAccountant:
         now = now_micros()
         period = period_of(now)
         owned = frozenset(self.active_partitions())
+        if self.transactions is not None:
+            owned &= self.transactions.partitions()
         if (period, owned) != self._swept:
             # A new month carries open sessions into it; newly owned tenants
             # may have been carried while their last owner was away.

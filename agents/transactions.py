@@ -28,8 +28,15 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from agents.sender import AcknowledgedSender, Record
+from app.kafka_config import client_options
+from app.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: How long the broker has to answer a produce request (Faust's default is
+#: 20 minutes): a worker cut off longer than a rebalance allows stops
+#: (agents/sender.py RETRY_FOR_SECS) rather than write late.
+PRODUCER_REQUEST_TIMEOUT_SECS = 30.0
 
 
 def transactional_id(app_id: str, topic: str, partition: int) -> str:
@@ -79,6 +86,14 @@ class PartitionTransactions:
         self._transaction_timeout_ms = transaction_timeout_ms
         self._request_timeout_ms = request_timeout_ms
         self._open: dict[int, PartitionTransaction] = {}
+
+    @classmethod
+    def of_topic(cls, settings: Settings, topic: str) -> PartitionTransactions:
+        """The transactions of the partitions of `topic`, one of the app's inputs."""
+        return cls(app_id=settings.app_id, input_topic=topic, group_id=settings.app_id,
+                   client_options=client_options(settings),
+                   transaction_timeout_ms=int(settings.transaction_timeout_secs * 1000),
+                   request_timeout_ms=int(PRODUCER_REQUEST_TIMEOUT_SECS * 1000))
 
     def __contains__(self, partition: int) -> bool:
         return partition in self._open

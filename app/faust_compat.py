@@ -384,6 +384,11 @@ class BatchConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.batch_topics: frozenset[str] = frozenset()
+        #: The batch topics, and the topics whose agent reports what it has
+        #: written with `mark_accounted` (the tenant agent): the consumer
+        #: commits those reports, never Faust's acks, which an agent's stream
+        #: also gives for events it failed to write.
+        self.marked_topics: frozenset[str] = frozenset()
         self._accounted: dict[TP, int] = {}
         self._read_starts: dict[TP, ReadStart] = {}
         self._stable_ends: dict[TP, int] = {}
@@ -398,15 +403,16 @@ class BatchConsumer(faust_aiokafka.Consumer):
         self._batch_done = asyncio.Event()
         #: Monotonic time of the last successful offset commit.
         self.last_commit_at: float | None = None
-        #: False under exactly_once: the batch topics' offsets are committed
-        #: in the agent's transactions, never by the consumer.
-        self.commits_batch_topics = True
-        #: Awaited when partitions are assigned, before Faust recovers their
-        #: tables or seeks them (exactly_once: the fence).
-        self.on_assigning: Callable[[set[TP]], Awaitable[None]] | None = None
-        #: Awaited by `wait_empty` once the agent's batch is done, before the
-        #: consumer commits (exactly_once: the agent commits its transactions).
-        self.before_commit: Callable[[], Awaitable[None]] | None = None
+        #: exactly_once: the topics whose offsets the agents commit in their
+        #: transactions, never the consumer.
+        self.transactional_topics: frozenset[str] = frozenset()
+        #: Awaited in turn when partitions are assigned, before Faust recovers
+        #: their tables or seeks them (exactly_once: the fences).
+        self.assigning_hooks: list[Callable[[set[TP]], Awaitable[None]]] = []
+        #: Awaited in turn by `wait_empty` once the agent's batch is done,
+        #: before the consumer commits (exactly_once: the agents commit their
+        #: transactions).
+        self.before_commit_hooks: list[Callable[[], Awaitable[None]]] = []
 
     def _new_consumer_thread(self) -> BatchConsumerThread:
         return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -537,8 +543,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
             self._batch_done.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._batch_done.wait(), timeout=1.0)
-        if self.before_commit is not None:
-            await self.before_commit()
+        for hook in self.before_commit_hooks:
+            await hook()
         await super().wait_empty()
 
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
@@ -549,16 +555,20 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
         yield from super()._filter_tps_with_pending_acks(topics)
-        if not self.commits_batch_topics:
-            return
         for tp in self._accounted:
-            if tp not in self._acked and (topics is None or tp in topics or tp.topic in topics):
+            if tp.topic not in self.transactional_topics and tp not in self._acked \
+                    and (topics is None or tp in topics or tp.topic in topics):
                 yield tp
 
     def _new_offset(self, tp: TP) -> int | None:
-        if tp.topic in self.batch_topics:
-            return self._accounted.get(tp) if self.commits_batch_topics else None
-        return super()._new_offset(tp)
+        if tp.topic in self.batch_topics:  # never acked
+            offset = self._accounted.get(tp)
+        else:
+            # Faust's _new_offset also forgets the acks it passes: called even
+            # when its answer is not committed.
+            acked = super()._new_offset(tp)
+            offset = self._accounted.get(tp) if tp.topic in self.marked_topics else acked
+        return None if tp.topic in self.transactional_topics else offset
 
     def verify_event_path(self, now: float, tp: TP) -> None:
         # Faust's stall check reads per-partition stream times that batches
@@ -599,8 +609,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
                       ", ".join(f"{tp.partition}@{start.offset}" for tp, start in sorted(starts.items())))
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
-        if self.on_assigning is not None:
-            await self.on_assigning(assigned)
+        for hook in self.assigning_hooks:
+            await hook(assigned)
         await super().on_partitions_assigned(assigned, generation_id)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
@@ -630,6 +640,7 @@ def enable_batches(app: AppT, topics: Iterable[str]) -> BatchConsumer:
     if not isinstance(consumer, BatchConsumer):
         raise TypeError(f"the app's broker URLs must use {TRANSPORT_SCHEME}:// (got {type(consumer).__name__})")
     consumer.batch_topics = frozenset(topics)
+    consumer.marked_topics |= consumer.batch_topics
     return consumer
 
 

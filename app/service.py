@@ -9,9 +9,10 @@ from typing import Any
 import aiohttp
 import faust
 
-from agents.accountant import PRODUCER_REQUEST_TIMEOUT_SECS, SessionAccountant
+from agents.accountant import SessionAccountant
 from agents.budgets import BudgetBook
 from agents.tenants import TenantAccountant
+from agents.transactions import PRODUCER_REQUEST_TIMEOUT_SECS
 from app.faust_compat import MarkerAwareTableManager, check_pinned_versions
 from app.kafka_config import faust_options
 from app.metrics import AccountingMetrics
@@ -139,7 +140,7 @@ def build_app(settings: Settings) -> Service:
     accountant = SessionAccountant(app, table, settings, metrics)
     accountant.register()
     budgets = BudgetBook(settings)
-    tenants = TenantAccountant(app, settings, budgets.get, budgets.loaded, accountant.stop_on)
+    tenants = TenantAccountant(app, settings, accountant.consumer, budgets.get, budgets.loaded, accountant.stop_on)
     budgets.on_change = tenants.budget_changed
     tenants.register()
 

@@ -157,6 +157,29 @@ async def test_the_batch_consumer_commits_what_the_agent_accounted(apps: tuple[f
     assert consumer._filter_committable_offsets([tp]) == {}
 
 
+async def test_a_marked_topic_commits_what_its_agent_marked_never_its_acks(
+        apps: tuple[faust.App, faust.App]) -> None:
+    """The tenant agent's stream acks every event it took, written or not
+    (Faust's take_events acks in a `finally`); its topic commits only the
+    offsets the agent marked after its write. Under exactly_once nothing of
+    a transactional topic is committed by the consumer, and its acks are
+    still forgotten (they would grow without end)."""
+    _, ours = apps
+    consumer = faust_compat.enable_batches(ours, [TOPIC])
+    usage = TP("usage", 0)
+    consumer.marked_topics |= {"usage"}
+    consumer._acked[usage] = list(range(10))
+    consumer._acked_index[usage] = set(range(10))
+    assert consumer._filter_committable_offsets([usage]) == {}
+    consumer.mark_accounted(usage, 4)
+    assert consumer._filter_committable_offsets([usage]) == {usage: 4}
+    consumer.transactional_topics |= {"usage"}
+    consumer._acked[usage] = [10, 11]
+    consumer._acked_index[usage] = {10, 11}
+    assert consumer._filter_committable_offsets([usage]) == {}
+    assert consumer._acked[usage] == []
+
+
 async def test_enable_batches_needs_the_batch_transport(apps: tuple[faust.App, faust.App]) -> None:
     stock, _ = apps
     with pytest.raises(TypeError, match=f"{TRANSPORT_SCHEME}://"):
