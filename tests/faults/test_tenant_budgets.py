@@ -11,34 +11,20 @@ simulation's expected closures per tenant, never the service's outputs.
 
 from __future__ import annotations
 
-import json
-import urllib.request
-from collections import Counter
 from collections.abc import Callable
 
 import pytest
 
 from app.dev.simulator import Simulation, SimulationConfig, new_run_id
-from app.rules.usage import alert_id, period_of, reaches
+from app.rules.usage import period_of, reaches
 from tests.faults.harness import Timeline, finish, publish_piece, wait_applied
+from tests.support.budgets import alerts_by_id, expected_alerts, limits_under, month_tokens, put_budget
 from tests.support.clock import now_micros
 from tests.support.deployment import Deployment
-from tests.support.kafka import consume_json
 from tests.support.ledger import pieces, simulated, split_points
 from tests.support.waiting import wait_for
-from tests.support.workers import WorkerProcess
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
-
-THRESHOLDS = [0.3, 0.6, 1.0, 1.2]
-
-
-def put_budget(worker: WorkerProcess, tenant_id: str, limit: int) -> None:
-    body = json.dumps({"limit_tokens": limit, "thresholds": THRESHOLDS}).encode()
-    request = urllib.request.Request(f"{worker.url}/tenants/{tenant_id}/budget", data=body, method="PUT")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 200
-
 
 def test_tenant_usage_and_alerts_through_kill_9_and_a_rebalance(deployment: Deployment,
                                                                  fault_figures: Callable[[dict], None],
@@ -48,11 +34,8 @@ def test_tenant_usage_and_alerts_through_kill_9_and_a_rebalance(deployment: Depl
     ledger, stamper = simulated(simulation)
     events = list(simulation.events())
     first, second, third = pieces(events, split_points(events, simulation, (0.4, 0.7)))
-    expected: Counter[str] = Counter()
-    for closure in simulation.expected.closures.values():
-        expected[closure.tenant_id] += closure.total_token_count
-    # Limits a little under each tenant's month: 0.3, 0.6 and 1.0 are crossed, 1.2 is not.
-    limits = {tenant_id: max(total * 10 // 11, 1) for tenant_id, total in expected.items()}
+    expected = month_tokens(simulation)
+    limits = limits_under(expected)
     deployment.settings["ACCOUNTANT_PROCESSING_GUARANTEE"] = guarantee
     deployment.create_topics()
 
@@ -90,14 +73,8 @@ def test_tenant_usage_and_alerts_through_kill_9_and_a_rebalance(deployment: Depl
         assert all(usage["live_sessions"] == 0 and usage["live_token_count"] == 0 for usage in usages.values())
     assert joiner.get(f"/tenants/{next(iter(expected))}/usage")[1] == usages[next(iter(expected))]
 
-    wanted = {alert_id(tenant_id, period, threshold) for tenant_id, limit in limits.items()
-              for threshold in THRESHOLDS if reaches(expected[tenant_id], threshold, limit)}
-    assert wanted and not any(alert.endswith(":1.2") for alert in wanted)
-    alerts = consume_json(deployment.bootstrap, deployment.config.alerts_topic,
-                          lambda got: wanted <= {a["alert_id"] for a in got}, timeout=30)
-    by_id: dict[str, list[dict]] = {}
-    for alert in alerts:
-        by_id.setdefault(alert["alert_id"], []).append(alert)
+    wanted = expected_alerts(expected, limits, period)
+    by_id = alerts_by_id(deployment.bootstrap, deployment.config.alerts_topic, wanted)
     assert set(by_id) == wanted
     if guarantee == "exactly_once":
         # One transaction holds an alert and the state that says it was sent.
@@ -109,4 +86,4 @@ def test_tenant_usage_and_alerts_through_kill_9_and_a_rebalance(deployment: Depl
                      for c in copies]
         assert not any(differing), (first_copy["alert_id"], differing)
         assert reaches(first_copy["usage_tokens"], first_copy["threshold"], first_copy["limit_tokens"])
-    fault_figures({"alerts": len(wanted), "alert_copies": len(alerts)})
+    fault_figures({"alerts": len(wanted), "alert_copies": sum(len(copies) for copies in by_id.values())})

@@ -10,7 +10,8 @@ write or commit is refused (ProducerFenced) and it stops. Then the successor
 is killed and a third worker recovers the table from the changelog: had any
 stale state of the zombie landed there, the sessions closed after that would
 bill wrong. The oracle checks every closure and the ledger, and no closure
-may reach billing twice.
+may reach billing twice. Budgets are set for every tenant: each tenant's
+month must equal the oracle's, and every expected alert exist once.
 
 At-least-once has no such fence (its writes are retried for up to
 RETRY_FOR_SECS, with nothing to tell them stale); docs/guarantees.md says so.
@@ -26,7 +27,10 @@ from collections.abc import Callable
 import pytest
 
 from app.dev.simulator import Simulation, SimulationConfig, new_run_id
+from app.rules.usage import period_of
 from tests.faults.harness import Timeline, finish, publish_piece, wait_applied
+from tests.support.budgets import alerts_by_id, expected_alerts, limits_under, month_tokens, put_budget
+from tests.support.clock import now_micros
 from tests.support.deployment import Deployment
 from tests.support.ledger import pieces, simulated, split_points
 from tests.support.ledger_processes import LedgerDeployment
@@ -47,7 +51,11 @@ def test_a_thawed_zombie_is_fenced_and_writes_nothing(deployment: Deployment, de
     deployment_ledger.ledger().start().wait_ready()
 
     zombie = deployment.worker("zombie", ACCOUNTANT_TRANSACTION_COMMIT_INTERVAL_SECS="60").start().wait_ready()
-    timeline("zombie ready")
+    expected = month_tokens(simulation)
+    limits = limits_under(expected)
+    for tenant_id, limit in limits.items():
+        put_budget(zombie, tenant_id, limit)
+    timeline("zombie ready, budgets set")
     publish_piece(deployment, first, stamper)
     wait_applied(zombie, ledger.applied // 4)
     os.kill(zombie.pid, signal.SIGSTOP)  # frozen with its transactions open
@@ -79,3 +87,14 @@ def test_a_thawed_zombie_is_fenced_and_writes_nothing(deployment: Deployment, de
     publish_piece(deployment, third, stamper)
     finish(deployment, ledger, simulation, faults=3, report=fault_figures, stats_from=last, timeline=timeline,
            billing=deployment_ledger, extra={"zombie_exit": process.returncode})
+
+    # Budgets: each tenant's month as the oracle sums it, and every alert once.
+    period = period_of(now_micros())
+    for tenant_id, tokens in expected.items():
+        wait_for(f"{tenant_id}'s usage to equal the oracle's",
+                 lambda tenant_id=tenant_id, tokens=tokens: last.get(f"/tenants/{tenant_id}/usage")[1].get(
+                     "usage_tokens") == tokens, timeout=60, observed=lambda: last.get("/tenants")[1])
+    by_id = alerts_by_id(deployment.bootstrap, deployment.config.alerts_topic,
+                         expected_alerts(expected, limits, period))
+    repeated = {alert_id: len(copies) for alert_id, copies in by_id.items() if len(copies) != 1}
+    assert not repeated, repeated
