@@ -551,10 +551,10 @@ def report_input_gap(gap: InputGap, metrics: AccountingMetrics) -> None:
     lost = gap.log_start - gap.expected
     metrics.input_gaps.inc()
     metrics.input_gap_offsets.inc(lost)
-    with log_fields(partition=gap.partition):
-        log.error("input partition %d: offsets %d to %d (%d) were deleted before they were accounted (retention or "
-                  "a deleted record range); their events are not billed. Reading on from %d.", gap.partition,
-                  gap.expected, gap.log_start - 1, lost, gap.log_start)
+    with log_fields(topic=gap.topic, partition=gap.partition):
+        log.error("%s partition %d: offsets %d to %d (%d) were deleted before they were accounted (retention or "
+                  "a deleted record range); what they held is not counted. Reading on from %d.", gap.topic,
+                  gap.partition, gap.expected, gap.log_start - 1, lost, gap.log_start)
 
 
 def _is_open(state: Any) -> bool:

@@ -149,6 +149,7 @@ class InputGap:
     start (retention, a deleted record range) passed them before the group
     accounted them. Reported, never passed in silence."""
 
+    topic: str
     partition: int
     #: The first offset the group had not accounted.
     expected: int
@@ -324,7 +325,7 @@ class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             if offset is None:
                 offset = log_start  # the group never read this partition
             elif offset < log_start:
-                gaps.append(InputGap(tp.partition, offset, log_start))
+                gaps.append(InputGap(tp.topic, tp.partition, offset, log_start))
                 offset = log_start
             if not consumer._subscription.is_assigned(aiotp):
                 continue  # revoked while the offsets were fetched
@@ -593,20 +594,26 @@ class BatchConsumer(faust_aiokafka.Consumer):
         read from it passed the drained records over (issue 20: 74 to 488
         events lost per partition under group churn)."""
         assigned = [TP(tp.topic, tp.partition) for tp in self.assignment()]
-        others = [tp for tp in assigned if tp.topic not in self.batch_topics]
+        others = [tp for tp in assigned if tp.topic not in self.marked_topics]
         committed = await self._thread.seek_partitions_to_committed(others)
         self._read_offset.update({tp: offset if offset is not None and offset >= 0 else None
                                   for tp, offset in committed.items()})
         self._committed_offset.update({TP(tp.topic, tp.partition): offset for tp, offset in committed.items()
                                        if offset is not None and offset > 0})
-        batch_tps = [tp for tp in assigned if tp.topic in self.batch_topics]
-        starts, gaps = await self._thread.seek_to_read_starts(dict.fromkeys(batch_tps))
+        # The marked topics too: Faust's seek leaves a partition the group
+        # never committed where the fetcher got to, past records a rebalance
+        # dropped (the tenant agent lost its first deltas that way).
+        marked = [tp for tp in assigned if tp.topic in self.marked_topics]
+        starts, gaps = await self._thread.seek_to_read_starts(dict.fromkeys(marked))
         self._gaps.extend(gaps)
         for tp, start in starts.items():
-            self._read_starts[tp] = start
             self._accounted.pop(tp, None)
-        self.log.info("reading input partitions from %s",
-                      ", ".join(f"{tp.partition}@{start.offset}" for tp, start in sorted(starts.items())))
+            if tp.topic in self.batch_topics:
+                self._read_starts[tp] = start
+            else:
+                self._read_offset[tp] = None  # Faust's hand-over skips offsets below it
+        self.log.info("reading partitions from %s", ", ".join(
+            f"{tp.topic}:{tp.partition}@{start.offset}" for tp, start in sorted(starts.items())))
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         for hook in self.assigning_hooks:

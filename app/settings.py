@@ -260,6 +260,10 @@ class Settings(BaseSettings):
         return "tenants"
 
     @property
+    def tenant_changelog_topic(self) -> str:
+        return f"{self.app_id}-{self.tenant_table_name}-changelog"
+
+    @property
     def table_name(self) -> str:
         return "sessions"
 

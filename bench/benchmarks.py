@@ -291,7 +291,7 @@ async def latency_and_ttl(ctx: Context, guarantee: str = "at_least_once",
     at that rate. Each phase starts once the worker has accounted everything
     before it, so a backlog of one does not show up in the next."""
     deployment = ctx.deployment(ACCOUNTANT_PROCESSING_GUARANTEE=guarantee)
-    await deployment.create_topics_async(changelog=True)
+    await deployment.create_topics_async()
     worker = new_worker(deployment).start()
     await wait_ready_secs(worker)
     observer = Observer(ctx.bootstrap, deployment)
@@ -475,7 +475,7 @@ async def _start_measured(worker: WorkerProcess, settle_secs: float = 3.0) -> tu
 async def recovery_and_memory(ctx: Context, stores: list[str]) -> dict[str, Any]:
     count = ctx.scale.recovery_sessions
     deployment = ctx.deployment()
-    await deployment.create_topics_async(changelog=True)
+    await deployment.create_topics_async()
     ctx.log(f"recovery: writing {count:,} live sessions into the changelog")
     loaded, load_secs = await bulk_produce(ctx.bootstrap, deployment.changelog_topic, _changelog_records(count))
     result: dict[str, Any] = {"sessions": loaded, "changelog_load_secs": round(load_secs, 1), "stores": {}}
@@ -485,7 +485,7 @@ async def recovery_and_memory(ctx: Context, stores: list[str]) -> dict[str, Any]
         try:
             # An empty worker of the same kind: the RSS every worker has.
             empty = ctx.deployment()
-            await empty.create_topics_async(changelog=True)
+            await empty.create_topics_async()
             ctx.log(f"recovery[{store}]: empty worker")
             worker = new_worker(empty, f"empty-{store}", ACCOUNTANT_STORE=store)
             _, empty_rss = await _start_measured(worker)

@@ -156,7 +156,7 @@ async def test_a_fetch_past_the_cursor_is_refused_and_read_again(tmp_path: Path,
 
 async def test_an_input_gap_is_counted_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     agent, _, consumer, _ = accountant(tmp_path, "at_least_once")
-    consumer.gaps.append(InputGap(0, expected=100, log_start=130))
+    consumer.gaps.append(InputGap(TOPIC, 0, expected=100, log_start=130))
     await agent._account_batch(batch(lifecycle("s-3")))
     assert agent.metrics.input_gaps._value.get() == 1
     assert agent.metrics.input_gap_offsets._value.get() == 30

@@ -209,10 +209,10 @@ async def test_a_committed_offset_the_log_no_longer_holds_is_a_gap(thread: Batch
     thread._consumer = consumer
     starts, gaps = await thread._seek_to_read_starts({TP0: None})
     assert starts[TP0].offset == 130
-    assert gaps == [InputGap(0, expected=100, log_start=130)]
+    assert gaps == [InputGap(TOPIC, 0, expected=100, log_start=130)]
     # The agent asks to read again from its cursor: the same check applies.
     starts, gaps = await thread._seek_to_read_starts({TP0: 120})
-    assert starts[TP0].offset == 130 and gaps == [InputGap(0, expected=120, log_start=130)]
+    assert starts[TP0].offset == 130 and gaps == [InputGap(TOPIC, 0, expected=120, log_start=130)]
     starts, gaps = await thread._seek_to_read_starts({TP0: 135})
     assert starts[TP0].offset == 135 and gaps == []
 

@@ -8,7 +8,9 @@ tables) while simulated gateways publish at a steady rate. Then the oracle
 checks every closure and every rejection on the topics, and the billing
 ledger (`accountant ledger`, running throughout) per session and per tenant:
 nothing lost, nothing wrong, and with `exactly_once` no closure and no
-rejection repeated.
+rejection repeated. Every tenant has a budget the run crosses: each tenant's
+month must equal the oracle's sum of its closures, and every expected
+alert arrive (once, under `exactly_once`).
 
 Each run takes one processing guarantee (the `guarantee` fixture, given to
 every worker as `ACCOUNTANT_PROCESSING_GUARANTEE`). The short storm runs with the fault suite; the long
@@ -23,7 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from app.dev.simulator import Simulation, SimulationConfig, fit_to_rate, new_run_id
+from app.rules.usage import period_of
 from tests.faults.harness import Storm, Timeline, finish, publish_piece
+from tests.support.budgets import alerts_by_id, expected_alerts, limits_under, month_tokens, put_budget
+from tests.support.clock import now_micros
 from tests.support.deployment import Deployment
 from tests.support.ledger import simulated
 from tests.support.ledger_processes import LedgerDeployment
@@ -77,7 +82,11 @@ def run_storm(deployment: Deployment, ledgers: LedgerDeployment, report: Callabl
     deployment.create_topics()
     ledgers.ledger().start().wait_ready()
     steady = deployment.worker("steady").start().wait_ready()
-    timeline("ready")
+    expected = month_tokens(simulation)
+    limits = limits_under(expected)
+    for tenant_id, limit in limits.items():
+        put_budget(steady, tenant_id, limit)
+    timeline("ready, budgets set")
 
     storm = Storm(deployment, seed=SEED, max_extras=MAX_EXTRAS, interval_secs=INTERVAL_SECS)
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -98,6 +107,23 @@ def run_storm(deployment: Deployment, ledgers: LedgerDeployment, report: Callabl
                             **storm.figures()})
     # finish() fails on any problem, and under exactly_once on any repeated closure or rejection.
     assert verdict.figures["wrong"] == 0
+
+    # Tenants: every month as the oracle sums it; every alert, and once under exactly_once.
+    usages: dict[str, dict] = {}
+
+    def usage_settled() -> bool:
+        usages.update({tenant_id: steady.get(f"/tenants/{tenant_id}/usage")[1] for tenant_id in expected})
+        return all(usages[tenant_id].get("usage_tokens") == tokens for tenant_id, tokens in expected.items())
+
+    wait_for("every tenant's usage to equal the oracle's", usage_settled, timeout=60, observed=lambda: usages)
+    if guarantee == "exactly_once":
+        assert all(usage["live_sessions"] == 0 for usage in usages.values()), usages
+    by_id = alerts_by_id(deployment.bootstrap, deployment.config.alerts_topic,
+                         expected_alerts(expected, limits, period_of(now_micros())))
+    copies = {alert_id: len(found) for alert_id, found in by_id.items()}
+    report({"alerts": len(copies), "alert_copies": sum(copies.values())})
+    if guarantee == "exactly_once":
+        assert all(count == 1 for count in copies.values()), copies
 
 
 @pytest.mark.timeout(1200)

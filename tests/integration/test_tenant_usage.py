@@ -148,7 +148,7 @@ def test_closures_of_the_previous_month_count_in_it_not_in_this_one(deployment: 
     assert usage["live_sessions"] == 1 and usage["live_token_count"] == 70
     assert usage["closures"] == {"closed": 1, "ttl_expired": 0}
     # The previous month's figure, as the tenant table's changelog holds it.
-    changelog = f"{deployment.app_id}-{deployment.config.tenant_table_name}-changelog"
+    changelog = deployment.config.tenant_changelog_topic
     states = consume(deployment.bootstrap, changelog,
                      lambda got: any(orjson.loads(r.value)["closed"].get(period_of(parse_timestamp(at[3])))
                                      for r in got), timeout=30)

@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.dev.kafka import create_topics
 from app.settings import Settings
 from app.topics import ensure_topics
 from tests.support.kafka import committed_offsets, end_offsets
@@ -89,17 +88,13 @@ class Deployment:
         self.started.append(worker)
         return worker
 
-    async def create_topics_async(self, *, changelog: bool = False) -> None:
-        """The topics a worker creates at start, so data can be published before it
-        runs; with `changelog`, the table's changelog too (to load state into)."""
-        config = self.config
-        await ensure_topics(config)
-        if changelog:
-            await create_topics(self.bootstrap, {config.changelog_topic: config.partitions},
-                                configs={"cleanup.policy": "compact"})
+    async def create_topics_async(self) -> None:
+        """The topics a worker creates at start (the tables' changelogs among
+        them), so data can be published, or state loaded, before it runs."""
+        await ensure_topics(self.config)
 
-    def create_topics(self, *, changelog: bool = False) -> None:
-        asyncio.run(self.create_topics_async(changelog=changelog))
+    def create_topics(self) -> None:
+        asyncio.run(self.create_topics_async())
 
     def committed_offsets(self, topic: str) -> dict[int, int]:
         """The workers' consumer group's committed offsets in `topic`, by partition."""
