@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import field
 from datetime import UTC, datetime
 from fractions import Fraction
+from functools import lru_cache
+from math import ceil
 from typing import Any
 
 from app.rules.limits import MAX_COUNT
@@ -216,7 +218,15 @@ def budget_from_json(data: Mapping[str, Any]) -> Budget:
 def reaches(usage: int, threshold: float, limit_tokens: int) -> bool:
     """usage >= threshold x limit, exactly: 0.8 is four fifths, not the
     binary float just above it."""
-    return usage >= Fraction(repr(threshold)) * limit_tokens
+    return usage >= threshold_tokens(threshold, limit_tokens)
+
+
+@lru_cache(maxsize=4096)
+def threshold_tokens(threshold: float, limit_tokens: int) -> int:
+    """The fewest tokens that reach `threshold x limit_tokens`; cached, as
+    every usage step checks every threshold not alerted yet (a Fraction
+    from a repr costs microseconds)."""
+    return ceil(Fraction(repr(threshold)) * limit_tokens)
 
 
 def threshold_name(threshold: float) -> str:
