@@ -30,6 +30,7 @@ from app.faust_compat import (
     InputBatch,
     InputBatchMessage,
     PartitionFetch,
+    ReadStart,
     check_pinned_versions,
     memory_store_partitions,
 )
@@ -178,6 +179,37 @@ async def test_a_marked_topic_commits_what_its_agent_marked_never_its_acks(
     consumer._acked_index[usage] = {10, 11}
     assert consumer._filter_committable_offsets([usage]) == {}
     assert consumer._acked[usage] == []
+
+
+async def test_a_marked_topic_is_sought_like_the_input_at_every_assignment(
+        apps: tuple[faust.App, faust.App]) -> None:
+    """Faust seeks a partition to its committed offset only when there is one
+    above 0 (canary test_aiokafka_leaves_never_committed_partitions_where_the_fetcher_got_to),
+    and its hand-over then skips offsets below the last one it delivered. The
+    tenant topic's partitions are therefore sought like the input's (the
+    committed offset, else the log start), and delivered again from there."""
+    _, ours = apps
+    consumer = faust_compat.enable_batches(ours, [TOPIC])
+    consumer.marked_topics |= {"usage"}
+    usage, changelog = TP("usage", 0), TP("changelog", 0)
+    consumer.assignment = lambda: {TP(TOPIC, 0), usage, changelog}  # type: ignore[method-assign]
+    sought: dict[str, set[TP]] = {}
+
+    async def to_committed(tps: list[TP]) -> dict[TP, int]:
+        sought["committed"] = set(tps)
+        return dict.fromkeys(tps, 5)
+
+    async def to_read_starts(wanted: dict[TP, None]) -> tuple[dict[TP, ReadStart], list[Any]]:
+        sought["read starts"] = set(wanted)
+        return {tp: ReadStart(0, 1) for tp in wanted}, []
+
+    consumer._thread.seek_partitions_to_committed = to_committed  # type: ignore[method-assign]
+    consumer._thread.seek_to_read_starts = to_read_starts  # type: ignore[method-assign]
+    consumer._read_offset[usage] = 500  # delivered before the rebalance
+    await consumer.perform_seek()
+    assert sought == {"committed": {changelog}, "read starts": {TP(TOPIC, 0), usage}}
+    assert consumer._read_offset[usage] is None
+    assert consumer.read_start(TP(TOPIC, 0)) == ReadStart(0, 1) and consumer.read_start(usage) is None
 
 
 async def test_enable_batches_needs_the_batch_transport(apps: tuple[faust.App, faust.App]) -> None:
