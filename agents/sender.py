@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 RETRY_FOR_SECS = 60.0
 _FIRST_PAUSE_SECS = 0.5
 _MAX_PAUSE_SECS = 10.0
+#: The sender lets the event loop run between this many records it buffers.
+RECORDS_BETWEEN_YIELDS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +122,9 @@ class AcknowledgedSender:
         """Each record's acknowledgement, or the error that stopped it."""
         send = self._producer.send
         deliveries: list[Any] = []
-        for record in records:
+        for count, record in enumerate(records, 1):
+            if not count % RECORDS_BETWEEN_YIELDS:
+                await asyncio.sleep(0)  # buffering thousands of records: let the web views answer
             try:
                 # Returns once the record is in the producer's buffer.
                 deliveries.append(await send(record.topic, record.key, record.value, record.partition, None, None))

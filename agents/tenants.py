@@ -28,6 +28,7 @@ it was sent) and a rebalance (a previous owner still applying is fenced).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import uuid
@@ -63,17 +64,25 @@ log = logging.getLogger(__name__)
 DELTAS_PER_BATCH = 2000
 #: ...or what came within this long.
 DELTA_WAIT_SECS = 0.02
+#: The agent lets the event loop run between this many deltas.
+DELTAS_BETWEEN_YIELDS = 200
 
 
 def now_micros() -> int:
     return time.time_ns() // 1000
 
 
+#: Delta ids: this process's random prefix and a count (a uuid4 per delta
+#: cost 2 us each, on the event loop, thousands of times a batch).
+_DELTA_ID_PREFIX = uuid.uuid4().hex[:16]
+_delta_numbers = itertools.count()
+
+
 def usage_records(topic: str, entries: dict[tuple[int, str], list[UsageEntry]]) -> Iterator[tuple[int, Record]]:
     """One delta record per (input partition, tenant), keyed by the tenant,
     with the input partition it is attributed to."""
     for (partition, tenant_id), steps in entries.items():
-        delta = UsageDelta(tenant_id, partition, tuple(steps), uuid.uuid4().hex)
+        delta = UsageDelta(tenant_id, partition, tuple(steps), f"{_DELTA_ID_PREFIX}-{next(_delta_numbers)}")
         yield partition, Record(topic, tenant_id.encode("utf-8"), orjson.dumps(delta.to_json()))
 
 
@@ -186,7 +195,9 @@ class TenantAccountant:
         # tenant -> (its partition, its stored state, its state now, the alerts so far)
         touched: dict[str, tuple[int, TenantUsage, TenantUsage, tuple[Alert, ...]]] = {}
         read_to: dict[int, int] = {}
-        for partition, position, delta in deltas:
+        for count, (partition, position, delta) in enumerate(deltas, 1):
+            if not count % DELTAS_BETWEEN_YIELDS:
+                await asyncio.sleep(0)  # let the web views answer (the lock keeps the timer out)
             read_to[partition] = max(read_to.get(partition, -1), position + 1)
             tenant_id = delta.tenant_id
             if tenant_id not in touched:

@@ -50,6 +50,7 @@ def period_of(at: Micros) -> Period:
     return f"{moment.year:04d}-{moment.month:02d}"
 
 
+@lru_cache(maxsize=64)
 def period_start(period: Period) -> Micros:
     """The first microsecond of a month."""
     year, month = (int(part) for part in period.split("-"))
@@ -407,6 +408,7 @@ def apply_delta(state: TenantUsage, delta: UsageDelta, budget: Budget | None, no
     working.last_delta[partition] = delta.delta_id
     working.read_through = position
     current = period_of(now)
+    current_start = period_start(current)
     for entry in delta.entries:
         if entry.offset is not None:
             if entry.offset < working.applied_through.get(partition, 0):
@@ -415,7 +417,7 @@ def apply_delta(state: TenantUsage, delta: UsageDelta, budget: Budget | None, no
         working.apply(entry.step)
         # An event that occurred before the month began counts in it through
         # its open session: the month's crossing is then at its start.
-        working.check(current, current, budget, max(entry.occurred_at, period_start(current)))
+        working.check(current, current, budget, max(entry.occurred_at, current_start))
         closed_period = entry.step.closed_period
         if closed_period is not None and closed_period != current:
             working.check(closed_period, current, budget, entry.occurred_at)
