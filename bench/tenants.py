@@ -142,11 +142,14 @@ class Scale:
     live_sessions: int = 1_000_000
     live_tenants: int = 1_000
     dashboard_sessions: int = 50_000  # x 20 events
+    #: After the drain, the poller runs this long while the worker accounts `load_rate`.
+    steady_secs: float = 30.0
 
     @classmethod
     def quick(cls) -> Scale:
         return cls(usage_tenants=8, usage_requests=100, budget_tenants=50, budget_sessions=10_000, alert_samples=15,
-                   window_samples=15, live_sessions=20_000, live_tenants=1_000, dashboard_sessions=10_000)
+                   window_samples=15, live_sessions=20_000, live_tenants=1_000, dashboard_sessions=10_000,
+                   steady_secs=5.0)
 
 
 @dataclass
@@ -880,6 +883,8 @@ async def dashboard_mode(ctx: Context, deployment: Deployment, loaded: int, tena
             stats = await stats_of(worker)
             check(stats["live_sessions"] == scale.live_sessions,
                   f"live_sessions {stats['live_sessions']} after the drain, {scale.live_sessions} preloaded")
+            if polled:
+                steady = await steady_poll(ctx, group, worker, http)
         finally:
             if task is not None and not task.done():
                 task.cancel()
@@ -893,7 +898,34 @@ async def dashboard_mode(ctx: Context, deployment: Deployment, loaded: int, tena
         figures["requests"] = {path: summary_ms(times) for path, times in poller.times.items()}
         figures["requests"]["all"] = summary_ms([t for times in poller.times.values() for t in times])
         figures["request_secs"] = {path: [round(t, 5) for t in times] for path, times in poller.times.items()}
+        figures["steady"] = steady
     return figures
+
+
+async def steady_poll(ctx: Context, deployment: Deployment, worker: WorkerProcess,
+                      http: aiohttp.ClientSession) -> dict[str, Any]:
+    """The dashboard's requests while the worker accounts a steady `load_rate`
+    (the live table as loaded, plus the load's sessions) instead of draining a
+    backlog as fast as it can. Only the answers' status is checked here: the
+    load's own tenants and sessions change the first pages."""
+    scale = ctx.scale
+    pacer = Pacer(ctx.bootstrap, deployment.events_topic, scale.load_rate, deployment.workdir / "steady-pacer.log")
+    before = accounted(await stats_of(worker))
+    await pacer.start()
+    poller = DashboardPoller(http, worker.url, lambda path, body: None)
+    task = asyncio.create_task(poller.run())
+    try:
+        await asyncio.sleep(scale.steady_secs)
+        pacer.check_alive()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await pacer.stop()
+    check(not poller.problems, lambda: f"{len(poller.problems)} failed dashboard requests: {poller.problems[:3]}")
+    worker_rate = (accounted(await stats_of(worker)) - before) / scale.steady_secs
+    return {"rate": scale.load_rate, "seconds": scale.steady_secs, "worker_events_per_sec": round(worker_rate),
+            "requests": {**{path: summary_ms(times) for path, times in poller.times.items()},
+                         "all": summary_ms([t for times in poller.times.values() for t in times])}}
 
 
 async def dashboard_run(ctx: Context, run: int) -> dict[str, Any]:
@@ -924,6 +956,9 @@ def dashboard_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "polled_events_per_sec": spread([run["polled"]["events_per_sec"] for run in good]),
             "ratio_polled_to_alone": spread([run["ratio_polled_to_alone"] for run in good]),
             "request_p99_ms": spread([run["polled"]["requests"]["all"]["p99_ms"] for run in good]),
+            "steady_request_p99_ms": {path: spread([run["polled"]["steady"]["requests"][path]["p99_ms"]
+                                                    for run in good])
+                                      for path in (*DASHBOARD_PATHS, "all")},
             "pooled_requests": {**{path: summary_ms(secs) for path, secs in pooled.items()},
                                 "all": summary_ms([t for secs in pooled.values() for t in secs])}}
 
