@@ -95,7 +95,6 @@ import orjson
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from app.dev.kafka import create_topics
 from app.dev.partitioners import partition_for
 from app.rules import Session, decode_state, parse_timestamp
 from app.rules.usage import TenantUsage, alert_id, period_of, reaches
@@ -824,25 +823,28 @@ class DashboardPoller:
             await asyncio.sleep(DASHBOARD_POLL_SECS)
 
 
-async def dashboard_mode(ctx: Context, deployment: Deployment, loaded: int, tenants: list[str],
-                         truth: dict[str, int], polled: bool) -> dict[str, Any]:
+async def preload_live(ctx: Context, group: Deployment, tenants: list[str]) -> tuple[float, dict[str, int]]:
+    """`live_sessions` open sessions of `tenants` written into the group's
+    changelogs, and their tenants' states; the seconds it took, and each
+    tenant's preloaded usage."""
     scale = ctx.scale
-    group = deployment.with_group(f"{deployment.app_id}-{'poll' if polled else 'nopoll'}")
-    await group.create_topics_async()
-    # Both tables' changelogs, compacted as Faust makes them, to load state into
-    # (newer `ensure_topics` creates them itself: then they are left as they are).
-    tenants_changelog = f"{group.app_id}-{group.config.tenant_table_name}-changelog"
-    await create_topics(ctx.bootstrap, {group.changelog_topic: PARTITIONS, tenants_changelog: PARTITIONS},
-                        configs={"cleanup.policy": "compact"}, exist_ok=True)
+    await group.create_topics_async()  # the tables' changelogs among them, compacted
     log(f"dashboard: {scale.live_sessions:,} live sessions into {group.changelog_topic}")
     per_session = live_session_tokens()
     preloaded = Counter(tenants[n % len(tenants)] for n in range(scale.live_sessions))
     _, preload_secs = await bulk_produce(ctx.bootstrap, group.changelog_topic,
                                          live_records(scale.live_sessions, tenants))
-    await bulk_produce(ctx.bootstrap, tenants_changelog, (
+    await bulk_produce(ctx.bootstrap, group.config.tenant_changelog_topic, (
         (t.encode(), orjson.dumps(TenantUsage(t, open_sessions=c, open_tokens=c * per_session).to_json()))
         for t, c in preloaded.items()))
-    low = {t: preloaded[t] * per_session for t in tenants}
+    return preload_secs, {t: preloaded[t] * per_session for t in tenants}
+
+
+async def dashboard_mode(ctx: Context, deployment: Deployment, loaded: int, tenants: list[str],
+                         truth: dict[str, int], polled: bool) -> dict[str, Any]:
+    scale = ctx.scale
+    group = deployment.with_group(f"{deployment.app_id}-{'poll' if polled else 'nopoll'}")
+    preload_secs, low = await preload_live(ctx, group, tenants)
     high = {t: low[t] + truth.get(t, 0) for t in tenants}
     first_page = sorted(f"rec{n:08d}" for n in range(min(PAGE, scale.live_sessions)))
     tenant_page = sorted(tenants)[:PAGE]
@@ -883,8 +885,6 @@ async def dashboard_mode(ctx: Context, deployment: Deployment, loaded: int, tena
             stats = await stats_of(worker)
             check(stats["live_sessions"] == scale.live_sessions,
                   f"live_sessions {stats['live_sessions']} after the drain, {scale.live_sessions} preloaded")
-            if polled:
-                steady = await steady_poll(ctx, group, worker, http)
         finally:
             if task is not None and not task.done():
                 task.cancel()
@@ -898,32 +898,42 @@ async def dashboard_mode(ctx: Context, deployment: Deployment, loaded: int, tena
         figures["requests"] = {path: summary_ms(times) for path, times in poller.times.items()}
         figures["requests"]["all"] = summary_ms([t for times in poller.times.values() for t in times])
         figures["request_secs"] = {path: [round(t, 5) for t in times] for path, times in poller.times.items()}
-        figures["steady"] = steady
     return figures
 
 
-async def steady_poll(ctx: Context, deployment: Deployment, worker: WorkerProcess,
-                      http: aiohttp.ClientSession) -> dict[str, Any]:
-    """The dashboard's requests while the worker accounts a steady `load_rate`
-    (the live table as loaded, plus the load's sessions) instead of draining a
-    backlog as fast as it can. Only the answers' status is checked here: the
-    load's own tenants and sessions change the first pages."""
+async def steady_poll(ctx: Context, tenants: list[str]) -> dict[str, Any]:
+    """The dashboard's requests while a worker holding the same live sessions
+    accounts a steady `load_rate` instead of draining a backlog as fast as it
+    can: a deployment of its own, so the load never reaches the backlog the
+    other modes drain. Only the answers' status is checked here: the load's
+    own tenants and sessions change the first pages."""
     scale = ctx.scale
+    deployment = ctx.deployment()
+    await preload_live(ctx, deployment, tenants)
+    worker = new_worker(deployment, "steady")
     pacer = Pacer(ctx.bootstrap, deployment.events_topic, scale.load_rate, deployment.workdir / "steady-pacer.log")
-    before = accounted(await stats_of(worker))
-    await pacer.start()
-    poller = DashboardPoller(http, worker.url, lambda path, body: None)
-    task = asyncio.create_task(poller.run())
-    try:
-        await asyncio.sleep(scale.steady_secs)
-        pacer.check_alive()
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await pacer.stop()
+    async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
+        worker.start()
+        try:
+            await wait_ready_secs(worker, timeout=900)
+            check((await stats_of(worker))["live_sessions"] == scale.live_sessions, "live sessions not recovered")
+            await pacer.start()
+            before = accounted(await stats_of(worker))
+            poller = DashboardPoller(http, worker.url, lambda path, body: None)
+            task = asyncio.create_task(poller.run())
+            try:
+                await asyncio.sleep(scale.steady_secs)
+                pacer.check_alive()
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            worker_rate = (accounted(await stats_of(worker)) - before) / scale.steady_secs
+        finally:
+            await pacer.stop()
+            await stop_workers([worker])
     check(not poller.problems, lambda: f"{len(poller.problems)} failed dashboard requests: {poller.problems[:3]}")
-    worker_rate = (accounted(await stats_of(worker)) - before) / scale.steady_secs
     return {"rate": scale.load_rate, "seconds": scale.steady_secs, "worker_events_per_sec": round(worker_rate),
+            "poll_rounds": poller.rounds, "worker_log": log_findings(worker),
             "requests": {**{path: summary_ms(times) for path, times in poller.times.items()},
                          "all": summary_ms([t for times in poller.times.values() for t in times])}}
 
@@ -941,8 +951,10 @@ async def dashboard_run(ctx: Context, run: int) -> dict[str, Any]:
     for polled in order:
         log(f"dashboard run {run + 1}: {'with' if polled else 'without'} the poller")
         modes["polled" if polled else "alone"] = await dashboard_mode(ctx, deployment, loaded, tenants, truth, polled)
+    log(f"dashboard run {run + 1}: the poller at a steady {scale.load_rate:,} ev/s")
+    modes["steady"] = await steady_poll(ctx, tenants)
     return {"live_sessions": scale.live_sessions, "tenants": len(tenants), "events": loaded,
-            "order": ["polled" if mode else "alone" for mode in order], **modes,
+            "order": [*("polled" if mode else "alone" for mode in order), "steady"], **modes,
             "ratio_polled_to_alone": round(modes["polled"]["events_per_sec"] / modes["alone"]["events_per_sec"], 3)}
 
 
@@ -956,7 +968,7 @@ def dashboard_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "polled_events_per_sec": spread([run["polled"]["events_per_sec"] for run in good]),
             "ratio_polled_to_alone": spread([run["ratio_polled_to_alone"] for run in good]),
             "request_p99_ms": spread([run["polled"]["requests"]["all"]["p99_ms"] for run in good]),
-            "steady_request_p99_ms": {path: spread([run["polled"]["steady"]["requests"][path]["p99_ms"]
+            "steady_request_p99_ms": {path: spread([run["steady"]["requests"][path]["p99_ms"]
                                                     for run in good])
                                       for path in (*DASHBOARD_PATHS, "all")},
             "pooled_requests": {**{path: summary_ms(secs) for path, secs in pooled.items()},
