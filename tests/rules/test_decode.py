@@ -249,6 +249,17 @@ def test_format_timestamp_is_utc_with_z_and_a_fraction_only_when_needed() -> Non
     assert format_timestamp(-1) == "1969-12-31T23:59:59.999999Z"
 
 
+@given(st.integers(min_value=parse_timestamp("0001-01-01T00:00:00Z"),
+                   max_value=parse_timestamp("9999-12-31T23:59:59.999999Z")))
+def test_format_timestamp_is_what_datetime_writes(micros: int) -> None:
+    """Against datetime's own RFC 3339 text (the naive model): the cached
+    whole-second part and the fraction put together."""
+    moment = datetime(1970, 1, 1) + timedelta(microseconds=micros)
+    expected = moment.isoformat(timespec="microseconds" if moment.microsecond else "seconds") + "Z"
+    assert format_timestamp(micros) == expected
+    assert format_timestamp(micros) == expected  # cached
+
+
 # --------------------------------------------------------------------------
 # invalid_event: bytes that are not an event
 
