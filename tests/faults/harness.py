@@ -153,7 +153,7 @@ def _without(closures: list[dict[str, Any]], injected: Iterable[dict[str, Any]])
 # A rebalance storm: members of the group come and go while input flows
 
 #: What a worker logs each time it is assigned input partitions (app/faust_compat.py `perform_seek`).
-ASSIGNMENT_LOG_LINE = "reading input partitions from"
+ASSIGNMENT_LOG_LINE = "reading partitions from"
 #: Where the worker counts the input it skipped at an assignment (issue 20), once it does.
 INPUT_GAPS_METRIC = "accountant_input_gaps_total"
 
@@ -242,10 +242,11 @@ class Storm:
 
     def assignments_logged(self) -> tuple[int, int]:
         """Assignments logged by every worker of the deployment, ever, and the
-        partitions they started reading (each a chance to skip input)."""
+        input partitions they started reading (each a chance to skip input)."""
         lines = [line for worker in self.deployment.started if worker.log_path.exists()
                  for line in worker.log_path.read_text(errors="replace").splitlines() if ASSIGNMENT_LOG_LINE in line]
-        return len(lines), sum(line.split(ASSIGNMENT_LOG_LINE, 1)[1].count("@") for line in lines)
+        input_partition = f"{self.deployment.events_topic}:"
+        return len(lines), sum(line.split(ASSIGNMENT_LOG_LINE, 1)[1].count(input_partition) for line in lines)
 
     def figures(self) -> dict[str, Any]:
         assignments, read_starts = self.assignments_logged()
