@@ -159,9 +159,9 @@ class InputGap:
 
 class FetchedRecords(dict[TP, list[ConsumerRecord]]):
     """A fetch's records by partition (what Faust's consumer returns), plus,
-    for every batch-topic partition the drain passed, its `PartitionFetch`
-    and stable end, read in the consumer thread in the same step as the
-    records."""
+    for every marked-topic partition the drain passed (the batch topics'
+    among them), its `PartitionFetch` and stable end, read in the consumer
+    thread in the same step as the records."""
 
     def __init__(self, records: Mapping[TP, list[ConsumerRecord]], fetches: dict[TP, PartitionFetch],
                  stable_ends: dict[TP, int]) -> None:
@@ -211,12 +211,17 @@ class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             raise ConsumerStoppedError()
         subscriptions = fetcher._subscriptions
         batch_topics = cast(BatchConsumer, self.consumer).batch_topics
+        spanned = batch_topics | cast(BatchConsumer, self.consumer).marked_topics
         deadline = time.monotonic() + (timeout or 0.0)
         with subscriptions.fetch_context():
             while True:
                 if subscriptions.reassignment_in_progress:
                     await subscriptions.wait_for_assignment()
-                states = _partition_states(consumer, active_partitions, batch_topics)
+                if not self.consumer.flow_active:
+                    # The flow stopped while this thread waited for data (a
+                    # rebalance began): what it drained now would be dropped.
+                    return FetchedRecords({}, {}, {})
+                states = _partition_states(consumer, active_partitions, spanned)
                 starts = {tp: state.position for tp, state in states.items() if state.has_valid_position}
                 # With no timeout, fetched_records only drains what is there:
                 # it runs to its end without suspending, so no seek, reset or
@@ -287,6 +292,22 @@ class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     async def _seek_counted(self, partition: TP, offset: int) -> None:
         self._bump([partition])
         self._ensure_consumer().seek(*_aiokafka_tps([partition]), offset)
+
+    async def seek_back(self, partition: TP, offset: int, seek_epoch: int) -> bool:
+        """Read `partition` again from `offset`, where records drained at
+        `seek_epoch` were not handed over; only if no seek came since (a
+        later seek decides where the partition is read from) and it is
+        still assigned."""
+        return cast(bool, await self.call_thread(self._seek_back, partition, offset, seek_epoch))
+
+    async def _seek_back(self, partition: TP, offset: int, seek_epoch: int) -> bool:
+        consumer = self._ensure_consumer()
+        [aiotp] = _aiokafka_tps([partition])
+        if self.seek_epochs.get(partition, 0) != seek_epoch or not consumer._subscription.is_assigned(aiotp):
+            return False
+        consumer.seek(aiotp, offset)
+        self._bump([partition])
+        return True
 
     async def seek_partitions_to_committed(self, tps: Iterable[TP]) -> Mapping[TP, int | None]:
         """aiokafka's `seek_to_committed` of these partitions (Faust's seeks all)."""
@@ -460,14 +481,22 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 generation_id = self.app.consumer_generation_id
                 await self.sleep(0)
                 # Records drained while the flow is stopped (a rebalance) are
-                # dropped: their partitions are sought again when it ends, and
-                # a fetch that does not begin where the agent's cursor is gets
-                # refused (agents/cursors.py), so none can be passed over.
-                if records is not None and not self.should_stop and self.flow_active:
-                    if isinstance(records, FetchedRecords):
-                        self._stable_ends.update(records.stable_ends)
-                        await self._hand_over_batches(records, generation_id)
-                    await self._deliver_one_by_one(records, active_partitions)
+                # dropped: their partitions are sought again when it ends; a
+                # batch fetch that does not begin where the agent's cursor is
+                # gets refused (agents/cursors.py), and the other marked
+                # topics' dropped records are read again (`_read_again`), so
+                # none can be passed over.
+                if records is not None and not self.should_stop:
+                    if self.flow_active:
+                        if isinstance(records, FetchedRecords):
+                            self._stable_ends.update(records.stable_ends)
+                            await self._hand_over_batches(records, generation_id)
+                        undelivered = await self._deliver_one_by_one(records, active_partitions)
+                    else:
+                        undelivered = {tp: batch[0].offset for tp, batch in records.items()
+                                       if batch and tp.topic in self.marked_topics - self.batch_topics}
+                    if undelivered and isinstance(records, FetchedRecords):
+                        await self._read_again(undelivered, records.fetches)
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
@@ -488,7 +517,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
     async def _hand_over_batches(self, fetched: FetchedRecords, generation_id: int) -> None:
         by_topic: dict[str, list[PartitionFetch]] = {}
         for tp, fetch in fetched.fetches.items():
-            by_topic.setdefault(tp.topic, []).append(fetch)
+            if tp.topic in self.batch_topics:
+                by_topic.setdefault(tp.topic, []).append(fetch)
         for topic, fetches in by_topic.items():
             batch = InputBatch(topic, fetches)
             if not await self._wait_for_slot():
@@ -506,25 +536,44 @@ class BatchConsumer(faust_aiokafka.Consumer):
             await self.wait_first(self._batch_done.wait(), self.suspend_flow.wait())
         return not self.suspend_flow.is_set()
 
-    async def _deliver_one_by_one(self, records: Mapping[TP, list[Any]], active_partitions: Any) -> None:
-        """Faust's per-message hand-over, for the topics that are not batched."""
+    async def _deliver_one_by_one(self, records: Mapping[TP, list[Any]], active_partitions: Any) -> dict[TP, int]:
+        """Faust's per-message hand-over, for the topics that are not batched;
+        returns, per partition of a marked topic, the first offset it did not
+        hand over (an inactive partition's records, and all that is left
+        when the flow stops, are dropped)."""
         get_read_offset = self._read_offset.__getitem__
         set_read_offset = self._read_offset.__setitem__
-        for tp, batch in records.items():
-            if tp.topic in self.batch_topics:
-                continue
+        undelivered: dict[TP, int] = {}
+        marked = self.marked_topics - self.batch_topics
+        items = [(tp, batch) for tp, batch in records.items() if batch and tp.topic not in self.batch_topics]
+        for index, (tp, batch) in enumerate(items):
             if active_partitions is not None and tp not in active_partitions \
                     and tp not in self._buffered_partitions:
+                if tp.topic in marked:
+                    undelivered[tp] = batch[0].offset
                 continue
-            for record in batch:
+            for position, record in enumerate(batch):
                 if not self.flow_active:
-                    return
+                    left = [(tp, batch[position:]), *items[index + 1:]]
+                    undelivered.update({other: rest[0].offset for other, rest in left if other.topic in marked})
+                    return undelivered
                 message = self._to_message(tp, record)
                 offset = message.offset
                 r_offset = get_read_offset(tp)
                 if r_offset is None or offset >= r_offset:
                     await self.wait_first(self.callback(message), self.suspend_flow.wait())
                     set_read_offset(tp, offset)
+        return undelivered
+
+    async def _read_again(self, undelivered: Mapping[TP, int], fetches: Mapping[TP, PartitionFetch]) -> None:
+        """A marked topic's records that were drained but not handed over:
+        read them again, unless the partition was sought since (the seek
+        decides). Faust's own hand-over has no cursor to catch the skip: the
+        tenant agent lost deltas drained just after the seek of a rebalance."""
+        for tp, offset in undelivered.items():
+            fetch = fetches.get(tp)
+            if fetch is not None and await self._thread.seek_back(tp, offset, fetch.seek_epoch):
+                self._read_offset[tp] = None  # deliver from `offset` again
 
     # -- acks and commits ----------------------------------------------------
 

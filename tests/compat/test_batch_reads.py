@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import faust
@@ -259,3 +260,46 @@ async def test_a_drain_of_markers_alone_is_a_fetch_without_records(thread: Batch
     fetched = await thread._fetch_records(consumer, {TP0}, timeout=0)
     assert dict(fetched) == {}
     assert fetched.fetches[TP0] == PartitionFetch(0, [], 20, 22, 0)
+
+
+async def test_records_not_handed_over_are_read_again_unless_sought_since(thread: BatchConsumerThread) -> None:
+    """The tenant topic has no cursor: records drained and then dropped (the
+    flow stopped) are read again from the first one not handed over, but only
+    when no seek came after their drain (the rebalance's seek decides then)."""
+    consumer = Consumer(committed={}, position=100)
+    thread._consumer = consumer
+    epoch = thread.seek_epochs.get(TP0, 0)
+    consumer.state().position = 150  # drained 100-149 at `epoch`; 120-149 were not handed over
+    assert await thread._seek_back(TP0, 120, epoch) is True
+    assert consumer.seeks[-1] == (AIO_TP0, 120) and thread.seek_epochs[TP0] == epoch + 1
+    # Drained at the old epoch, then sought (to the committed offset, say): left alone.
+    assert await thread._seek_back(TP0, 140, epoch) is False
+    assert consumer.seeks[-1] == (AIO_TP0, 120)
+
+
+async def test_what_the_hand_over_drops_when_the_flow_stops_is_reported(thread: BatchConsumerThread) -> None:
+    """Faust's per-message hand-over stops when the flow does: for a marked
+    topic, the first offset of each partition it did not hand over."""
+    batch_consumer = thread.consumer
+    usage0, usage1, other = TP("usage", 0), TP("usage", 1), TP("other", 0)
+    batch_consumer.marked_topics = frozenset({TOPIC, "usage"})
+    handed: list[int] = []
+
+    async def callback(message: Any) -> None:
+        handed.append(message.offset)
+        if len(handed) == 2:
+            batch_consumer.stop_flow()  # a rebalance begins
+
+    async def first(*coroutines: Any) -> None:  # mode's wait_first needs a started service
+        await coroutines[0]
+        for waiting in coroutines[1:]:
+            waiting.close()
+
+    batch_consumer.callback = callback
+    batch_consumer.wait_first = first
+    batch_consumer._to_message = lambda tp, record: SimpleNamespace(offset=record.offset)
+    batch_consumer.resume_flow()
+    records = {usage0: [Record(7), Record(8), Record(9)], other: [Record(3)], usage1: [Record(40)]}
+    undelivered = await batch_consumer._deliver_one_by_one(records, None)
+    assert handed == [7, 8]
+    assert undelivered == {usage0: 9, usage1: 40}  # not "other": Faust's own topics are sought as Faust does
