@@ -68,12 +68,20 @@ def wait_until_processing(worker: WorkerProcess, at_least: int, timeout: float =
 def assert_reads_on_from_the_commit(worker: WorkerProcess, committed: dict[int, int], ends: dict[int, int]) -> dict:
     """The worker that took over counted every input record from the offsets its
     predecessor committed to the end (each applied, duplicate, rejected or a
-    redelivery), and rejected none: a crash or a restart is no bad input."""
-    stats = worker.stats(local=True)
+    redelivery), and rejected none: a crash or a restart is no bad input.
+    Waited for: when the predecessor had sent every closure before it died,
+    the oracle is satisfied before this worker has read anything."""
     from_commit = sum(end - committed.get(partition, 0) for partition, end in ends.items())
-    assert accounted(stats) + stats["redelivered"] >= from_commit, (stats, committed, ends)
-    assert stats["rejected_total"] == 0, stats["rejected"]
-    return stats
+    seen: dict = {}
+
+    def read_on() -> bool:
+        seen.update(worker.stats(local=True))
+        return accounted(seen) + seen["redelivered"] >= from_commit
+
+    wait_for(f"{worker.name} to count the {from_commit} records from the commit on", read_on, timeout=60,
+             observed=lambda: (seen, committed, ends))
+    assert seen["rejected_total"] == 0, seen["rejected"]
+    return seen
 
 
 @pytest.mark.parametrize("store", ["memory", pytest.param("rocksdb", marks=pytest.mark.skipif(
