@@ -24,7 +24,7 @@ from app.faust_compat import InputBatch, InputGap, PartitionFetch
 from app.service import build_app
 from app.settings import load_settings
 from tests.support.events import session_events
-from tests.support.recording import RecordingConsumer, RecordingSender, RecordingTransactions
+from tests.support.recording import RecordingConsumer, RecordingSender, RecordingTransactions, record_steps
 
 TOPIC = "session-events"
 
@@ -57,12 +57,7 @@ def accountant(tmp_path: Path, guarantee: str) -> tuple[SessionAccountant, list[
         write(partition, values)
 
     store.write = recorded_write  # type: ignore[method-assign]
-    consumer = RecordingConsumer(steps)
-    agent.consumer = consumer  # type: ignore[assignment]
-    sender = RecordingSender(steps, agent.table.changelog_topic.get_topic_name())
-    agent.sender = sender  # type: ignore[assignment]
-    if agent.transactions is not None:
-        agent.transactions = RecordingTransactions(steps, sender)  # type: ignore[assignment]
+    consumer, _ = record_steps(agent, steps)
     agent._scheduled_partitions = {0}
     return agent, steps, consumer, store
 

@@ -22,7 +22,7 @@ from app.rules.usage import Budget, UsageDelta, UsageEntry, UsageStep, period_of
 from app.service import build_app
 from app.settings import load_settings
 from tests.support.clock import now_micros
-from tests.support.recording import RecordingConsumer, RecordingSender, RecordingTransactions
+from tests.support.recording import RecordingConsumer, RecordingSender, RecordingTransactions, record_steps
 
 TENANT = "acme"
 
@@ -40,12 +40,7 @@ def tenant_agent(tmp_path: Path, guarantee: str) -> tuple[TenantAccountant, list
         store_state(partition, tenant_id, encoded)
 
     agent.store_state = recorded_store  # type: ignore[method-assign]
-    consumer = RecordingConsumer(steps)
-    agent.consumer = consumer  # type: ignore[assignment]
-    sender = RecordingSender(steps, agent.table.changelog_topic.get_topic_name())
-    agent.sender = sender  # type: ignore[assignment]
-    if agent.transactions is not None:
-        agent.transactions = RecordingTransactions(steps, sender)  # type: ignore[assignment]
+    consumer, sender = record_steps(agent, steps)
     now = now_micros()
     budget = Budget(100, (0.5, 1.0), period_of(now), now)
     agent.budget_of = lambda tenant_id: budget

@@ -100,3 +100,15 @@ class RecordingTransactions:
         self.steps.append(f"committed transactions {sorted(partitions)}")
         self.committed.append({partition: self.offsets.pop(partition, None) for partition in partitions})
         self.open -= set(partitions)
+
+
+def record_steps(agent: Any, steps: list[str]) -> tuple[RecordingConsumer, RecordingSender]:
+    """Put the recording stand-ins in an agent (the accountant or the tenant
+    agent): its consumer, its sender and, under exactly_once, its transactions."""
+    consumer = RecordingConsumer(steps)
+    agent.consumer = consumer
+    sender = RecordingSender(steps, agent.table.changelog_topic.get_topic_name())
+    agent.sender = sender
+    if agent.transactions is not None:
+        agent.transactions = RecordingTransactions(steps, sender)
+    return consumer, sender
