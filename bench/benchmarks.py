@@ -159,19 +159,21 @@ async def throughput(ctx: Context) -> dict[str, Any]:
     return result
 
 
-async def _worker_throughput(deployment: Deployment, loaded: int, guarantee: str) -> dict[str, Any]:
-    """One worker of a fresh group accounts the whole loaded input."""
-    worker = new_worker(deployment, ACCOUNTANT_PROCESSING_GUARANTEE=guarantee).start()
-    process = psutil.Process(worker.pid)
-    ready_secs = await wait_ready_secs(worker)
+Sample = tuple[float, int, float]
+
+
+async def drain_samples(worker: WorkerProcess, process: psutil.Process, loaded: int,
+                        timeout: float) -> tuple[Sample, Sample, dict[str, Any]]:
+    """/stats every 0.25 s while the worker accounts a loaded input: (time,
+    events accounted, CPU seconds) at the first poll showing progress and at
+    the one showing all `loaded` events, and that poll's stats."""
     first = last = None
-    samples = []
-    deadline = time.monotonic() + 1800
+    count = 0
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         worker.check_alive()
         stats = await worker_stats(worker)
         now, count, cpu = time.monotonic(), accounted(stats), _cpu_secs(process)
-        samples.append((now, count))
         if count and first is None:
             first = (now, count, cpu)
         if count >= loaded:
@@ -179,7 +181,16 @@ async def _worker_throughput(deployment: Deployment, loaded: int, guarantee: str
             break
         await asyncio.sleep(0.25)
     if first is None or last is None:
-        raise RuntimeError(f"worker accounted {samples[-1][1] if samples else 0} of {loaded} events in time")
+        raise RuntimeError(f"{worker.name} accounted {count} of {loaded} events in {timeout:.0f} s")
+    return first, last, stats
+
+
+async def _worker_throughput(deployment: Deployment, loaded: int, guarantee: str) -> dict[str, Any]:
+    """One worker of a fresh group accounts the whole loaded input."""
+    worker = new_worker(deployment, ACCOUNTANT_PROCESSING_GUARANTEE=guarantee).start()
+    process = psutil.Process(worker.pid)
+    ready_secs = await wait_ready_secs(worker)
+    first, last, stats = await drain_samples(worker, process, loaded, timeout=1800)
     lag_deadline = time.monotonic() + 120
     lag = None
     while time.monotonic() < lag_deadline:

@@ -99,8 +99,17 @@ from app.dev.partitioners import partition_for
 from app.rules import Session, decode_state, parse_timestamp
 from app.rules.usage import TenantUsage, alert_id, period_of, reaches
 from app.web.fanout import FANOUT_HEADER, PARTITIONS_HEADER, parse_partitions
-from bench.benchmarks import _cpu_secs, _session_template
-from bench.common import PARTITIONS, bench_broker, log, new_deployment, new_worker, summary_ms, wait_ready_secs
+from bench.benchmarks import _session_template, drain_samples
+from bench.common import (
+    PARTITIONS,
+    bench_broker,
+    log,
+    new_deployment,
+    new_worker,
+    summary_ms,
+    wait_ready_secs,
+    worker_stats,
+)
 from bench.loadgen import bulk_produce, lifecycle
 from bench.machine import describe
 from tests.support import REPO
@@ -310,29 +319,12 @@ def log_findings(worker: WorkerProcess) -> dict[str, Any]:
             "first": [line.split("] ", 3)[-1][:300] for line in found[:8]]}
 
 
-async def stats_of(worker: WorkerProcess) -> dict[str, Any]:
-    return await asyncio.to_thread(worker.stats)
-
-
 async def drain(worker: WorkerProcess, loaded: int, timeout: float = 1800) -> dict[str, Any]:
-    """As `bench.benchmarks._worker_throughput`: /stats every 0.25 s, from the
+    """As `bench.benchmarks._worker_throughput` (`drain_samples`): from the
     first poll showing progress to the one showing all `loaded` events."""
     process = psutil.Process(worker.pid)
-    first = last = None
-    deadline = time.monotonic() + timeout
-    count = 0
-    while time.monotonic() < deadline:
-        worker.check_alive()
-        stats = await stats_of(worker)
-        now, count, cpu = time.monotonic(), accounted(stats), _cpu_secs(process)
-        if count and first is None:
-            first = (now, count, cpu)
-        if count >= loaded:
-            last = (now, count, cpu)
-            break
-        await asyncio.sleep(0.25)
-    if first is None or last is None:
-        raise RuntimeError(f"{worker.name} accounted {count} of {loaded} events in {timeout:.0f} s")
+    first, last, stats = await drain_samples(worker, process, loaded, timeout)
+    count = last[1]
     check(count == loaded, f"{worker.name} accounted {count} events, {loaded} were loaded")
     check(stats["rejected_total"] == 0 and stats["duplicate"] == 0,
           f"{worker.name}: rejected {stats['rejected_total']}, duplicate {stats['duplicate']} of a clean backlog")
@@ -655,23 +647,23 @@ async def under_load_run(ctx: Context, run: int, guarantee: str, alerts: bool, w
             await producer.start()
             log(f"{guarantee}: background load {scale.load_rate:,} events/s")
             await pacer.start()
-            before = accounted(await stats_of(worker))
+            before = accounted(await worker_stats(worker))
             deadline = time.monotonic() + 60
-            while accounted(await stats_of(worker)) < before + scale.load_rate:  # a second of load accounted
+            while accounted(await worker_stats(worker)) < before + scale.load_rate:  # a second of load accounted
                 pacer.check_alive()
                 if time.monotonic() > deadline:
                     raise RuntimeError("the background load never reached the worker")
                 await asyncio.sleep(0.2)
             await asyncio.sleep(2.0)  # warm-up
             started, end_at_start = time.monotonic(), await input_end(ctx.bootstrap, deployment.events_topic)
-            stats_at_start = await stats_of(worker)
+            stats_at_start = await worker_stats(worker)
             if alerts:
                 result["alert"] = await crossings(scale, producer, deployment, watcher, alert_tenants, pacer)
             if window:
                 result["window"] = await windows(scale, producer, http, deployment, worker, window_tenant, pacer)
             seconds = time.monotonic() - started
             end_at_end = await input_end(ctx.bootstrap, deployment.events_topic)
-            stats = await stats_of(worker)
+            stats = await worker_stats(worker)
             check(stats["rejected_total"] == 0, f"{stats['rejected_total']} events rejected: the load is valid")
             ours = len(alert_tenants) + (scale.window_samples if window else 0)
             result.update({
@@ -882,7 +874,7 @@ async def dashboard_mode(ctx: Context, deployment: Deployment, loaded: int, tena
             check(not poller.problems, lambda: f"{len(poller.problems)} wrong dashboard answers: "
                                                f"{poller.problems[:3]}")
             await wait_usages(http, worker.url, high)
-            stats = await stats_of(worker)
+            stats = await worker_stats(worker)
             check(stats["live_sessions"] == scale.live_sessions,
                   f"live_sessions {stats['live_sessions']} after the drain, {scale.live_sessions} preloaded")
         finally:
@@ -916,9 +908,9 @@ async def steady_poll(ctx: Context, tenants: list[str]) -> dict[str, Any]:
         worker.start()
         try:
             await wait_ready_secs(worker, timeout=900)
-            check((await stats_of(worker))["live_sessions"] == scale.live_sessions, "live sessions not recovered")
+            check((await worker_stats(worker))["live_sessions"] == scale.live_sessions, "live sessions not recovered")
             await pacer.start()
-            before = accounted(await stats_of(worker))
+            before = accounted(await worker_stats(worker))
             poller = DashboardPoller(http, worker.url, lambda path, body: None)
             task = asyncio.create_task(poller.run())
             try:
@@ -927,7 +919,7 @@ async def steady_poll(ctx: Context, tenants: list[str]) -> dict[str, Any]:
             finally:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-            worker_rate = (accounted(await stats_of(worker)) - before) / scale.steady_secs
+            worker_rate = (accounted(await worker_stats(worker)) - before) / scale.steady_secs
         finally:
             await pacer.stop()
             await stop_workers([worker])
