@@ -179,9 +179,12 @@ class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         super().__post_init__()
         #: Seeks per partition, bumped in the consumer thread (see `PartitionFetch`).
         self.seek_epochs: dict[TP, int] = {}
-        #: Per partition of the other topics (changelogs), the offset of the
-        #: last record drained since its last seek (`MarkerAwareRecovery`).
-        self.last_drained: dict[TP, int] = {}
+        #: Per partition of the other topics (changelogs), where the last
+        #: drain left it: (the position after it, the offset of the last
+        #: record drained since the last seek, if any). One tuple, replaced
+        #: whole after the drain, so another thread reads both or neither
+        #: (`MarkerAwareRecovery`).
+        self.drained_to: dict[TP, tuple[int, int | None]] = {}
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -221,16 +224,15 @@ class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
                     # The flow stopped while this thread waited for data (a
                     # rebalance began): what it drained now would be dropped.
                     return FetchedRecords({}, {}, {})
-                states = _partition_states(consumer, active_partitions, spanned)
+                states = _partition_states(consumer, active_partitions)
                 starts = {tp: state.position for tp, state in states.items() if state.has_valid_position}
                 # With no timeout, fetched_records only drains what is there:
                 # it runs to its end without suspending, so no seek, reset or
                 # other drain can fall between `starts` and the records.
                 records = await fetcher.fetched_records(active_partitions, timeout=0, max_records=max_records)
-                fetches, stable_ends = self._spans(states, starts, records)
-                for tp, drained in records.items():
-                    if drained and tp.topic not in batch_topics:
-                        self.last_drained[tp] = drained[-1].offset
+                fetches, stable_ends = self._spans(
+                    {tp: state for tp, state in states.items() if tp.topic in spanned}, starts, records)
+                self._note_drained(states, starts, records, batch_topics)
                 remaining = deadline - time.monotonic()
                 if records or fetches or remaining <= 0:
                     return FetchedRecords(records, fetches, stable_ends)
@@ -262,24 +264,31 @@ class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
                                              self.seek_epochs.get(tp, 0))
         return fetches, stable_ends
 
+    def _note_drained(self, states: Mapping[TP, Any], starts: Mapping[TP, int],
+                      records: Mapping[Any, list[ConsumerRecord]], batch_topics: frozenset[str]) -> None:
+        for tp, state in states.items():
+            if tp.topic in batch_topics or not state.has_valid_position:
+                continue
+            drained = records.get(tp)
+            if drained or state.position != starts.get(tp):
+                last = drained[-1].offset if drained else self.drained_to.get(tp, (0, None))[1]
+                self.drained_to[tp] = (state.position, last)
+
     def _bump(self, tps: Iterable[Any]) -> None:
         for tp in tps:
             key = TP(tp.topic, tp.partition)
             self.seek_epochs[key] = self.seek_epochs.get(key, 0) + 1
-            self.last_drained.pop(key, None)
+            self.drained_to.pop(key, None)
 
     def read_past(self, tp: TP) -> tuple[int, int | None] | None:
-        """The consumer's position in `tp` and the last record drained before
-        it (since the last seek), or None when it has no position. Read from
-        another thread: each value is a single read of an int."""
-        consumer = self._consumer
-        subscription = None if consumer is None else consumer._subscription.subscription
-        assignment = None if subscription is None else subscription.assignment
-        state = None if assignment is None else assignment.state_value(TopicPartition(tp.topic, tp.partition))
-        if state is None or not state.has_valid_position:
-            return None
-        last = self.last_drained.get(tp)
-        return state.position, last
+        """Where the last drain of `tp` since its last seek left the position,
+        and the last record it drained since that seek; None before the
+        first drain after a seek. Read from another thread: never the live
+        position, which a drain moves before this thread has noted the
+        records it drained (recovery then ended with those records still on
+        their way, and applied them late over newer state: the tenant table
+        lost usage in the long rebalance storm)."""
+        return self.drained_to.get(tp)
 
     async def _seek_wait(self, consumer: Any, partitions: Mapping[TP, int]) -> None:
         self._bump(partitions)
@@ -356,18 +365,17 @@ class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return starts, gaps
 
 
-def _partition_states(consumer: Any, active_partitions: set[TP] | None, topics: frozenset[str]) -> dict[TP, Any]:
-    """aiokafka's state (position, stable end) of each active partition of `topics`."""
+def _partition_states(consumer: Any, active_partitions: set[TP] | None) -> dict[TP, Any]:
+    """aiokafka's state (position, stable end) of each active partition."""
     subscription = consumer._subscription.subscription
     assignment = subscription.assignment if subscription is not None else None
     if assignment is None:
         return {}
     states = {}
     for tp in active_partitions or ():
-        if tp.topic in topics:
-            state = assignment.state_value(TopicPartition(tp.topic, tp.partition))
-            if state is not None:
-                states[tp] = state
+        state = assignment.state_value(TopicPartition(tp.topic, tp.partition))
+        if state is not None:
+            states[tp] = state
     return states
 
 
@@ -716,7 +724,8 @@ class MarkerAwareRecovery(Recovery):
     5 s timeouts (`detect_aborted_tx`) (canary:
     test_faust_recovery_waits_on_a_trailing_marker). Here a partition is
     also recovered once the consumer's position passed its end and the last
-    record drained before that position has been applied."""
+    record drained before that position has been applied, both as the
+    consumer thread noted them after a drain (`BatchConsumerThread.read_past`)."""
 
     def active_remaining(self) -> Counter[TP]:
         return self._past_markers(super().active_remaining(), self.active_offsets)

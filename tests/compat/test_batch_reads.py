@@ -21,13 +21,23 @@ import faust
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
-from faust.types import TP
+from faust.tables.recovery import Recovery
+from faust.types import TP, AppT
 
-from app.faust_compat import TRANSPORT_SCHEME, BatchConsumerThread, InputGap, PartitionFetch, ReadStart
+from app.faust_compat import (
+    TRANSPORT_SCHEME,
+    BatchConsumerThread,
+    InputGap,
+    MarkerAwareRecovery,
+    PartitionFetch,
+    ReadStart,
+)
 
 TOPIC = "session-events"
 TP0 = TP(TOPIC, 0)
 AIO_TP0 = TopicPartition(TOPIC, 0)
+CHANGELOG = TP("tenants-changelog", 0)
+AIO_CHANGELOG = TopicPartition(CHANGELOG.topic, 0)
 
 
 @dataclass
@@ -95,6 +105,9 @@ class Fetcher:
     #: Set to make a wait for data end; what it runs first stands for
     #: whatever else the consumer thread does while it waits.
     on_wait: Any = None
+    #: Called inside the drain once a position moved: stands for another
+    #: thread that the interpreter switches to right then.
+    during_drain: Any = None
     _closed: bool = False
 
     @property
@@ -112,6 +125,8 @@ class Fetcher:
                 drained[TP(tp.topic, tp.partition)] = [Record(offset) for offset in chunk.offsets]
             state.position = chunk.end  # aiokafka: FetchResult._update_position
             del self.buffered[tp]
+            if self.during_drain is not None:
+                self.during_drain()
         return drained
 
     def _create_fetch_waiter(self) -> asyncio.Future[None]:
@@ -303,3 +318,68 @@ async def test_what_the_hand_over_drops_when_the_flow_stops_is_reported(thread: 
     undelivered = await batch_consumer._deliver_one_by_one(records, None)
     assert handed == [7, 8]
     assert undelivered == {usage0: 9, usage1: 40}  # not "other": Faust's own topics are sought as Faust does
+
+
+# -- where a changelog's drains got to (MarkerAwareRecovery) -------------------
+
+
+async def test_what_a_drain_reached_is_reported_with_its_records_never_before(thread: BatchConsumerThread) -> None:
+    """Recovery, on the event loop's thread, asks how far the consumer
+    thread read a changelog partition and which record it drained last. The
+    thread can be switched out in the middle of a drain, after aiokafka moved
+    the position and before the drained records were noted: a reader of the
+    live position then saw the end reached with nothing left to apply, ended
+    recovery, and the records were applied afterwards over newer state (the
+    long storm's tenants lost usage that way). The answer changes only once
+    the drain is noted, both values in one step."""
+    consumer = Consumer(committed={})
+    consumer._subscription.assignment.states[AIO_CHANGELOG] = PartitionState(40)
+    thread._consumer = consumer
+    seen_during: list[Any] = []
+    consumer._fetcher.during_drain = lambda: seen_during.append(thread.read_past(CHANGELOG))
+    consumer._fetcher.buffered[AIO_CHANGELOG] = records(40, 45)
+    await thread._fetch_records(consumer, {CHANGELOG}, timeout=0)
+    assert seen_during == [None]
+    assert thread.read_past(CHANGELOG) == (45, 44)
+    # A trailing transaction marker: the position moves, no record comes.
+    consumer._fetcher.buffered[AIO_CHANGELOG] = Chunk(45, [], 46)
+    await thread._fetch_records(consumer, {CHANGELOG}, timeout=0)
+    assert seen_during[-1] == (45, 44)
+    assert thread.read_past(CHANGELOG) == (46, 44)
+    # A seek forgets both: recovery waits for the next drain.
+    await thread._seek_counted(CHANGELOG, 40)
+    assert thread.read_past(CHANGELOG) is None
+
+
+def recovery_of(app: AppT, highwater_end: int, applied: int) -> MarkerAwareRecovery:
+    recovery = MarkerAwareRecovery(app, app.tables)
+    recovery.active_highwaters[CHANGELOG] = highwater_end - 1  # Faust's `_build_highwaters`
+    recovery.active_offsets[CHANGELOG] = applied
+    return recovery
+
+
+async def test_faust_recovery_waits_on_a_trailing_marker(thread: BatchConsumerThread) -> None:
+    """Canary. A changelog written in transactions ends with a commit marker:
+    records 40-44, the marker at 45, end offset 46. Stock recovery counts the
+    marker's offset as a record still to apply, whatever the consumer read,
+    so it waits on it; MarkerAwareRecovery ends once the position passed the
+    end and every drained record was applied, and not before."""
+    app = thread.consumer.app
+    consumer = Consumer(committed={})
+    consumer._subscription.assignment.states[AIO_CHANGELOG] = PartitionState(40)
+    thread._consumer = consumer
+    consumer._fetcher.buffered[AIO_CHANGELOG] = records(40, 45)
+    await thread._fetch_records(consumer, {CHANGELOG}, timeout=0)
+    consumer._fetcher.buffered[AIO_CHANGELOG] = Chunk(45, [], 46)
+    await thread._fetch_records(consumer, {CHANGELOG}, timeout=0)
+
+    done = recovery_of(app, 46, applied=44)
+    assert Recovery.active_remaining(done)[CHANGELOG] == 1  # stock: one offset (the marker) left, ever
+    assert not done.need_recovery()
+    # Record 44 drained but not applied yet: still recovering.
+    assert recovery_of(app, 46, applied=43).need_recovery()
+    # The position short of the end (the marker not read yet): still recovering.
+    consumer._fetcher.buffered[AIO_CHANGELOG] = records(40, 45)
+    await thread._seek_counted(CHANGELOG, 40)
+    await thread._fetch_records(consumer, {CHANGELOG}, timeout=0)
+    assert recovery_of(app, 46, applied=44).need_recovery()

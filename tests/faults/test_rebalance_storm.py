@@ -9,8 +9,9 @@ checks every closure and every rejection on the topics, and the billing
 ledger (`accountant ledger`, running throughout) per session and per tenant:
 nothing lost, nothing wrong, and with `exactly_once` no closure and no
 rejection repeated. Every tenant has a budget the run crosses: each tenant's
-month must equal the oracle's sum of its closures, and every expected
-alert arrive (once, under `exactly_once`).
+month must equal the oracle's sum of its closures, both as the owner
+answers and as a replay of the committed usage deltas gives it, and every
+expected alert arrive (once, under `exactly_once`).
 
 Each run takes one processing guarantee (the `guarantee` fixture, given to
 every worker as `ACCOUNTANT_PROCESSING_GUARANTEE`). The short storm runs with the fault suite; the long
@@ -32,6 +33,7 @@ from tests.support.clock import now_micros
 from tests.support.deployment import Deployment
 from tests.support.ledger import simulated
 from tests.support.ledger_processes import LedgerDeployment
+from tests.support.tenant_audit import audit_report
 from tests.support.waiting import wait_for
 from tests.support.workers import WorkerProcess
 
@@ -115,7 +117,13 @@ def run_storm(deployment: Deployment, ledgers: LedgerDeployment, report: Callabl
         usages.update({tenant_id: steady.get(f"/tenants/{tenant_id}/usage")[1] for tenant_id in expected})
         return all(usages[tenant_id].get("usage_tokens") == tokens for tenant_id, tokens in expected.items())
 
-    wait_for("every tenant's usage to equal the oracle's", usage_settled, timeout=60, observed=lambda: usages)
+    # On failure, where the usage went: a replay of the committed deltas beside the changelog's states.
+    wait_for("every tenant's usage to equal the oracle's", usage_settled, timeout=60,
+             observed=lambda: {"live": usages, "audit": audit_report(deployment.config, expected)})
+    # The committed deltas alone, replayed by the pure rules, give the oracle's
+    # months: nothing lost or repeated on the way to the owners.
+    audit = audit_report(deployment.config, expected)
+    assert all(audit[tenant_id]["replayed"] == tokens for tenant_id, tokens in expected.items()), audit
     if guarantee == "exactly_once":
         assert all(usage["live_sessions"] == 0 for usage in usages.values()), usages
     by_id = alerts_by_id(deployment.bootstrap, deployment.config.alerts_topic,
