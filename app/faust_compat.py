@@ -548,7 +548,18 @@ class BatchConsumer(faust_aiokafka.Consumer):
         """Faust's per-message hand-over, for the topics that are not batched;
         returns, per partition of a marked topic, the first offset it did not
         hand over (an inactive partition's records, and all that is left
-        when the flow stops, are dropped)."""
+        when the flow stops, are dropped).
+
+        A marked topic's records are also held back while a rebalance runs
+        (from its start until Faust's `on_rebalance_end`): its recovery
+        resumes the flow for the changelogs, resumes the stream partitions,
+        seeks them, and only then resumes flow control, which clears every
+        agent's queue (faust/tables/recovery.py `on_recovery_completed`,
+        mode/utils/queues.py `FlowControlEvent.resume`; canary
+        test_faust_clears_agent_queues_when_the_flow_resumes). Records handed
+        over after the seek were dropped there with the position past them:
+        the tenant agent lost a run of deltas after a rebalance in the long
+        storm. Held records are read again (`_read_again`)."""
         get_read_offset = self._read_offset.__getitem__
         set_read_offset = self._read_offset.__setitem__
         undelivered: dict[TP, int] = {}
@@ -565,6 +576,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     left = [(tp, batch[position:]), *items[index + 1:]]
                     undelivered.update({other: rest[0].offset for other, rest in left if other.topic in marked})
                     return undelivered
+                if tp.topic in marked and self.app.rebalancing:
+                    undelivered[tp] = record.offset
+                    break
                 message = self._to_message(tp, record)
                 offset = message.offset
                 r_offset = get_read_offset(tp)

@@ -292,18 +292,15 @@ async def test_records_not_handed_over_are_read_again_unless_sought_since(thread
     assert consumer.seeks[-1] == (AIO_TP0, 120)
 
 
-async def test_what_the_hand_over_drops_when_the_flow_stops_is_reported(thread: BatchConsumerThread) -> None:
-    """Faust's per-message hand-over stops when the flow does: for a marked
-    topic, the first offset of each partition it did not hand over."""
-    batch_consumer = thread.consumer
-    usage0, usage1, other = TP("usage", 0), TP("usage", 1), TP("other", 0)
-    batch_consumer.marked_topics = frozenset({TOPIC, "usage"})
-    handed: list[int] = []
+def hand_over_to(batch_consumer: Any, after_each: Any = None) -> list[tuple[str, int]]:
+    """Faust's hand-over with the agents replaced by a list of (topic, offset)
+    handed over; `after_each(handed)` runs after each one."""
+    handed: list[tuple[str, int]] = []
 
     async def callback(message: Any) -> None:
-        handed.append(message.offset)
-        if len(handed) == 2:
-            batch_consumer.stop_flow()  # a rebalance begins
+        handed.append((message.topic, message.offset))
+        if after_each is not None:
+            after_each(handed)
 
     async def first(*coroutines: Any) -> None:  # mode's wait_first needs a started service
         await coroutines[0]
@@ -312,12 +309,62 @@ async def test_what_the_hand_over_drops_when_the_flow_stops_is_reported(thread: 
 
     batch_consumer.callback = callback
     batch_consumer.wait_first = first
-    batch_consumer._to_message = lambda tp, record: SimpleNamespace(offset=record.offset)
+    batch_consumer._to_message = lambda tp, record: SimpleNamespace(topic=tp.topic, offset=record.offset)
+    batch_consumer.marked_topics = frozenset({TOPIC, "usage"})
     batch_consumer.resume_flow()
+    return handed
+
+
+async def test_what_the_hand_over_drops_when_the_flow_stops_is_reported(thread: BatchConsumerThread) -> None:
+    """Faust's per-message hand-over stops when the flow does: for a marked
+    topic, the first offset of each partition it did not hand over."""
+    batch_consumer = thread.consumer
+    usage0, usage1, other = TP("usage", 0), TP("usage", 1), TP("other", 0)
+
+    def a_rebalance_begins_after_two(handed: list[tuple[str, int]]) -> None:
+        if len(handed) == 2:
+            batch_consumer.stop_flow()
+
+    handed = hand_over_to(batch_consumer, a_rebalance_begins_after_two)
     records = {usage0: [Record(7), Record(8), Record(9)], other: [Record(3)], usage1: [Record(40)]}
     undelivered = await batch_consumer._deliver_one_by_one(records, None)
-    assert handed == [7, 8]
+    assert handed == [("usage", 7), ("usage", 8)]
     assert undelivered == {usage0: 9, usage1: 40}  # not "other": Faust's own topics are sought as Faust does
+
+
+def test_faust_clears_agent_queues_when_the_flow_resumes() -> None:
+    """Canary. What was handed over to an agent's queue and not taken yet is
+    dropped when flow control resumes, which Faust's recovery does after it
+    sought the stream partitions (faust/tables/recovery.py
+    `on_recovery_completed`): the consumer's position is then past it."""
+    app = faust.App("canary-clear", broker="kafka://127.0.0.1:9", autodiscover=False)
+    queue = app.channel().queue
+    queue.put_nowait("a delta handed over after the seek")
+    app.flow_control.resume()
+    assert queue.empty()
+
+
+async def test_a_marked_topic_is_held_back_while_a_rebalance_runs(thread: BatchConsumerThread) -> None:
+    """From a rebalance's start to its end a marked topic's records are not
+    handed over (Faust would clear them from the agent's queue): they are
+    reported, from the first one, to be read again. The changelogs' records,
+    which recovery reads meanwhile, still are handed over."""
+    batch_consumer = thread.consumer
+    app = batch_consumer.app
+    usage0, usage1, changelog = TP("usage", 0), TP("usage", 1), TP("tenants-changelog", 3)
+
+    def a_rebalance_begins_after_one(handed: list[tuple[str, int]]) -> None:
+        app.rebalancing = len(handed) >= 1
+
+    handed = hand_over_to(batch_consumer, a_rebalance_begins_after_one)
+    records = {usage0: [Record(7), Record(8)], changelog: [Record(3)], usage1: [Record(40)]}
+    undelivered = await batch_consumer._deliver_one_by_one(records, None)
+    assert handed == [("usage", 7), ("tenants-changelog", 3)]
+    assert undelivered == {usage0: 8, usage1: 40}
+    app.rebalancing = False
+    handed.clear()
+    assert await batch_consumer._deliver_one_by_one({usage0: [Record(8)]}, None) == {}
+    assert handed == [("usage", 8)]
 
 
 # -- where a changelog's drains got to (MarkerAwareRecovery) -------------------

@@ -32,6 +32,15 @@ class TenantAudit:
     skipped_unseen: list[tuple[int, int, int]] = field(default_factory=list)
     #: Deltas skipped whole: (position, source partition, delta_id, reason).
     skipped_deltas: list[tuple[int, int, str, str]] = field(default_factory=list)
+    #: The replay's total tokens (closed in any month, and open) after the delta at each position.
+    replayed_at: dict[int, int] = field(default_factory=dict)
+    #: The first changelog record whose total differs from the replay's at its read_through, and
+    #: the records before it: (offset, timestamp ms, read_through, its total, the replay's total).
+    diverged: list[tuple[int, int, int, int, int | None]] = field(default_factory=list)
+
+
+def total_tokens(state: TenantUsage) -> int:
+    return state.open_tokens + sum(totals.tokens for totals in state.closed.values())
 
 
 def _read(bootstrap: str, topic: str, partitions: int) -> dict[int, list[Any]]:
@@ -84,11 +93,22 @@ def audit_tenants(settings: Settings) -> dict[str, TenantAudit]:
                 else:
                     seen.add((source, entry.offset))
             audit.replayed, _ = apply_delta(state, delta, None, now, record.offset)
+            audit.replayed_at[record.offset] = total_tokens(audit.replayed)
     for records in states.values():
-        for record in records:
+        history: dict[str, list[tuple[int, int, int, int, int | None]]] = {}
+        for record in sorted(records, key=lambda r: r.offset):
             tenant_id = record.key.decode()
             audit = audits.setdefault(tenant_id, TenantAudit(TenantUsage(tenant_id), None))
             audit.stored = None if record.value is None else TenantUsage.from_json(orjson.loads(record.value))
+            if audit.stored is None:
+                continue
+            read_through = audit.stored.read_through
+            seen = (record.offset, record.timestamp, read_through, total_tokens(audit.stored),
+                    audit.replayed_at.get(read_through, 0 if read_through < 0 else None))
+            past = history.setdefault(tenant_id, [])
+            past.append(seen)
+            if not audit.diverged and seen[3] != seen[4]:
+                audit.diverged = past[-4:]
     return audits
 
 
@@ -108,5 +128,6 @@ def audit_report(settings: Settings, expected: Counter[str]) -> dict[str, Any]:
             "skipped_repeats": audit.skipped_repeats,
             "skipped_unseen": audit.skipped_unseen[:20],
             "skipped_deltas": audit.skipped_deltas[:20],
+            "first_divergence": audit.diverged,
         }
     return report
