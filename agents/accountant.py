@@ -72,6 +72,9 @@ log = logging.getLogger(__name__)
 #: The agent lets the event loop run between this many records of a fetch
 #: (about 10 ms of accounting).
 RECORDS_BETWEEN_YIELDS = 500
+#: The pass over a newly assigned partition's sessions lets the event loop
+#: run between this many (about 25 ms of decoding).
+SESSIONS_BETWEEN_YIELDS = 5000
 #: A due session whose state did not change is looked at again after this long.
 RETRY_DUE = 5 * SECOND
 
@@ -297,16 +300,19 @@ class SessionAccountant:
             self.metrics.count(changes.outcomes)
             return
         changelog = self.table.changelog_topic.get_topic_name()
-        records = [Record(changelog, session_id.encode("utf-8"),
-                          None if change.after is None else encode_state(change.after), change.partition)
-                   for session_id, change in changes.states.items()]
+        records = []
+        for count, (session_id, change) in enumerate(changes.states.items(), 1):
+            if not count % RECORDS_BETWEEN_YIELDS:
+                await asyncio.sleep(0)  # a flat-out fetch changes tens of thousands of sessions
+            records.append(Record(changelog, session_id.encode("utf-8"),
+                                  None if change.after is None else encode_state(change.after), change.partition))
         if self.transactions is None:
             outputs = changes.all_outputs()
             self.metrics.outputs_in_flight.set(len(outputs))
             await self.sender.send_all(outputs)
             self.metrics.outputs_in_flight.set(0)
             acknowledged = await self.sender.send_all(records)
-            self._store(changes, records, acknowledged, now)
+            await self._store(changes, records, acknowledged, now)
         else:
             # One transaction per input partition holds its outputs and its
             # changelog records alike: no order between them is needed, so
@@ -318,17 +324,22 @@ class SessionAccountant:
             self.metrics.outputs_in_flight.set(sum(len(outputs) for outputs in changes.outputs.values()))
             acknowledged_by_partition = await self.transactions.send(by_partition)
             self.metrics.outputs_in_flight.set(0)
-            self._stage(changes, records, acknowledged_by_partition, changelog, now)
+            await self._stage(changes, records, acknowledged_by_partition, changelog, now)
         self.metrics.count(changes.outcomes)
 
-    def _store(self, changes: BatchChanges, records: list[Record], acknowledged: list[Any], now: int) -> None:
-        """The store takes the very bytes the changelog holds."""
+    async def _store(self, changes: BatchChanges, records: list[Record], acknowledged: list[Any], now: int) -> None:
+        """The store takes the very bytes the changelog holds (a partition at
+        a time, letting the web views answer in between: each session is
+        stored whole, and the lock keeps the timers out)."""
         by_partition: dict[int, dict[str, bytes | None]] = {}
-        for (session_id, change), record in zip(changes.states.items(), records, strict=True):
+        for count, ((session_id, change), record) in enumerate(zip(changes.states.items(), records, strict=True), 1):
+            if not count % RECORDS_BETWEEN_YIELDS:
+                await asyncio.sleep(0)
             by_partition.setdefault(change.partition, {})[session_id] = record.value
             self._track(session_id, change.partition, change.before, change.after, now)
         store = self.store
         for partition, values in by_partition.items():
+            await asyncio.sleep(0)
             store.write(partition, values)
         last_offsets: dict[int, int] = {}
         for metadata in acknowledged:
@@ -337,12 +348,14 @@ class SessionAccountant:
         for partition, offset in last_offsets.items():
             store.set_persisted_offset(TP(changelog, partition), offset)
 
-    def _stage(self, changes: BatchChanges, records: list[Record], acknowledged: dict[int, list[Any]],
-               changelog: str, now: int) -> None:
+    async def _stage(self, changes: BatchChanges, records: list[Record], acknowledged: dict[int, list[Any]],
+                     changelog: str, now: int) -> None:
         """exactly_once: the states wait in `UncommittedStates` for their
         partition's transaction to commit (`_commit`)."""
         uncommitted = cast(UncommittedStates, self.states)
-        for (session_id, change), record in zip(changes.states.items(), records, strict=True):
+        for count, ((session_id, change), record) in enumerate(zip(changes.states.items(), records, strict=True), 1):
+            if not count % RECORDS_BETWEEN_YIELDS:
+                await asyncio.sleep(0)
             uncommitted.put(change.partition, session_id, change.after, record.value)
             self._track(session_id, change.partition, change.before, change.after, now)
         for partition, acknowledgements in acknowledged.items():
@@ -444,7 +457,9 @@ class SessionAccountant:
             due_at = self._ttl_due_time(partition, now)
             if due_at is None:
                 continue
-            for session_id in self.schedule.pop_due(due_at, partition):
+            for count, session_id in enumerate(self.schedule.pop_due(due_at, partition), 1):
+                if not count % RECORDS_BETWEEN_YIELDS:
+                    await asyncio.sleep(0)  # a backlog's sessions fall due together
                 self._apply_due(session_id, partition, changes, now)
         await self._write(changes, now)
         self._report_input_gaps()
@@ -533,7 +548,12 @@ class SessionAccountant:
         changes = BatchChanges(self.states)
         for partition in partitions:
             self.open_sessions[partition] = 0
-        for session_id, state in self.store.items_in(partitions):
+        for count, (session_id, state) in enumerate(self.store.items_in(partitions), 1):
+            if not count % SESSIONS_BETWEEN_YIELDS:
+                # A million sessions take seconds to decode: the probes and
+                # the dashboard answer meanwhile (the lock keeps the timers
+                # out; the stores iterate a snapshot).
+                await asyncio.sleep(0)
             self.schedule.set(state.partition, session_id, state.due_at(self.policy))
             self.open_sessions[state.partition] += _is_open(state)
             if isinstance(state, Session) and state.owed:  # a value of the v1 changelog format
