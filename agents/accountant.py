@@ -387,7 +387,7 @@ class SessionAccountant:
     async def _on_commit_tick(self) -> None:
         """Commit transactions that have been open for the commit interval
         while no batch came to commit them."""
-        if self.transactions is None or self.app.rebalancing or self.failure is not None:
+        if self.transactions is None or not self.consumer.settled or self.failure is not None:
             return
         async with self._lock:
             try:
@@ -442,7 +442,7 @@ class SessionAccountant:
     # -- the timer: TTL closes and purges -------------------------------------
 
     async def _on_tick(self) -> None:
-        if not self.recovered or self.app.rebalancing or self.failure is not None:
+        if not self.recovered or not self.consumer.settled or self.failure is not None:
             return
         async with self._lock:
             try:
@@ -566,12 +566,15 @@ class SessionAccountant:
 
     async def _on_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
         partitions = {tp.partition for tp in revoked if tp.topic == self.settings.events_topic}
-        self.schedule.drop_partitions(partitions)
-        self._scheduled_partitions -= partitions
-        self.cursors.forget(partitions)
-        self.ttl_watermarks.forget(partitions)
-        for partition in partitions:
-            self.open_sessions.pop(partition, None)
+        # After the timer's write and the pass over new partitions: both
+        # yield, and must not see their partitions' tracking dropped midway.
+        async with self._lock:
+            self.schedule.drop_partitions(partitions)
+            self._scheduled_partitions -= partitions
+            self.cursors.forget(partitions)
+            self.ttl_watermarks.forget(partitions)
+            for partition in partitions:
+                self.open_sessions.pop(partition, None)
 
 
 def report_input_gap(gap: InputGap, metrics: AccountingMetrics) -> None:

@@ -265,7 +265,7 @@ class TenantAccountant:
     # -- the timer: a month's start and changed budgets -------------------------
 
     async def _on_tick(self) -> None:
-        if self.failed or self.app.rebalancing or not self.budgets_loaded.is_set():
+        if self.failed or not self.consumer.settled or not self.budgets_loaded.is_set():
             return
         now = now_micros()
         period = period_of(now)

@@ -443,11 +443,33 @@ class BatchConsumer(faust_aiokafka.Consumer):
         #: before the consumer commits (exactly_once: the agents commit their
         #: transactions).
         self.before_commit_hooks: list[Callable[[], Awaitable[None]]] = []
+        #: Faust's count of rebalances begun (`App.rebalancing_count`) when
+        #: the partitions were last assigned, and when the recovery of that
+        #: assignment last completed (`settled`).
+        self._assigned_at_rebalance = -1
+        self._settled_at_rebalance = -2
 
     def _new_consumer_thread(self) -> BatchConsumerThread:
         return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     # -- what the agent reads and reports ----------------------------------
+
+    @property
+    def settled(self) -> bool:
+        """No rebalance runs: the recovery of the latest assignment completed
+        and no rebalance began since. Faust's `app.rebalancing` is one flag
+        that a recovery superseded by the next rebalance still clears
+        (faust/tables/recovery.py `on_recovery_completed` checks only the
+        generation, which changes only once the next assignment arrives);
+        this one cannot be cleared by an older recovery."""
+        return self._settled_at_rebalance == self.app.rebalancing_count
+
+    def recovery_completed(self, generation_id: int) -> None:
+        """The recovery of assignment `generation_id` completed (flow control
+        resumed, so the agents' queues were cleared)."""
+        if generation_id == self.app.consumer_generation_id \
+                and self._assigned_at_rebalance == self.app.rebalancing_count:
+            self._settled_at_rebalance = self._assigned_at_rebalance
 
     def read_start(self, tp: TP) -> ReadStart | None:
         return self._read_starts.get(tp)
@@ -551,7 +573,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
         when the flow stops, are dropped).
 
         A marked topic's records are also held back while a rebalance runs
-        (from its start until Faust's `on_rebalance_end`): its recovery
+        (until the consumer is `settled`): its recovery
         resumes the flow for the changelogs, resumes the stream partitions,
         seeks them, and only then resumes flow control, which clears every
         agent's queue (faust/tables/recovery.py `on_recovery_completed`,
@@ -576,7 +598,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     left = [(tp, batch[position:]), *items[index + 1:]]
                     undelivered.update({other: rest[0].offset for other, rest in left if other.topic in marked})
                     return undelivered
-                if tp.topic in marked and self.app.rebalancing:
+                if tp.topic in marked and not self.settled:
                     undelivered[tp] = record.offset
                     break
                 message = self._to_message(tp, record)
@@ -687,6 +709,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
             f"{tp.topic}:{tp.partition}@{start.offset}" for tp, start in sorted(starts.items())))
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        self._assigned_at_rebalance = self.app.rebalancing_count
         for hook in self.assigning_hooks:
             await hook(assigned)
         await super().on_partitions_assigned(assigned, generation_id)
@@ -739,13 +762,18 @@ class MarkerAwareRecovery(Recovery):
     test_faust_recovery_waits_on_a_trailing_marker). Here a partition is
     also recovered once the consumer's position passed its end and the last
     record drained before that position has been applied, both as the
-    consumer thread noted them after a drain (`BatchConsumerThread.read_past`)."""
+    consumer thread noted them after a drain (`BatchConsumerThread.read_past`).
+    When a recovery completes, it tells the consumer (`BatchConsumer.settled`)."""
 
     def active_remaining(self) -> Counter[TP]:
         return self._past_markers(super().active_remaining(), self.active_offsets)
 
     def standby_remaining(self) -> Counter[TP]:
         return self._past_markers(super().standby_remaining(), self.standby_offsets)
+
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        await super().on_recovery_completed(generation_id)
+        cast(BatchConsumer, self.app.consumer).recovery_completed(generation_id)
 
     def _past_markers(self, remaining: Counter[TP], applied: Mapping[TP, int | None]) -> Counter[TP]:
         thread = cast(BatchConsumer, self.app.consumer)._thread

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 import pytest
+from faust.types import TP
 
 from agents.accountant import SESSIONS_BETWEEN_YIELDS, SessionAccountant
 from app.faust_compat import InputBatch, InputGap, PartitionFetch
@@ -187,3 +188,26 @@ async def test_the_pass_over_a_new_partitions_sessions_lets_the_event_loop_run(t
     await other
     assert turns >= sessions // SESSIONS_BETWEEN_YIELDS
     assert len(agent.schedule) == sessions and agent.open_sessions[0] == sessions
+
+
+async def test_a_revocation_during_the_pass_waits_for_it(tmp_path: Path) -> None:
+    """The pass lets the loop run, so a revocation can arrive in the middle:
+    it waits for the pass (the agent's lock), then drops the partition's
+    tracking whole. It used to drop it midway, and the pass then failed on
+    the missing count, leaving the other new partitions untracked."""
+    agent, _, _, _ = accountant(tmp_path, "at_least_once")
+    sessions = SESSIONS_BETWEEN_YIELDS * 2
+    created = [ConsumerRecord(TOPIC, 0, offset, f"s-{offset}".encode(),
+                              orjson.dumps(session_events(f"s-{offset}", [])[0])) for offset in range(sessions)]
+    await agent._account_batch(batch(created))
+
+    async def schedule() -> None:
+        async with agent._lock:  # as `_on_recovered` runs it
+            await agent._schedule_partitions({0})
+
+    passing = asyncio.create_task(schedule())
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # inside the pass, at its first yield
+    await agent._on_revoked(None, {TP(TOPIC, 0)})
+    await passing  # no error
+    assert len(agent.schedule) == 0 and 0 not in agent.open_sessions and not agent._scheduled_partitions

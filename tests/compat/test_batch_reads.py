@@ -312,7 +312,17 @@ def hand_over_to(batch_consumer: Any, after_each: Any = None) -> list[tuple[str,
     batch_consumer._to_message = lambda tp, record: SimpleNamespace(topic=tp.topic, offset=record.offset)
     batch_consumer.marked_topics = frozenset({TOPIC, "usage"})
     batch_consumer.resume_flow()
+    settle(batch_consumer)
     return handed
+
+
+def settle(batch_consumer: Any) -> None:
+    """An assignment, and its recovery completed, as Faust signals them."""
+    app = batch_consumer.app
+    app.consumer_generation_id += 1
+    batch_consumer._assigned_at_rebalance = app.rebalancing_count
+    batch_consumer.recovery_completed(app.consumer_generation_id)
+    assert batch_consumer.settled
 
 
 async def test_what_the_hand_over_drops_when_the_flow_stops_is_reported(thread: BatchConsumerThread) -> None:
@@ -345,26 +355,46 @@ def test_faust_clears_agent_queues_when_the_flow_resumes() -> None:
 
 
 async def test_a_marked_topic_is_held_back_while_a_rebalance_runs(thread: BatchConsumerThread) -> None:
-    """From a rebalance's start to its end a marked topic's records are not
-    handed over (Faust would clear them from the agent's queue): they are
-    reported, from the first one, to be read again. The changelogs' records,
-    which recovery reads meanwhile, still are handed over."""
+    """From a rebalance's start until the recovery of its assignment
+    completed, a marked topic's records are not handed over (Faust would
+    clear them from the agent's queue): they are reported, from the first
+    one, to be read again. The changelogs' records, which recovery reads
+    meanwhile, still are handed over."""
     batch_consumer = thread.consumer
     app = batch_consumer.app
     usage0, usage1, changelog = TP("usage", 0), TP("usage", 1), TP("tenants-changelog", 3)
 
     def a_rebalance_begins_after_one(handed: list[tuple[str, int]]) -> None:
-        app.rebalancing = len(handed) >= 1
+        if len(handed) == 1:
+            app.on_rebalance_start()  # what aiokafka's revocation calls, in the consumer thread
 
     handed = hand_over_to(batch_consumer, a_rebalance_begins_after_one)
     records = {usage0: [Record(7), Record(8)], changelog: [Record(3)], usage1: [Record(40)]}
     undelivered = await batch_consumer._deliver_one_by_one(records, None)
     assert handed == [("usage", 7), ("tenants-changelog", 3)]
     assert undelivered == {usage0: 8, usage1: 40}
-    app.rebalancing = False
+    settle(batch_consumer)
     handed.clear()
     assert await batch_consumer._deliver_one_by_one({usage0: [Record(8)]}, None) == {}
     assert handed == [("usage", 8)]
+
+
+def test_a_recovery_superseded_by_the_next_rebalance_does_not_settle_it(thread: BatchConsumerThread) -> None:
+    """Faust's recovery of one assignment still completes, and clears
+    `app.rebalancing`, when the next rebalance began but has not been
+    assigned yet (it compares generations only). The consumer stays
+    unsettled until the recovery of the latest assignment completes."""
+    batch_consumer = thread.consumer
+    app = batch_consumer.app
+    settle(batch_consumer)
+    app.on_rebalance_start()
+    app.consumer_generation_id += 1
+    batch_consumer._assigned_at_rebalance = app.rebalancing_count  # assignment A
+    app.on_rebalance_start()  # rebalance B begins; A's recovery is still running
+    batch_consumer.recovery_completed(app.consumer_generation_id)  # A's recovery completes
+    app.on_rebalance_end()
+    assert not app.rebalancing and not batch_consumer.settled
+    settle(batch_consumer)  # B assigned and recovered
 
 
 # -- where a changelog's drains got to (MarkerAwareRecovery) -------------------
