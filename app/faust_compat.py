@@ -517,14 +517,11 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 # topics' dropped records are read again (`_read_again`), so
                 # none can be passed over.
                 if records is not None and not self.should_stop:
-                    if self.flow_active:
-                        if isinstance(records, FetchedRecords):
-                            self._stable_ends.update(records.stable_ends)
-                            await self._hand_over_batches(records, generation_id)
-                        undelivered = await self._deliver_one_by_one(records, active_partitions)
-                    else:
-                        undelivered = {tp: batch[0].offset for tp, batch in records.items()
-                                       if batch and tp.topic in self.marked_topics - self.batch_topics}
+                    if self.flow_active and isinstance(records, FetchedRecords):
+                        self._stable_ends.update(records.stable_ends)
+                        await self._hand_over_batches(records, generation_id)
+                    # With the flow stopped it hands nothing over and reports it all.
+                    undelivered = await self._deliver_one_by_one(records, active_partitions)
                     if undelivered and isinstance(records, FetchedRecords):
                         await self._read_again(undelivered, records.fetches)
                 self.diag.unset_flag(CONSUMER_FETCHING)
