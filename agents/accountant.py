@@ -34,6 +34,7 @@ from faust.types import TP
 
 from agents.changes import BatchChanges, Lookup
 from agents.cursors import STALE, FreshRecords, Gap, InputCursors
+from agents.pacing import yielding
 from agents.scheduler import DeadlineSchedule, TtlWatermarks
 from agents.sender import AcknowledgedSender, Record, SendFailed, key_text, record_log_fields
 from agents.tenants import usage_records
@@ -200,14 +201,9 @@ class SessionAccountant:
             assert isinstance(verdict, FreshRecords)
             if verdict.offsets_without_records:
                 self.metrics.input_offsets_without_records.inc(verdict.offsets_without_records)
-            for start in range(0, len(verdict.records), RECORDS_BETWEEN_YIELDS):
-                if start:
-                    # A fetch can hold tens of thousands of records: let the
-                    # web views (the dashboard, gateways' usage checks) answer
-                    # in between. The lock keeps the timers out meanwhile.
-                    await asyncio.sleep(0)
-                for record in verdict.records[start:start + RECORDS_BETWEEN_YIELDS]:
-                    self._account_record(record, changes, now)
+            # A fetch can hold tens of thousands of records.
+            async for record in yielding(verdict.records, RECORDS_BETWEEN_YIELDS):
+                self._account_record(record, changes, now)
             accounted.append(fetch)
         self.metrics.batch_events.observe(len(batch))
         await self._write(changes, now)
@@ -300,12 +296,9 @@ class SessionAccountant:
             self.metrics.count(changes.outcomes)
             return
         changelog = self.table.changelog_topic.get_topic_name()
-        records = []
-        for count, (session_id, change) in enumerate(changes.states.items(), 1):
-            if not count % RECORDS_BETWEEN_YIELDS:
-                await asyncio.sleep(0)  # a flat-out fetch changes tens of thousands of sessions
-            records.append(Record(changelog, session_id.encode("utf-8"),
-                                  None if change.after is None else encode_state(change.after), change.partition))
+        records = [Record(changelog, session_id.encode("utf-8"),
+                          None if change.after is None else encode_state(change.after), change.partition)
+                   async for session_id, change in yielding(changes.states.items(), RECORDS_BETWEEN_YIELDS)]
         if self.transactions is None:
             outputs = changes.all_outputs()
             self.metrics.outputs_in_flight.set(len(outputs))
@@ -332,9 +325,8 @@ class SessionAccountant:
         a time, letting the web views answer in between: each session is
         stored whole, and the lock keeps the timers out)."""
         by_partition: dict[int, dict[str, bytes | None]] = {}
-        for count, ((session_id, change), record) in enumerate(zip(changes.states.items(), records, strict=True), 1):
-            if not count % RECORDS_BETWEEN_YIELDS:
-                await asyncio.sleep(0)
+        written = zip(changes.states.items(), records, strict=True)
+        async for (session_id, change), record in yielding(written, RECORDS_BETWEEN_YIELDS):
             by_partition.setdefault(change.partition, {})[session_id] = record.value
             self._track(session_id, change.partition, change.before, change.after, now)
         store = self.store
@@ -353,9 +345,8 @@ class SessionAccountant:
         """exactly_once: the states wait in `UncommittedStates` for their
         partition's transaction to commit (`_commit`)."""
         uncommitted = cast(UncommittedStates, self.states)
-        for count, ((session_id, change), record) in enumerate(zip(changes.states.items(), records, strict=True), 1):
-            if not count % RECORDS_BETWEEN_YIELDS:
-                await asyncio.sleep(0)
+        written = zip(changes.states.items(), records, strict=True)
+        async for (session_id, change), record in yielding(written, RECORDS_BETWEEN_YIELDS):
             uncommitted.put(change.partition, session_id, change.after, record.value)
             self._track(session_id, change.partition, change.before, change.after, now)
         for partition, acknowledgements in acknowledged.items():
@@ -457,9 +448,8 @@ class SessionAccountant:
             due_at = self._ttl_due_time(partition, now)
             if due_at is None:
                 continue
-            for count, session_id in enumerate(self.schedule.pop_due(due_at, partition), 1):
-                if not count % RECORDS_BETWEEN_YIELDS:
-                    await asyncio.sleep(0)  # a backlog's sessions fall due together
+            # A backlog's sessions fall due together.
+            async for session_id in yielding(self.schedule.pop_due(due_at, partition), RECORDS_BETWEEN_YIELDS):
                 self._apply_due(session_id, partition, changes, now)
         await self._write(changes, now)
         self._report_input_gaps()
@@ -548,12 +538,8 @@ class SessionAccountant:
         changes = BatchChanges(self.states)
         for partition in partitions:
             self.open_sessions[partition] = 0
-        for count, (session_id, state) in enumerate(self.store.items_in(partitions), 1):
-            if not count % SESSIONS_BETWEEN_YIELDS:
-                # A million sessions take seconds to decode: the probes and
-                # the dashboard answer meanwhile (the lock keeps the timers
-                # out; the stores iterate a snapshot).
-                await asyncio.sleep(0)
+        # A million sessions take seconds to decode (the stores iterate a snapshot).
+        async for session_id, state in yielding(self.store.items_in(partitions), SESSIONS_BETWEEN_YIELDS):
             self.schedule.set(state.partition, session_id, state.due_at(self.policy))
             self.open_sessions[state.partition] += _is_open(state)
             if isinstance(state, Session) and state.owed:  # a value of the v1 changelog format

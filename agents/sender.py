@@ -21,6 +21,7 @@ from typing import Any
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, NodeNotReadyError
 from faust.exceptions import ProducerSendError
 
+from agents.pacing import yielding
 from app.logs import log_fields
 
 log = logging.getLogger(__name__)
@@ -122,9 +123,7 @@ class AcknowledgedSender:
         """Each record's acknowledgement, or the error that stopped it."""
         send = self._producer.send
         deliveries: list[Any] = []
-        for count, record in enumerate(records, 1):
-            if not count % RECORDS_BETWEEN_YIELDS:
-                await asyncio.sleep(0)  # buffering thousands of records: let the web views answer
+        async for record in yielding(records, RECORDS_BETWEEN_YIELDS):  # buffering thousands of records
             try:
                 # Returns once the record is in the producer's buffer.
                 deliveries.append(await send(record.topic, record.key, record.value, record.partition, None, None))

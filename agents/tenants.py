@@ -41,6 +41,7 @@ from aiokafka.partitioner import murmur2
 from faust.stores.memory import Store as MemoryStore
 from faust.types import TP
 
+from agents.pacing import yielding
 from agents.sender import AcknowledgedSender, Record
 from agents.transactions import PartitionTransactions
 from app.faust_compat import BatchConsumer, CodecTable, memory_store_partitions
@@ -195,9 +196,7 @@ class TenantAccountant:
         # tenant -> (its partition, its stored state, its state now, the alerts so far)
         touched: dict[str, tuple[int, TenantUsage, TenantUsage, tuple[Alert, ...]]] = {}
         read_to: dict[int, int] = {}
-        for count, (partition, position, delta) in enumerate(deltas, 1):
-            if not count % DELTAS_BETWEEN_YIELDS:
-                await asyncio.sleep(0)  # let the web views answer (the lock keeps the timer out)
+        async for partition, position, delta in yielding(deltas, DELTAS_BETWEEN_YIELDS):
             read_to[partition] = max(read_to.get(partition, -1), position + 1)
             tenant_id = delta.tenant_id
             if tenant_id not in touched:
